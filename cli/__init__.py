@@ -1,0 +1,1 @@
+"""The `nasopt` command line (installed as `nasopt.cli`)."""

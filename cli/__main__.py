@@ -1,0 +1,5 @@
+import sys
+
+from nasopt.cli.main import main
+
+sys.exit(main())

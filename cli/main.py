@@ -1,0 +1,250 @@
+"""The `nasopt` command: a thin argparse front over library functions.
+
+Every user mistake is a `UserError`: one line on stderr, exit code 2, nothing written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import runpy
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from nasopt.errors import UserError
+
+# The one place that lists the spaces by name (the engine never imports search_spaces).
+SPACES = {
+    "nano": "nasopt.search_spaces.nano:NanoSpace",
+    "mobile": "nasopt.search_spaces.mobile:MobileSpace",
+}
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def make_space(name: str) -> Any:
+    """The space called `name` with its default settings."""
+    import importlib
+
+    if name not in SPACES:
+        raise UserError(f"unknown space {name!r}; known spaces: {', '.join(SPACES)}")
+    module, cls = SPACES[name].split(":")
+    return getattr(importlib.import_module(module), cls)()
+
+
+def load_study_file(path: str) -> Any:
+    """Execute a study file and return its `study` (a StudySpec); every failure is one UserError."""
+    from nasopt.study import StudySpec
+
+    file = Path(path)
+    if not file.is_file():
+        raise UserError(f"study file {path} not found; give the path of a .py file that defines `study = "
+                        "nasopt.StudySpec(...)` (examples in studies/)")
+    try:
+        namespace = runpy.run_path(str(file), run_name="__nasopt_study__")
+    except UserError as e:
+        raise UserError(f"{path}: {e}") from None
+    except SyntaxError as e:
+        raise UserError(f"{path}:{e.lineno}: syntax error: {e.msg}; fix the study file") from None
+    except Exception as e:  # the file is user code: any error it raises is the user's to fix
+        raise UserError(f"{path}: {type(e).__name__}: {e}") from None
+    spec = namespace.get("study")
+    if spec is None:
+        raise UserError(f"{path} defines no `study`; add `study = nasopt.StudySpec(name=..., space=...)`")
+    if isinstance(spec, dict):
+        spec = _from_dict(spec)
+    if not isinstance(spec, StudySpec):
+        raise UserError(f"{path}: `study` must be a nasopt.StudySpec, but got {type(spec).__name__}")
+    return spec
+
+
+def _from_dict(values: dict[str, Any]) -> Any:
+    from nasopt.study import StudySpec
+
+    values = dict(values)
+    if isinstance(values.get("space"), str):
+        values["space"] = make_space(values["space"])
+    try:
+        return StudySpec(**values)
+    except TypeError as e:
+        raise UserError(f"bad study: {e}") from None
+
+
+def _parse(key: str, raw: str, current: Any, kind: Any) -> Any:
+    text = str(kind)
+    if raw.lower() in ("none", "null") and "None" in text:
+        return None
+    try:
+        if isinstance(current, bool) or text.startswith("bool"):
+            if raw.lower() not in _TRUE + _FALSE:
+                raise ValueError
+            return raw.lower() in _TRUE
+        if isinstance(current, int) or text.startswith("int"):
+            return int(raw)
+        if isinstance(current, float) or text.startswith("float"):
+            return float(raw)
+    except ValueError:
+        want = "true/false" if "bool" in text or isinstance(current, bool) else text.split(" |")[0]
+        raise UserError(f"--set {key}={raw}: expected {want}, got {raw!r}") from None
+    return raw
+
+
+def apply_sets(spec: Any, sets: Sequence[str]) -> Any:
+    """Apply `--set key=value` overrides (`train.epochs=3`, `sampler=tpe`, `space=nano`, ...)."""
+    from nasopt.samplers import make_sampler
+
+    nested = {"train": spec.train, "measure": spec.measure}
+    scalar = [f.name for f in dataclasses.fields(spec) if f.name not in ("objectives", "constraints", "pruner")
+              and f.name not in nested]
+    known = scalar + [f"{n}.{f.name}" for n, obj in nested.items() for f in dataclasses.fields(obj)]
+    top: dict[str, Any] = {}
+    for item in sets:
+        key, sep, raw = item.partition("=")
+        if not sep or key not in known:
+            raise UserError(f"unknown --set key {key!r}; known keys: {', '.join(known)}")
+        if "." in key:
+            group, name = key.split(".", 1)
+            field = {f.name: f for f in dataclasses.fields(nested[group])}[name]
+            value = _parse(key, raw, getattr(nested[group], name), field.type)
+            nested[group] = dataclasses.replace(nested[group], **{name: value})
+        elif key == "space":
+            top["space"] = make_space(raw)
+        elif key == "sampler":
+            top["sampler"] = make_sampler(raw, seed=spec.seed, n_objectives=len(spec.objectives))
+        else:
+            field = {f.name: f for f in dataclasses.fields(spec)}[key]
+            top[key] = _parse(key, raw, getattr(spec, key), field.type)
+    return dataclasses.replace(spec, **top, **nested)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import nasopt
+    from nasopt.study import finished_count
+
+    spec = apply_sets(load_study_file(args.file), args.set or [])
+    try:
+        study = nasopt.run(spec, storage=args.storage, n_trials=args.n_trials, timeout=args.timeout,
+                           device=args.device, progress=not args.quiet)
+    except KeyboardInterrupt:
+        print("\ninterrupted: the running trial will be retried; run the same command to resume",
+              file=sys.stderr)
+        return 130
+    print(f"study {spec.name!r}: {finished_count(study)} trials finished "
+          f"(storage {args.storage or spec.storage or 'sqlite:///nasopt.db'})")
+    print(_table(study, top=5))
+    return 0
+
+
+def _table(study: Any, top: int) -> str:
+    import pandas as pd
+
+    from nasopt.results import pareto_front, trials_frame
+
+    multi = len(study.directions) > 1
+    frame = pareto_front(study=study) if multi else trials_frame(study=study)
+    if not multi and not frame.empty:
+        frame = frame[frame["state"] == "COMPLETE"]
+        frame = frame.sort_values(frame.columns[2], ascending=study.direction.name == "MINIMIZE").head(top)
+    if frame.empty:
+        return "no finished trials yet"
+    columns = ["number", *study.metric_names, "params", "macs", "latency_ms", "arch"]
+    columns = list(dict.fromkeys(c for c in columns if c in frame.columns))
+    title = "Pareto set" if multi else f"top {top} trials"
+    with pd.option_context("display.max_colwidth", 80, "display.width", 200):
+        return f"{title}:\n" + frame[columns].to_string(index=False)
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    import optuna
+
+    from nasopt.storage import open_storage
+
+    storage = open_storage(args.storage, create=False, heartbeat=False)
+    summaries = optuna.get_all_study_summaries(storage, include_best_trial=False)
+    if not summaries:
+        print("no studies")
+    for s in summaries:
+        study = optuna.load_study(study_name=s.study_name, storage=storage)
+        states: dict[str, int] = {}
+        for t in study.get_trials(deepcopy=False):
+            states[t.state.name] = states.get(t.state.name, 0) + 1
+        objectives = ", ".join(f"{n} ({d.name.lower()})" for n, d in zip(
+            study.metric_names or [f"value{i}" for i in range(len(study.directions))], study.directions))
+        counts = " ".join(f"{k.lower()}={v}" for k, v in sorted(states.items()))
+        print(f"{s.study_name}\t{counts or 'no trials'}\t{objectives}")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from nasopt.results import load_study
+
+    study = load_study(args.study, args.storage)
+    print(_table(study, top=args.top))
+    return 0
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from nasopt.storage import open_storage
+
+    storage = open_storage(args.storage, create=False, heartbeat=False)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: serving the dashboard on {args.host}: anyone who can reach this address can read "
+              "(and annotate) the studies; put it behind an authenticating proxy", file=sys.stderr)
+    from optuna_dashboard import run_server
+
+    print(f"optuna-dashboard on http://{args.host}:{args.port}/ (Ctrl-C to stop)", file=sys.stderr)
+    try:
+        run_server(storage, host=args.host, port=args.port)
+    except KeyboardInterrupt:
+        pass
+    except OSError as e:
+        raise UserError(f"cannot serve on {args.host}:{args.port}: {e.strerror}; choose another --port") from None
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="nasopt", description="Neural Architecture Search on Optuna.")
+    sub = p.add_subparsers(dest="command", required=True)
+    storage_help = "storage URL (default sqlite:///nasopt.db in the working directory)"
+
+    r = sub.add_parser("run", help="run or resume the study defined in a study file")
+    r.add_argument("file", help="a .py study file defining `study = nasopt.StudySpec(...)`")
+    r.add_argument("--storage", help=storage_help)
+    r.add_argument("--n-trials", type=int, help="finished trials to reach in total (overrides the file)")
+    r.add_argument("--timeout", type=float, help="stop starting new trials after this many seconds")
+    r.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where to train and measure")
+    r.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a study field, e.g. --set train.epochs=3 --set sampler=tpe")
+    r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    r.set_defaults(func=cmd_run)
+
+    ls = sub.add_parser("ls", help="list the studies in a storage")
+    ls.add_argument("--storage", help=storage_help)
+    ls.set_defaults(func=cmd_ls)
+
+    s = sub.add_parser("show", help="the Pareto set or the top trials of a study")
+    s.add_argument("study")
+    s.add_argument("--storage", help=storage_help)
+    s.add_argument("--top", type=int, default=10)
+    s.set_defaults(func=cmd_show)
+
+    d = sub.add_parser("dashboard", help="open optuna-dashboard on a storage (127.0.0.1 unless --host)")
+    d.add_argument("--storage", help=storage_help)
+    d.add_argument("--port", type=int, default=8080)
+    d.add_argument("--host", default="127.0.0.1")
+    d.set_defaults(func=cmd_dashboard)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except UserError as e:
+        print(f"nasopt: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

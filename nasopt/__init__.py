@@ -1,0 +1,16 @@
+"""nasopt: Neural Architecture Search on Optuna.
+
+An architecture is the `params` of an Optuna trial; every strategy writes its results as trials of
+one Optuna study, so optuna-dashboard, pandas and SQL see them all.
+"""
+
+from nasopt.errors import UserError
+from nasopt.metrics import MeasureConfig
+from nasopt.results import pareto_front, trials_frame
+from nasopt.study import StudySpec, run
+from nasopt.train import TrainConfig
+
+__version__ = "0.1.0"
+
+__all__ = ["StudySpec", "TrainConfig", "MeasureConfig", "UserError", "run", "trials_frame", "pareto_front",
+           "__version__"]

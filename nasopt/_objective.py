@@ -1,0 +1,187 @@
+"""The objective of one sampled trial, and the bookkeeping that makes resume exact.
+
+suggest -> (already evaluated? reuse) -> build -> cheap metrics -> hard constraints -> train ->
+objectives in the study's metric order. Reasons for PRUNED and FAIL states are user attrs.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from typing import TYPE_CHECKING, Any
+
+import optuna
+import torch
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.trial import FrozenTrial, TrialState
+
+from nasopt.metrics import count_macs, count_params, measure_latency, peak_memory
+from nasopt.storage import MAX_RETRY
+from nasopt.train import train
+
+if TYPE_CHECKING:
+    from nasopt.study import StudySpec
+
+__all__ = ["Objective", "CATCH", "recover_dead_local_trials", "retry_interrupted", "trial_seed"]
+
+# out-of-memory ends a trial as FAIL (reason stored) and the study goes on; other errors are bugs
+CATCH: tuple[type[Exception], ...] = tuple(
+    {getattr(torch, "OutOfMemoryError", MemoryError), torch.cuda.OutOfMemoryError, MemoryError})
+
+WORKER_KEY = "nasopt:worker"
+INTERRUPTED_KEY = "nasopt:interrupted"
+
+
+def _start_time(pid: int) -> str | None:
+    """The process start time from /proc (tells a live process from a reused pid), None if unknown."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _worker() -> dict[str, Any]:
+    return {"host": socket.gethostname(), "pid": os.getpid(), "start": _start_time(os.getpid())}
+
+
+def _alive(worker: dict[str, Any]) -> bool:
+    pid = int(worker.get("pid", -1))
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    started = _start_time(pid)
+    return started is None or worker.get("start") is None or started == worker["start"]
+
+
+def _retry(study: optuna.Study, trial: FrozenTrial) -> None:
+    study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+    RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)(study, study._storage.get_trial(trial._trial_id))
+
+
+def recover_dead_local_trials(study: optuna.Study) -> list[int]:
+    """Fail-and-retry RUNNING trials whose worker process on this host is gone (no grace period)."""
+    host, recovered = socket.gethostname(), []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = t.system_attrs.get(WORKER_KEY)
+        if worker and worker.get("host") == host and worker.get("pid") != os.getpid() and not _alive(worker):
+            _retry(study, t)
+            recovered.append(t.number)
+    return recovered
+
+
+def retry_interrupted(study: optuna.Study) -> None:
+    """After Ctrl-C: queue the interrupted trial again so the next run trains it (same params)."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    for t in trials:
+        if t.system_attrs.get(INTERRUPTED_KEY) and t.number not in retried:
+            if t.state == TrialState.RUNNING:
+                _retry(study, t)
+            elif t.state == TrialState.FAIL:
+                RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)(study, t)
+
+
+def trial_seed(base: int, number: int) -> int:
+    return (base * 1_000_003 + number * 7919) % 2**31
+
+
+class Objective:
+    """Callable passed to `study.optimize`; holds the spec and the loaded task."""
+
+    def __init__(self, spec: StudySpec, task: Any) -> None:
+        self.spec, self.task = spec, task
+
+    def _evaluated(self, study: optuna.Study, params: dict[str, Any], number: int) -> FrozenTrial | None:
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+            if t.number != number and t.params == params and "reused_from" not in t.user_attrs:
+                return t
+        return None
+
+    def _reuse(self, trial: optuna.Trial, prev: FrozenTrial) -> list[float]:
+        for key, value in prev.user_attrs.items():
+            trial.set_user_attr(key, value)
+        trial.set_user_attr("reused_from", prev.number)
+        for key, value in prev.system_attrs.items():
+            if key.startswith("constraints:"):
+                trial.set_constraint(key.split(":", 1)[1], value)
+        if prev.state == TrialState.PRUNED:
+            raise optuna.TrialPruned(f"same architecture as trial {prev.number}: "
+                                     f"{prev.user_attrs.get('pruned_reason', 'pruned')}")
+        assert prev.values is not None
+        return list(prev.values)
+
+    def __call__(self, trial: optuna.Trial) -> list[float]:
+        try:
+            return self._run(trial)
+        except optuna.TrialPruned as e:
+            trial.set_user_attr("pruned_reason", str(e) or "pruned")
+            raise
+        except CATCH as e:
+            trial.set_user_attr("fail_reason", f"out of memory: {str(e).splitlines()[0] if str(e) else ''}")
+            raise
+        except KeyboardInterrupt:
+            trial.storage.set_trial_system_attr(trial._trial_id, INTERRUPTED_KEY, True)
+            raise
+
+    def _run(self, trial: optuna.Trial) -> list[float]:
+        spec, task, space = self.spec, self.task, self.spec.space
+        study = trial.study
+        system = trial.storage.get_trial_system_attrs(trial._trial_id)
+        trial.storage.set_trial_system_attr(trial._trial_id, WORKER_KEY, _worker())
+        t0 = time.perf_counter()
+        arch = space.suggest(trial)
+        trial.set_user_attr("arch", space.describe(arch))
+        prev = self._evaluated(study, trial.params, trial.number)
+        if prev is not None:
+            return self._reuse(trial, prev)
+
+        seed = trial_seed(spec.seed, system.get("failed_trial", trial.number))
+        torch.manual_seed(seed)
+        model = space.build(arch, task).to(task.device)
+        t1 = time.perf_counter()
+        latency = measure_latency(model, task.input_shape, batch_size=spec.measure.batch_size,
+                                  threads=spec.measure.threads, warmup=spec.measure.warmup,
+                                  repeats=spec.measure.repeats)
+        t2 = time.perf_counter()
+        memory, _ = peak_memory(model, task.input_shape)
+        metrics: dict[str, float] = {"params": count_params(model), "macs": count_macs(model, task.input_shape),
+                                     "latency_ms": round(latency.median_ms, 4),
+                                     "memory_mb": round(memory / 2**20, 4)}
+        for key, value in metrics.items():
+            trial.set_user_attr(key, value)
+        trial.set_user_attr("latency", {"median_ms": latency.median_ms, "iqr_ms": latency.iqr_ms,
+                                        **latency.provenance})
+        trial.set_user_attr("seed", seed)
+        violated = []
+        for metric, limit in spec.constraints.items():
+            trial.set_constraint(metric, metrics[metric] - limit)
+            if metrics[metric] > limit:
+                violated.append(f"{metric}={metrics[metric]:g} > {limit:g}")
+        if violated:
+            raise optuna.TrialPruned("constraint violated before training: " + ", ".join(violated))
+
+        single = len(spec.objectives) == 1
+        curve: list[dict[str, float]] = []
+
+        def on_epoch(epoch: int, record: dict[str, float]) -> None:
+            curve.append({k: round(v, 6) for k, v in record.items()})
+            trial.set_user_attr("curve", curve)
+            if single:
+                trial.report(record["val_acc"], epoch)
+                if trial.should_prune():
+                    raise optuna.TrialPruned(f"pruned by {type(study.pruner).__name__} at epoch {epoch} "
+                                             f"(val_acc={record['val_acc']:.4f})")
+
+        t3 = time.perf_counter()
+        result = train(model, task, spec.train, seed=seed, on_epoch=on_epoch)
+        metrics["accuracy"] = result.val_acc
+        metrics["top5"] = result.curve[-1].get("val_top5", 1.0)
+        trial.set_user_attr("accuracy", round(result.val_acc, 6))
+        trial.set_user_attr("timings", {"build_s": round(t1 - t0, 4), "latency_s": round(t2 - t1, 4),
+                                        "metrics_s": round(t3 - t2, 4), "train_s": round(result.seconds, 4)})
+        return [float(metrics[m]) for m in spec.objectives]

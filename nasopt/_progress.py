@@ -1,0 +1,47 @@
+"""The progress bar of `run()`: finished/target trials, ETA, best accuracy and Pareto-front size."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+from tqdm.auto import tqdm
+
+if TYPE_CHECKING:
+    from nasopt.study import StudySpec
+
+
+class Progress:
+    def __init__(self, study: optuna.Study, spec: StudySpec, *, enabled: bool = True) -> None:
+        from nasopt.study import finished_count
+
+        self.study, self.spec, self._count = study, spec, finished_count
+        self.bar: Any = tqdm(total=spec.n_trials, initial=min(finished_count(study), spec.n_trials),
+                             desc=spec.name, unit="trial", disable=not enabled, dynamic_ncols=True)
+        self.refresh()
+
+    def refresh(self) -> None:
+        done = min(self._count(self.study), self.spec.n_trials)
+        self.bar.n = done
+        complete = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        postfix: dict[str, Any] = {}
+        if "accuracy" in self.spec.objectives:
+            i = list(self.spec.objectives).index("accuracy")
+            accs = [t.values[i] for t in complete if t.values]
+            postfix["best_acc"] = f"{max(accs):.4f}" if accs else "-"
+        elif complete:
+            postfix["best"] = f"{self.study.best_value:.4g}" if len(self.spec.objectives) == 1 else "-"
+        if len(self.spec.objectives) > 1:
+            postfix["pareto"] = len(self.study.best_trials) if complete else 0
+        self.bar.set_postfix(postfix, refresh=False)
+        self.bar.refresh()
+
+    def on_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if trial.state == TrialState.FAIL:
+            reason = trial.user_attrs.get("fail_reason", "error")
+            self.bar.write(f"trial {trial.number} failed: {reason}")
+        self.refresh()
+
+    def close(self) -> None:
+        self.bar.close()

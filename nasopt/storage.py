@@ -1,0 +1,95 @@
+"""Opening Optuna storages safely: checked URLs, masked passwords, heartbeats and retry.
+
+Nothing is created on disk until every check passed, so a mistyped URL or a file that is not a
+database leaves the disk as it was.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import optuna
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+
+from nasopt.errors import UserError
+
+__all__ = ["DEFAULT_STORAGE", "open_storage", "mask_url", "sqlite_path"]
+
+DEFAULT_STORAGE = "sqlite:///nasopt.db"
+HEARTBEAT_INTERVAL = 2  # seconds between a running trial's heartbeats
+GRACE_PERIOD = 20  # a RUNNING trial without a heartbeat for this long is failed and retried
+MAX_RETRY = 3
+
+_SCHEMES = ("sqlite", "postgresql", "mysql")
+
+
+def mask_url(url: str) -> str:
+    """The URL with any password replaced by ***: safe for messages and logs."""
+    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file of an `sqlite:///FILE` URL (None for other schemes or in-memory databases)."""
+    if not url.startswith("sqlite:///"):
+        return None
+    path = url[len("sqlite:///"):]
+    return None if path in ("", ":memory:") else Path(path)
+
+
+def _check_sqlite_file(path: Path, url: str) -> None:
+    if path.is_dir():
+        raise UserError(f"storage {url} points to a directory; give a file, e.g. sqlite:///{path / 'nasopt.db'}")
+    if not path.parent.exists():
+        raise UserError(f"cannot open storage {url}: folder {path.parent} does not exist; create it or "
+                        "choose another path")
+    if path.exists():
+        try:
+            with open(path, "rb") as f:
+                header = f.read(16)
+        except OSError as e:
+            raise UserError(f"cannot read storage file {path}: {e.strerror}; check its permissions") from None
+        if header and header != b"SQLite format 3\x00":
+            raise UserError(f"{path} is not an SQLite database; point --storage at an nasopt/Optuna "
+                            "database or a new file name")
+    elif not os.access(path.parent, os.W_OK):
+        raise UserError(f"cannot create storage file {path}: folder not writable; choose another --storage")
+
+
+def open_storage(url: str | None = None, *, create: bool = True, heartbeat: bool = True) -> RDBStorage:
+    """Open (and with `create`, initialise) the storage at `url` with heartbeat and stale-trial retry.
+
+    Raises `UserError` with the password masked when the URL cannot be used. With `create=False`
+    a missing SQLite file is an error instead of a new, empty database.
+    """
+    url = url or DEFAULT_STORAGE
+    scheme = url.split(":", 1)[0].split("+", 1)[0]
+    if "://" not in url or scheme not in _SCHEMES:
+        raise UserError(f"storage URL {mask_url(url)!r} is not supported; use sqlite:///FILE.db, "
+                        "postgresql://USER@HOST/DB or mysql://USER@HOST/DB")
+    path = sqlite_path(url)
+    if path is not None:
+        _check_sqlite_file(path, url)
+        if not create and not path.exists():
+            raise UserError(f"no storage at {path}; run a study first (nasopt run FILE) or pass --storage")
+    engine_kwargs: dict[str, object] = {}
+    if scheme == "sqlite":
+        engine_kwargs["connect_args"] = {"timeout": 60}
+    else:
+        engine_kwargs["pool_pre_ping"] = True
+    kwargs: dict[str, object] = {}
+    if heartbeat:
+        kwargs = dict(heartbeat_interval=HEARTBEAT_INTERVAL, grace_period=GRACE_PERIOD,
+                      heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY))
+    try:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)  # type: ignore[arg-type]
+    except UserError:
+        raise
+    except Exception as e:  # driver missing, server down, corrupt file: one line, password masked
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"cannot open storage {mask_url(url)}: {mask_url(first)}") from None

@@ -1,0 +1,190 @@
+"""What a study file declares (`StudySpec`) and `run()`, which carries it out in an Optuna storage.
+
+Resume is the same call again: the study is loaded by name and run until `n_trials` trials have
+finished in total. A trial left RUNNING by a killed process is failed and retried with the same
+params (at once when its process is known dead on this host, otherwise after the heartbeat grace
+period), so no finished trial is lost or run twice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from nasopt import _objective, _progress
+from nasopt.data import load_task
+from nasopt.errors import UserError
+from nasopt.metrics import MeasureConfig
+from nasopt.storage import mask_url, open_storage
+from nasopt.train import TrainConfig
+
+__all__ = ["StudySpec", "run", "METRICS", "finished_count"]
+
+# metric name -> (what it is, usable as a hard limit before training)
+METRICS: dict[str, tuple[str, bool]] = {
+    "accuracy": ("validation top-1 after the last epoch", False),
+    "top5": ("validation top-5 after the last epoch", False),
+    "params": ("trainable parameters", True),
+    "macs": ("multiply-adds of one forward pass at batch 1", True),
+    "latency_ms": ("median measured forward latency", True),
+    "memory_mb": ("peak inference memory in MiB", True),
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class StudySpec:
+    """One NAS study: what to search, on which data, for which objectives, with which sampler."""
+
+    name: str
+    space: Any
+    dataset: str = "digits"
+    data_dir: str | None = None
+    download: bool = False
+    val_fraction: float = 0.2
+    image_size: int | None = None
+    objectives: Mapping[str, str] = field(default_factory=lambda: {"accuracy": "maximize"})
+    constraints: Mapping[str, float] = field(default_factory=dict)
+    sampler: Any = None
+    pruner: optuna.pruners.BasePruner | None = None
+    n_trials: int = 20
+    timeout: float | None = None
+    train: TrainConfig = field(default_factory=TrainConfig)
+    measure: MeasureConfig = field(default_factory=MeasureConfig)
+    seed: int = 0
+    device: str = "auto"
+    storage: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.name or not isinstance(self.name, str):
+            raise UserError(f"a study needs a non-empty `name`, but got name={self.name!r}")
+        if not self.objectives:
+            raise UserError("a study needs at least one objective, e.g. objectives={'accuracy': 'maximize'}")
+        for metric, direction in self.objectives.items():
+            if metric not in METRICS:
+                raise UserError(f"unknown objective {metric!r}; known metrics: {', '.join(METRICS)}")
+            if direction not in ("maximize", "minimize"):
+                raise UserError(f"objective {metric!r} has direction {direction!r}; use 'maximize' or 'minimize'")
+        limits = [m for m, (_, cheap) in METRICS.items() if cheap]
+        for metric, limit in self.constraints.items():
+            if metric not in limits:
+                raise UserError(f"unknown constraint {metric!r}; hard limits exist for: {', '.join(limits)}")
+            if not isinstance(limit, (int, float)) or limit <= 0:
+                raise UserError(f"constraint {metric!r} must be a positive number, but got {limit!r}")
+        if not isinstance(self.n_trials, int) or self.n_trials < 1:
+            raise UserError(f"`n_trials >= 1` must hold, but got n_trials={self.n_trials!r}")
+        if self.timeout is not None and self.timeout <= 0:
+            raise UserError(f"`timeout > 0` must hold, but got timeout={self.timeout!r}")
+        if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):
+            raise UserError(f"unknown device {self.device!r}; use auto, cpu or cuda")
+        if self.pruner is not None and len(self.objectives) > 1:
+            raise UserError("Optuna pruners need a single-objective study; remove `pruner` or keep one objective")
+        for method in ("suggest", "build", "distributions", "encode", "describe"):
+            if not callable(getattr(self.space, method, None)):
+                raise UserError(f"`space` must be a search space (missing `{method}`), but got {self.space!r}")
+        if self.sampler is not None and not isinstance(self.sampler, optuna.samplers.BaseSampler):
+            raise UserError(f"`sampler` must be an Optuna sampler, but got {self.sampler!r}")
+
+    @property
+    def directions(self) -> list[str]:
+        return list(self.objectives.values())
+
+    def replace(self, **changes: Any) -> StudySpec:
+        return dataclasses.replace(self, **changes)
+
+
+def _device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device {name!r} asked for, but no CUDA device is available; use --device cpu")
+    return name
+
+
+def finished_count(study: optuna.Study) -> int:
+    """Trials that count against the budget: COMPLETE, PRUNED, and FAIL without a pending retry."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    return sum(1 for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+               or (t.state == TrialState.FAIL and t.number not in retried))
+
+
+def _open_study(spec: StudySpec, storage_url: str | None) -> optuna.Study:
+    storage = open_storage(storage_url or spec.storage)
+    names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+    sampler = spec.sampler if spec.sampler is not None else _default_sampler(spec)
+    if spec.name in names:
+        study = optuna.load_study(study_name=spec.name, storage=storage, sampler=sampler, pruner=spec.pruner)
+        stored = [d.name.lower() for d in study.directions]
+        if stored != spec.directions or (study.metric_names or list(spec.objectives)) != list(spec.objectives):
+            raise UserError(f"study {spec.name!r} in {mask_url(storage.url)} has objectives "
+                            f"{study.metric_names} {stored}, but the study file asks for "
+                            f"{dict(spec.objectives)}; give the study another `name`")
+        return study
+    study = optuna.create_study(study_name=spec.name, storage=storage, sampler=sampler, pruner=spec.pruner,
+                                directions=spec.directions)
+    study.set_metric_names(list(spec.objectives))
+    study.set_user_attr("nasopt", {"space": type(spec.space).__name__, "dataset": spec.dataset,
+                                   "objectives": dict(spec.objectives), "constraints": dict(spec.constraints),
+                                   "train": dataclasses.asdict(spec.train)})
+    return study
+
+
+def _default_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
+    if len(spec.objectives) > 1:
+        return optuna.samplers.NSGAIISampler(seed=spec.seed)
+    return optuna.samplers.TPESampler(seed=spec.seed, constant_liar=True)
+
+
+def run(spec: StudySpec, *, storage: str | None = None, n_trials: int | None = None,
+        timeout: float | None = None, device: str | None = None, progress: bool = True) -> optuna.Study:
+    """Run (or resume) the study `spec.name` until `n_trials` trials have finished in total.
+
+    Everything the user could have got wrong is checked before the storage is touched. Returns the
+    Optuna study; Ctrl-C stops after marking the interrupted trial for a retry on the next run.
+    """
+    spec = spec.replace(n_trials=n_trials or spec.n_trials, timeout=timeout or spec.timeout,
+                        device=device or spec.device)
+    dev = _device(spec.device)
+    task = load_task(spec.dataset, data_dir=spec.data_dir, download=spec.download,
+                     val_fraction=spec.val_fraction, seed=spec.seed, device=dev, image_size=spec.image_size)
+    study = _open_study(spec, storage)
+    objective = _objective.Objective(spec, task)
+    deadline = time.monotonic() + spec.timeout if spec.timeout else math.inf
+    bar = _progress.Progress(study, spec, enabled=progress)
+    level = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    try:
+        while True:
+            _objective.recover_dead_local_trials(study)
+            remaining = spec.n_trials - finished_count(study)
+            left = deadline - time.monotonic()
+            if remaining <= 0 or left <= 0:
+                break
+            bar.refresh()
+            study.optimize(objective, n_trials=remaining, timeout=None if math.isinf(left) else left,
+                           callbacks=[bar.on_trial, _stop_at_budget(spec.n_trials)],
+                           catch=_objective.CATCH, gc_after_trial=False)
+    except KeyboardInterrupt:
+        _objective.retry_interrupted(study)
+        raise
+    finally:
+        optuna.logging.set_verbosity(level)
+        bar.close()
+    return study
+
+
+def _stop_at_budget(n_trials: int) -> Any:
+    def callback(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if finished_count(study) >= n_trials:
+            study.stop()
+
+    return callback

@@ -1,0 +1,157 @@
+"""One small train/eval loop for every trial.
+
+SGD (or Adam) with a cosine schedule for `TrainConfig.epochs` epochs; validation top-1 (and top-5
+when there are more than 5 classes) after every epoch, handed to `on_epoch`, which may stop the run
+by raising `optuna.TrialPruned`. A non-finite loss ends the run as pruned with the reason.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nasopt.errors import UserError
+
+__all__ = ["TrainConfig", "TrainResult", "train", "evaluate"]
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """How every architecture of a study is trained (the same for all, so they compare fairly)."""
+
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    optimizer: str = "sgd"
+    label_smoothing: float = 0.0
+    grad_clip: float | None = 5.0
+    channels_last: bool = True  # NHWC: 2-3x faster depthwise convs on CPU (oneDNN), no slower elsewhere
+
+    def __post_init__(self) -> None:
+        rules = [
+            (self.epochs >= 1, f"`epochs >= 1` must hold, but got epochs={self.epochs}"),
+            (self.batch_size >= 1, f"`batch_size >= 1` must hold, but got batch_size={self.batch_size}"),
+            (self.lr > 0, f"`lr > 0` must hold, but got lr={self.lr}"),
+            (self.weight_decay >= 0, f"`weight_decay >= 0` must hold, but got weight_decay={self.weight_decay}"),
+            (0 <= self.label_smoothing < 1, f"`0 <= label_smoothing < 1` must hold, but got {self.label_smoothing}"),
+            (self.optimizer in OPTIMIZERS, f"unknown optimizer {self.optimizer!r}; choose one of {list(OPTIMIZERS)}"),
+        ]
+        for ok, message in rules:
+            if not ok:
+                raise UserError(message)
+
+
+@dataclass
+class TrainResult:
+    """Per-epoch records (`curve`) and the final validation accuracy (the trial's `accuracy`)."""
+
+    curve: list[dict[str, float]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def val_acc(self) -> float:
+        return self.curve[-1]["val_acc"] if self.curve else 0.0
+
+    @property
+    def best_val_acc(self) -> float:
+        return max((r["val_acc"] for r in self.curve), default=0.0)
+
+
+def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    # no weight decay on BN/bias parameters (1-D tensors), as is standard for small CNNs
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
+    groups: list[dict[str, Any]] = [{"params": decay, "weight_decay": config.weight_decay},
+                                    {"params": no_decay, "weight_decay": 0.0}]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.momentum > 0)
+    if config.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=config.lr)
+    return torch.optim.AdamW(groups, lr=config.lr)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, split: Any, batch_size: int = 512) -> dict[str, float]:
+    """Top-1, top-5 (when more than 5 classes) and mean loss of `model` on `split`."""
+    was_training = model.training
+    model.eval()
+    n, loss_sum, top1, top5 = 0, 0.0, 0, 0
+    for x, y in split.batches(batch_size):
+        logits = model(x)
+        loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+        k = min(5, logits.shape[1])
+        pred = logits.topk(k, dim=1).indices  # (N, k)
+        hit = pred.eq(y[:, None])
+        top1 += int(hit[:, 0].sum())
+        top5 += int(hit.any(dim=1).sum())
+        n += len(y)
+    model.train(was_training)
+    out = {"acc": top1 / max(n, 1), "loss": loss_sum / max(n, 1)}
+    if logits.shape[1] > 5:
+        out["top5"] = top5 / max(n, 1)
+    return out
+
+
+def train(model: nn.Module, task: Any, config: TrainConfig, *, seed: int = 0,
+          on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> TrainResult:
+    """Train `model` (already on the task's device) on `task.train`, validating on `task.val`.
+
+    `on_epoch(epoch, record)` is called after each epoch (1-based) with the record appended to the
+    curve; it may raise `optuna.TrialPruned`. Raises `optuna.TrialPruned` on a non-finite loss.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    fmt = torch.channels_last if config.channels_last and len(task.input_shape) == 3 else torch.contiguous_format
+    model.to(memory_format=fmt)
+    optimizer = _optimizer(model, config)
+    steps_per_epoch = max(1, math.ceil(len(task.train) / config.batch_size))
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs * steps_per_epoch)
+    result = TrainResult()
+    start = time.perf_counter()
+    model.train()
+    for epoch in range(1, config.epochs + 1):
+        t0 = time.perf_counter()
+        loss_sum = torch.zeros((), device=task.device)
+        correct = torch.zeros((), device=task.device, dtype=torch.long)
+        seen = 0
+        for step, (x, y) in enumerate(task.train.batches(config.batch_size, shuffle=True, generator=generator,
+                                                               drop_last=len(task.train) % config.batch_size == 1)):
+            logits = model(x.contiguous(memory_format=fmt))
+            loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip is not None:
+                nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            # accumulate on the device; one host sync per epoch instead of one per step
+            loss_sum += loss.detach() * len(y)
+            correct += (logits.detach().argmax(1) == y).sum()
+            seen += len(y)
+            if step % 20 == 0 and not torch.isfinite(loss.detach()):
+                raise optuna.TrialPruned(f"non-finite training loss at epoch {epoch}, step {step}")
+        train_loss = float(loss_sum) / max(seen, 1)
+        if not math.isfinite(train_loss):
+            raise optuna.TrialPruned(f"non-finite training loss in epoch {epoch}")
+        val = evaluate(model, task.val)
+        record = {"epoch": epoch, "train_loss": train_loss, "train_acc": float(correct) / max(seen, 1),
+                  "val_acc": val["acc"], "val_loss": val["loss"], "lr": optimizer.param_groups[0]["lr"],
+                  "seconds": time.perf_counter() - t0}
+        if "top5" in val:
+            record["val_top5"] = val["top5"]
+        result.curve.append(record)
+        result.seconds = time.perf_counter() - start
+        if on_epoch is not None:
+            on_epoch(epoch, record)
+    return result

@@ -1,0 +1,71 @@
+"""The nano space: the educational space of nanoNAS.
+
+stem conv3x3 -> 4 positions, each one of {conv3x3, conv5x5, maxpool3x3, skip, zero} -> head.
+Position i maps node i-1 to node i (node 0 is the stem output); the head sees the sum of all five
+nodes, so `zero` at position i cuts the chain there while the earlier nodes still count. 5^4 = 625
+architectures, all with a different network.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import optuna
+import torch
+from optuna.distributions import BaseDistribution, CategoricalDistribution
+from torch import nn
+
+from nasopt.ops import ConvBNAct
+from nasopt.space import Chooser, encode_params, fixed
+
+__all__ = ["NanoSpace", "NANO_OPS"]
+
+NANO_OPS = ("conv3x3", "conv5x5", "maxpool3x3", "skip", "zero")
+_SHORT = {"conv3x3": "c3", "conv5x5": "c5", "maxpool3x3": "mp", "skip": "sk", "zero": "0"}
+
+
+class NanoNet(nn.Module):
+    def __init__(self, in_channels: int, C: int, num_classes: int, positions: Sequence[nn.Module]) -> None:
+        super().__init__()
+        self.stem = ConvBNAct(in_channels, C, 3)
+        self.positions = nn.ModuleList(positions)
+        self.classifier = nn.Linear(C, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        node = self.stem(x)  # (N, C, H, W)
+        total = node
+        for op in self.positions:
+            node = op(node)
+            total = total + node
+        return self.classifier(total.mean((2, 3)))  # global average pool -> (N, num_classes)
+
+
+class NanoSpace:
+    """4 positions x 5 ops on a fixed-width chain; `C` channels throughout."""
+
+    def __init__(self, *, positions: int = 4, C: int = 32, ops: Sequence[str] = NANO_OPS) -> None:
+        if positions < 1:
+            raise ValueError(f"`positions >= 1` must hold, but got {positions=}")
+        self.positions, self.C, self.ops = positions, C, tuple(ops)
+
+    def _names(self) -> list[str]:
+        return [f"pos{i}.op" for i in range(self.positions)]
+
+    def suggest(self, trial: optuna.Trial) -> dict[str, Any]:
+        return {name: trial.suggest_categorical(name, self.ops) for name in self._names()}
+
+    def distributions(self) -> dict[str, BaseDistribution]:
+        return {name: CategoricalDistribution(self.ops) for name in self._names()}
+
+    def build(self, arch: Mapping[str, Any], task: Any, choose: Chooser = fixed) -> nn.Module:
+        C = self.C
+        ops = [choose(name, self.ops, arch[name], C, C, 1) for name in self._names()]
+        return NanoNet(task.input_shape[0], C, task.num_classes, ops)
+
+    def encode(self, arch: Mapping[str, Any]) -> np.ndarray:
+        return encode_params(arch, self.distributions())
+
+    def describe(self, arch: Mapping[str, Any]) -> str:
+        return "nano:" + "-".join(_SHORT.get(arch[n], arch[n]) for n in self._names())
