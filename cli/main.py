@@ -170,7 +170,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
         for t in study.get_trials(deepcopy=False):
             states[t.state.name] = states.get(t.state.name, 0) + 1
         objectives = ", ".join(f"{n} ({d.name.lower()})" for n, d in zip(
-            study.metric_names or [f"value{i}" for i in range(len(study.directions))], study.directions))
+            study.metric_names or [f"value{i}" for i in range(len(study.directions))], study.directions, strict=False))
         counts = " ".join(f"{k.lower()}={v}" for k, v in sorted(states.items()))
         print(f"{s.study_name}\t{counts or 'no trials'}\t{objectives}")
     return 0

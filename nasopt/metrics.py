@@ -21,6 +21,8 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from nasopt.errors import UserError
+
 __all__ = ["MeasureConfig", "count_params", "count_macs", "flop_counter_macs", "Latency", "measure_latency",
            "peak_memory", "device_name"]
 
@@ -39,10 +41,10 @@ class MeasureConfig:
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.repeats < 3 or self.warmup < 0:
-            raise ValueError("`batch_size >= 1`, `repeats >= 3` and `warmup >= 0` must hold, but got "
+            raise UserError("`batch_size >= 1`, `repeats >= 3` and `warmup >= 0` must hold, but got "
                              f"batch_size={self.batch_size}, repeats={self.repeats}, warmup={self.warmup}")
         if self.threads is not None and self.threads < 1:
-            raise ValueError(f"`threads >= 1` must hold, but got threads={self.threads}")
+            raise UserError(f"`threads >= 1` must hold, but got threads={self.threads}")
 
 
 def count_params(model: nn.Module) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from pathlib import Path
 
 import optuna
@@ -78,18 +79,18 @@ def open_storage(url: str | None = None, *, create: bool = True, heartbeat: bool
         engine_kwargs["connect_args"] = {"timeout": 60}
     else:
         engine_kwargs["pool_pre_ping"] = True
-    kwargs: dict[str, object] = {}
-    if heartbeat:
-        kwargs = dict(heartbeat_interval=HEARTBEAT_INTERVAL, grace_period=GRACE_PERIOD,
-                      heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY))
     try:
-        import warnings
-
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            kwargs: dict[str, object] = {}
+            if heartbeat:
+                kwargs = dict(heartbeat_interval=HEARTBEAT_INTERVAL, grace_period=GRACE_PERIOD,
+                              heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY))
             return RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)  # type: ignore[arg-type]
     except UserError:
         raise
     except Exception as e:  # driver missing, server down, corrupt file: one line, password masked
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "Failed to import DB access module" in first:
+            first = "its database driver is not installed; pip install 'nasopt[postgres]' (psycopg)"
         raise UserError(f"cannot open storage {mask_url(url)}: {mask_url(first)}") from None

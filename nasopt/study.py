@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -156,12 +157,21 @@ def run(spec: StudySpec, *, storage: str | None = None, n_trials: int | None = N
     dev = _device(spec.device)
     task = load_task(spec.dataset, data_dir=spec.data_dir, download=spec.download,
                      val_fraction=spec.val_fraction, seed=spec.seed, device=dev, image_size=spec.image_size)
-    study = _open_study(spec, storage)
+    level = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # the progress bar and our messages say it all
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        try:
+            study = _open_study(spec, storage)
+            return _run(spec, study, task, progress)
+        finally:
+            optuna.logging.set_verbosity(level)
+
+
+def _run(spec: StudySpec, study: optuna.Study, task: Any, progress: bool) -> optuna.Study:
     objective = _objective.Objective(spec, task)
     deadline = time.monotonic() + spec.timeout if spec.timeout else math.inf
     bar = _progress.Progress(study, spec, enabled=progress)
-    level = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
     try:
         while True:
             _objective.recover_dead_local_trials(study)
@@ -177,7 +187,6 @@ def run(spec: StudySpec, *, storage: str | None = None, n_trials: int | None = N
         _objective.retry_interrupted(study)
         raise
     finally:
-        optuna.logging.set_verbosity(level)
         bar.close()
     return study
 
