@@ -107,7 +107,7 @@ class FactorizedReduce(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.relu(x)
         # pad so odd sizes give ceil(H/2) from both branches: shapes (N, C/2, ceil(H/2), ceil(W/2))
-        y = F.pad(x, (0, 1, 0, 1)) if x.shape[-1] % 2 else x
+        y = F.pad(x, (0, x.shape[-1] % 2, 0, x.shape[-2] % 2))
         out = torch.cat([self.conv_1(x), self.conv_2(y[:, :, 1:, 1:])], dim=1)
         return self.bn(out)
 
@@ -206,7 +206,8 @@ OPS: dict[str, OpFactory] = {
     # DARTS' primitives under their paper names (ReLU-conv-BN ordering, affine switchable)
     "none": lambda C_in, C_out, stride, **_: Zero(C_in, C_out, stride),
     "skip_connect": lambda C_in, C_out, stride, affine=True, **_: (
-        nn.Identity() if stride == 1 and C_in == C_out else FactorizedReduce(C_in, C_out, affine)),
+        nn.Identity() if stride == 1 and C_in == C_out
+        else ReLUConvBN(C_in, C_out, 1, 1, 0, affine) if stride == 1 else FactorizedReduce(C_in, C_out, affine)),
     "max_pool_3x3": lambda C_in, C_out, stride, **_: _Pool("max", C_in, C_out, stride),
     "avg_pool_3x3": lambda C_in, C_out, stride, **_: _Pool("avg", C_in, C_out, stride),
     "sep_conv_3x3": lambda C_in, C_out, stride, affine=True, **_: SepConv(C_in, C_out, 3, stride, 1, affine),

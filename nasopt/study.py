@@ -120,22 +120,21 @@ def finished_count(study: optuna.Study) -> int:
 
 def _open_study(spec: StudySpec, storage_url: str | None) -> optuna.Study:
     storage = open_storage(storage_url or spec.storage)
-    names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
     sampler = spec.sampler if spec.sampler is not None else _default_sampler(spec)
-    if spec.name in names:
-        study = optuna.load_study(study_name=spec.name, storage=storage, sampler=sampler, pruner=spec.pruner)
-        stored = [d.name.lower() for d in study.directions]
-        if stored != spec.directions or (study.metric_names or list(spec.objectives)) != list(spec.objectives):
-            raise UserError(f"study {spec.name!r} in {mask_url(storage.url)} has objectives "
-                            f"{study.metric_names} {stored}, but the study file asks for "
-                            f"{dict(spec.objectives)}; give the study another `name`")
-        return study
+    directions = [optuna.study.StudyDirection[d.upper()] for d in spec.directions]
+    # load_if_exists: several workers may create the same study at once; the first one wins
     study = optuna.create_study(study_name=spec.name, storage=storage, sampler=sampler, pruner=spec.pruner,
-                                directions=spec.directions)
-    study.set_metric_names(list(spec.objectives))
-    study.set_user_attr("nasopt", {"space": type(spec.space).__name__, "dataset": spec.dataset,
-                                   "objectives": dict(spec.objectives), "constraints": dict(spec.constraints),
-                                   "train": dataclasses.asdict(spec.train)})
+                                directions=directions, load_if_exists=True)
+    if study.directions != directions or (study.metric_names or list(spec.objectives)) != list(spec.objectives):
+        stored = [d.name.lower() for d in study.directions]
+        raise UserError(f"study {spec.name!r} in {mask_url(storage.url)} has objectives "
+                        f"{study.metric_names} {stored}, but the study file asks for "
+                        f"{dict(spec.objectives)}; give the study another `name`")
+    if study.metric_names is None:
+        study.set_metric_names(list(spec.objectives))
+        study.set_user_attr("nasopt", {"space": type(spec.space).__name__, "dataset": spec.dataset,
+                                       "objectives": dict(spec.objectives), "constraints": dict(spec.constraints),
+                                       "train": dataclasses.asdict(spec.train)})
     return study
 
 
