@@ -120,6 +120,7 @@ def apply_sets(spec: Any, sets: Sequence[str]) -> Any:
 
 def cmd_run(args: argparse.Namespace) -> int:
     import nasopt
+    from nasopt.storage import DEFAULT_STORAGE, mask_url
     from nasopt.study import finished_count
 
     spec = apply_sets(load_study_file(args.file), args.set or [])
@@ -131,7 +132,7 @@ def cmd_run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 130
     print(f"study {spec.name!r}: {finished_count(study)} trials finished "
-          f"(storage {args.storage or spec.storage or 'sqlite:///nasopt.db'})")
+          f"(storage {mask_url(args.storage or spec.storage or DEFAULT_STORAGE)})")
     print(_table(study, top=5))
     return 0
 

@@ -8,6 +8,7 @@ convolutions, linear layers and matrix products, as the papers and torchvision's
 from __future__ import annotations
 
 import logging
+import math
 import platform
 import statistics
 import time
@@ -57,6 +58,33 @@ def _example(model: nn.Module, input_shape: Sequence[int], batch_size: int = 1) 
     return torch.randn(batch_size, *input_shape, device=device)
 
 
+def _sdpa_macs(q: Sequence[int], k: Sequence[int], v: Sequence[int]) -> int:
+    """Q K^T and attn @ V of attention: q (..., L, E), k (..., S, E), v (..., S, Ev)."""
+    return math.prod(q[:-2]) * q[-2] * k[-2] * (q[-1] + v[-1])
+
+
+def _fvcore_sdpa(inputs: Any, outputs: Any) -> int:
+    from fvcore.nn.jit_handles import get_shape
+
+    return _sdpa_macs(*(get_shape(v) for v in inputs[:3]))
+
+
+def _torch_sdpa_flops(q: Sequence[int], k: Sequence[int], v: Sequence[int], *args: Any, **kwargs: Any) -> int:
+    return 2 * _sdpa_macs(q, k, v)  # FlopCounterMode counts FLOPs = 2 x MACs
+
+
+class _NoMHAFastPath:
+    """nn.MultiheadAttention's inference fast path is one fused op that neither counter sees; the
+    regular path runs linear + scaled_dot_product_attention, which both count."""
+
+    def __enter__(self) -> None:
+        self.old = torch.backends.mha.get_fastpath_enabled()
+        torch.backends.mha.set_fastpath_enabled(False)
+
+    def __exit__(self, *exc: object) -> None:
+        torch.backends.mha.set_fastpath_enabled(self.old)
+
+
 def count_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
     """Multiply-adds of one forward pass at batch size 1, counted by fvcore.
 
@@ -66,12 +94,13 @@ def count_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
     was_training = model.training
     model.eval()
     try:
-        with warnings.catch_warnings(), torch.no_grad():
+        with warnings.catch_warnings(), torch.no_grad(), _NoMHAFastPath():
             warnings.simplefilter("ignore")
             from fvcore.nn import FlopCountAnalysis  # its import scripts functions with torch.jit: warns
 
             logging.getLogger("fvcore").setLevel(logging.ERROR)
             analysis = FlopCountAnalysis(model, _example(model, input_shape))
+            analysis.set_op_handle("aten::scaled_dot_product_attention", _fvcore_sdpa)
             analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
             by_op = analysis.by_operator()
     finally:
@@ -86,7 +115,9 @@ def flop_counter_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        # the CPU attention kernel is missing from torch's table (the CUDA kernels are in it)
+        cpu_sdpa = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _torch_sdpa_flops}
+        with torch.no_grad(), _NoMHAFastPath(), FlopCounterMode(display=False, custom_mapping=cpu_sdpa) as counter:
             model(_example(model, input_shape))
     finally:
         model.train(was_training)

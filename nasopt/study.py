@@ -151,7 +151,8 @@ def run(spec: StudySpec, *, storage: str | None = None, n_trials: int | None = N
     Everything the user could have got wrong is checked before the storage is touched. Returns the
     Optuna study; Ctrl-C stops after marking the interrupted trial for a retry on the next run.
     """
-    spec = spec.replace(n_trials=n_trials or spec.n_trials, timeout=timeout or spec.timeout,
+    spec = spec.replace(n_trials=spec.n_trials if n_trials is None else n_trials,
+                        timeout=spec.timeout if timeout is None else timeout,
                         device=device or spec.device)
     dev = _device(spec.device)
     task = load_task(spec.dataset, data_dir=spec.data_dir, download=spec.download,

@@ -26,7 +26,8 @@ import torch
 from optuna.distributions import BaseDistribution, CategoricalDistribution, IntDistribution
 from torch import nn
 
-from nasopt.ops import ConvBNAct
+from nasopt.errors import UserError
+from nasopt.ops import ACTIVATIONS, OPS, ConvBNAct
 from nasopt.space import Chooser, encode_params, fixed
 
 __all__ = ["MobileSpace", "strides_for"]
@@ -73,6 +74,15 @@ class MobileSpace:
             raise ValueError(f"`1 <= stages <= {len(_CHANNELS)}` must hold, but got {stages=}")
         if max_depth < 1:
             raise ValueError(f"`max_depth >= 1` must hold, but got {max_depth=}")
+        bad_kernels = [k for k in kernels if f"mbconv_k{k}_e1" not in OPS]
+        bad_expands = [e for e in expands if f"mbconv_k3_e{e}" not in OPS]
+        if bad_kernels or bad_expands:
+            raise UserError(f"MobileSpace supports kernels (3, 5, 7) and expands (1, 3, 4, 6), but got "
+                            f"kernels={tuple(kernels)}, expands={tuple(expands)}")
+        if act not in ACTIVATIONS:
+            raise UserError(f"unknown activation {act!r}; choose one of {sorted(ACTIVATIONS)}")
+        if not widths or any(w <= 0 for w in widths):
+            raise UserError(f"widths must be positive multipliers, but got {tuple(widths)}")
         channels = tuple(channels) if channels is not None else _CHANNELS[:stages]
         if len(channels) != stages:
             raise ValueError(f"`len(channels) == stages` must hold, but got {len(channels)=} and {stages=}")

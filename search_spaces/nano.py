@@ -17,7 +17,8 @@ import torch
 from optuna.distributions import BaseDistribution, CategoricalDistribution
 from torch import nn
 
-from nasopt.ops import ConvBNAct
+from nasopt.errors import UserError
+from nasopt.ops import OPS, ConvBNAct
 from nasopt.space import Chooser, encode_params, fixed
 
 __all__ = ["NanoSpace", "NANO_OPS"]
@@ -48,6 +49,9 @@ class NanoSpace:
     def __init__(self, *, positions: int = 4, C: int = 32, ops: Sequence[str] = NANO_OPS) -> None:
         if positions < 1:
             raise ValueError(f"`positions >= 1` must hold, but got {positions=}")
+        unknown = [op for op in ops if op not in OPS]
+        if unknown:
+            raise UserError(f"unknown op {unknown[0]!r} in NanoSpace(ops=...); known ops: {', '.join(sorted(OPS))}")
         self.positions, self.C, self.ops = positions, C, tuple(ops)
 
     def _names(self) -> list[str]:

@@ -1,0 +1,201 @@
+"""The train/eval loop: real training on the in-memory digits and synthetic tasks, on the CPU."""
+
+from __future__ import annotations
+
+import math
+
+import optuna
+import pytest
+import torch
+from torch import nn
+
+from nasopt import TrainConfig, UserError
+from nasopt.search_spaces.mobile import MobileSpace
+from nasopt.search_spaces.nano import NanoSpace
+from nasopt.train import evaluate, train
+
+NANO_ARCH = {"pos0.op": "conv3x3", "pos1.op": "maxpool3x3", "pos2.op": "skip", "pos3.op": "conv3x3"}
+MOBILE_ARCH = {"width": 0.5, "stage1.depth": 1, "stage1.block0.kernel": 3, "stage1.block0.expand": 3,
+               "stage2.depth": 1, "stage2.block0.kernel": 3, "stage2.block0.expand": 3}
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+RECORD_KEYS = {"epoch", "train_loss", "train_acc", "val_acc", "val_loss", "lr", "seconds"}
+
+
+def nano(task, C: int = 8, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return NanoSpace(C=C).build(NANO_ARCH, task)
+
+
+def without_time(curve: list[dict[str, float]]) -> list[dict[str, float]]:
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in curve]
+
+
+# ------------------------------------------------------------------------------------------- config
+
+@pytest.mark.parametrize(("kwargs", "rule"), [
+    ({"epochs": 0}, "`epochs >= 1`"),
+    ({"batch_size": 0}, "`batch_size >= 1`"),
+    ({"lr": 0.0}, "`lr > 0`"),
+    ({"lr": -0.1}, "`lr > 0`"),
+    ({"weight_decay": -1e-4}, "`weight_decay >= 0`"),
+    ({"label_smoothing": 1.0}, "`0 <= label_smoothing < 1`"),
+    ({"optimizer": "rmsprop"}, "unknown optimizer 'rmsprop'"),
+])
+def test_train_config_rejects_bad_values(kwargs, rule):
+    with pytest.raises(UserError) as info:
+        TrainConfig(**kwargs)
+    message = str(info.value)
+    assert rule in message
+    if kwargs.get("optimizer"):
+        assert "sgd" in message and "adam" in message  # the fix: the known choices
+    else:
+        assert str(next(iter(kwargs.values()))) in message  # the value that broke the rule
+
+
+def test_train_config_is_keyword_only_and_frozen():
+    with pytest.raises(TypeError):
+        TrainConfig(3)  # type: ignore[misc]
+    config = TrainConfig(epochs=3)
+    with pytest.raises(AttributeError):
+        config.epochs = 4  # type: ignore[misc]
+
+
+# ----------------------------------------------------------------------------------------- training
+
+@pytest.mark.parametrize("space", ["nano", "mobile"])
+def test_train_on_digits_learns_and_records_every_epoch(digits_task, space):
+    torch.manual_seed(0)
+    if space == "nano":
+        model = NanoSpace(C=8).build(NANO_ARCH, digits_task)
+        config = TrainConfig(epochs=3, batch_size=64, channels_last=False)
+    else:  # the mobile path also runs the channels_last default
+        model = MobileSpace(stages=2, max_depth=1).build(MOBILE_ARCH, digits_task)
+        config = TrainConfig(epochs=3, batch_size=64)
+    seen: list[tuple[int, dict[str, float]]] = []
+    result = train(model, digits_task, config, seed=0, on_epoch=lambda e, r: seen.append((e, dict(r))))
+
+    assert [r["epoch"] for r in result.curve] == [1, 2, 3]
+    assert [e for e, _ in seen] == [1, 2, 3]
+    assert [r for _, r in seen] == result.curve  # on_epoch gets the records of the curve
+    for r in result.curve:
+        assert RECORD_KEYS | {"val_top5"} <= set(r)  # 10 classes: top-5 is reported
+        assert 0 <= r["val_acc"] <= r["val_top5"] <= 1
+        assert math.isfinite(r["train_loss"]) and r["train_loss"] > 0
+    assert result.val_acc == result.curve[-1]["val_acc"] > 0.5  # chance is 0.1
+    assert result.best_val_acc == max(r["val_acc"] for r in result.curve)
+    assert result.curve[-1]["train_loss"] < result.curve[0]["train_loss"]
+    lrs = [r["lr"] for r in result.curve]
+    assert lrs == sorted(lrs, reverse=True) and lrs[0] <= config.lr and lrs[-1] < 0.01 * config.lr  # cosine
+    assert result.seconds > 0
+    assert model.training  # left in train mode, as it was trained
+
+
+def test_same_seed_gives_identical_curves(synthetic_task):
+    config = TrainConfig(epochs=2, batch_size=64, channels_last=False)
+    runs = []
+    for seed in (0, 0, 1):
+        model = nano(synthetic_task)  # same initial weights every time
+        curve = train(model, synthetic_task, config, seed=seed).curve
+        runs.append((without_time(curve), model.state_dict()))
+    (curve_a, weights_a), (curve_b, weights_b), (curve_c, _) = runs
+    assert curve_a == curve_b
+    assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
+    assert curve_c != curve_a  # the seed does pick the batch order
+
+
+@pytest.mark.parametrize(("optimizer", "lr"), [("adam", 0.01), ("adamw", 0.01), ("sgd", 0.05)])
+def test_each_optimizer_reduces_the_loss(synthetic_task, optimizer, lr):
+    config = TrainConfig(epochs=2, batch_size=64, lr=lr, optimizer=optimizer, channels_last=False)
+    curve = train(nano(synthetic_task), synthetic_task, config).curve
+    assert curve[-1]["train_loss"] < curve[0]["train_loss"]
+
+
+def test_on_epoch_pruning_stops_training(synthetic_task):
+    calls: list[int] = []
+
+    def prune_at_two(epoch, record):
+        calls.append(epoch)
+        if epoch == 2:
+            raise optuna.TrialPruned("pruned at epoch 2")
+
+    with pytest.raises(optuna.TrialPruned, match="epoch 2"):
+        train(nano(synthetic_task), synthetic_task, TrainConfig(epochs=10, batch_size=128, channels_last=False),
+              on_epoch=prune_at_two)
+    assert calls == [1, 2]
+
+
+class NaNOut(nn.Module):
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x) * float("nan")
+
+
+def test_nan_output_prunes_with_a_reason(synthetic_task):
+    calls: list[int] = []
+    with pytest.raises(optuna.TrialPruned, match="non-finite"):
+        train(NaNOut(nano(synthetic_task)), synthetic_task, TrainConfig(epochs=3, channels_last=False),
+              on_epoch=lambda e, r: calls.append(e))
+    assert calls == []  # stopped in the first epoch, before any record
+
+
+def test_diverging_learning_rate_prunes_with_a_reason(synthetic_task):
+    config = TrainConfig(epochs=4, batch_size=64, lr=1e6, grad_clip=None, channels_last=False)
+    with pytest.raises(optuna.TrialPruned, match="non-finite"):
+        train(nano(synthetic_task), synthetic_task, config)
+
+
+# --------------------------------------------------------------------------------------- evaluation
+
+class FixedRanking(nn.Module):
+    """Ignores the input: always ranks class 0 first, then 1, 2, ... (logits 9, 8, ..., 0)."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.register_buffer("logits", torch.arange(num_classes, 0, -1, dtype=torch.float32))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits.expand(len(x), -1)
+
+
+def test_evaluate_counts_top1_and_top5_exactly(digits_task):
+    y = digits_task.val.targets
+    metrics = evaluate(FixedRanking(10), digits_task.val, batch_size=100)  # several batches, a partial last one
+    assert metrics["acc"] == pytest.approx(float((y == 0).float().mean()))
+    assert metrics["top5"] == pytest.approx(float((y < 5).float().mean()))
+    assert metrics["loss"] > 0
+
+
+def test_evaluate_on_a_trained_model(digits_task):
+    model = nano(digits_task)
+    model.train()
+    before = [b.clone() for b in model.buffers()]
+    metrics = evaluate(model, digits_task.val)
+    assert 0 <= metrics["acc"] <= metrics["top5"] <= 1
+    assert math.isfinite(metrics["loss"])
+    assert model.training  # mode restored
+    assert all(torch.equal(a, b) for a, b in zip(before, model.buffers(), strict=True))  # ran in eval mode
+
+
+class TinySplit:
+    """A split of `n` random (1, 8, 8) samples in 3 classes: anything with `batches` is a split."""
+
+    def __init__(self, n: int = 10) -> None:
+        g = torch.Generator().manual_seed(0)
+        self.x, self.y = torch.randn(n, 1, 8, 8, generator=g), torch.arange(n) % 3
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def batches(self, batch_size, **_):
+        for i in range(0, len(self.y), batch_size):
+            yield self.x[i:i + batch_size], self.y[i:i + batch_size]
+
+
+def test_evaluate_without_top5_for_few_classes():
+    metrics = evaluate(FixedRanking(3), TinySplit(10), batch_size=4)
+    assert "top5" not in metrics
+    assert metrics["acc"] == pytest.approx(4 / 10)  # labels 0, 1, 2, 0, ...: four zeros
