@@ -99,6 +99,7 @@ def apply_sets(spec: Any, sets: Sequence[str]) -> Any:
               and f.name not in nested]
     known = scalar + [f"{n}.{f.name}" for n, obj in nested.items() for f in dataclasses.fields(obj)]
     top: dict[str, Any] = {}
+    samplers = []
     for item in sets:
         key, sep, raw = item.partition("=")
         if not sep or key not in known:
@@ -111,11 +112,15 @@ def apply_sets(spec: Any, sets: Sequence[str]) -> Any:
         elif key == "space":
             top["space"] = make_space(raw)
         elif key == "sampler":
-            top["sampler"] = make_sampler(raw, seed=spec.seed, n_objectives=len(spec.objectives))
+            samplers.append(raw)  # built last: it may need the (overridden) space and seed
         else:
             field = {f.name: f for f in dataclasses.fields(spec)}[key]
             top[key] = _parse(key, raw, getattr(spec, key), field.type)
-    return dataclasses.replace(spec, **top, **nested)
+    spec = dataclasses.replace(spec, **top, **nested)
+    for name in samplers:
+        sampler = make_sampler(name, seed=spec.seed, n_objectives=len(spec.objectives), space=spec.space)
+        spec = dataclasses.replace(spec, sampler=sampler)
+    return spec
 
 
 def cmd_run(args: argparse.Namespace) -> int:
