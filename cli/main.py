@@ -9,6 +9,7 @@ import argparse
 import dataclasses
 import runpy
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from nasopt.errors import UserError
 SPACES = {
     "nano": "nasopt.search_spaces.nano:NanoSpace",
     "mobile": "nasopt.search_spaces.mobile:MobileSpace",
+    "layers": "nasopt.search_spaces.layers:LayersSpace",
 }
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
@@ -92,10 +94,11 @@ def _parse(key: str, raw: str, current: Any, kind: Any) -> Any:
 
 def apply_sets(spec: Any, sets: Sequence[str]) -> Any:
     """Apply `--set key=value` overrides (`train.epochs=3`, `sampler=tpe`, `space=nano`, ...)."""
+    from nasopt.pruners import make_pruner
     from nasopt.samplers import make_sampler
 
     nested = {"train": spec.train, "measure": spec.measure}
-    scalar = [f.name for f in dataclasses.fields(spec) if f.name not in ("objectives", "constraints", "pruner")
+    scalar = [f.name for f in dataclasses.fields(spec) if f.name not in ("objectives", "constraints")
               and f.name not in nested]
     known = scalar + [f"{n}.{f.name}" for n, obj in nested.items() for f in dataclasses.fields(obj)]
     top: dict[str, Any] = {}
@@ -111,6 +114,8 @@ def apply_sets(spec: Any, sets: Sequence[str]) -> Any:
             nested[group] = dataclasses.replace(nested[group], **{name: value})
         elif key == "space":
             top["space"] = make_space(raw)
+        elif key == "pruner":
+            top["pruner"] = make_pruner(raw, max_epochs=spec.train.epochs)
         elif key == "sampler":
             samplers.append(raw)  # built last: it may need the (overridden) space and seed
         else:
@@ -197,7 +202,9 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: serving the dashboard on {args.host}: anyone who can reach this address can read "
               "(and annotate) the studies; put it behind an authenticating proxy", file=sys.stderr)
-    from optuna_dashboard import run_server
+    with warnings.catch_warnings():  # it imports botorch when installed: torch.jit FutureWarnings
+        warnings.simplefilter("ignore", FutureWarning)
+        from optuna_dashboard import run_server
 
     print(f"optuna-dashboard on http://{args.host}:{args.port}/ (Ctrl-C to stop)", file=sys.stderr)
     try:

@@ -17,6 +17,8 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from nasopt.metrics import count_macs, count_params, measure_latency, peak_memory
+from nasopt.nanobench import NanoBench
+from nasopt.pruners import CurvePruner
 from nasopt.storage import MAX_RETRY
 from nasopt.train import train
 
@@ -128,6 +130,37 @@ class Objective:
             trial.storage.set_trial_system_attr(trial._trial_id, INTERRUPTED_KEY, True)
             raise
 
+    def _check_pruner(self, trial: optuna.Trial, curve: list[dict[str, float]]) -> None:
+        if isinstance(self.spec.pruner, CurvePruner):
+            reason = self.spec.pruner.prune(trial.study, trial.number, [r["val_acc"] for r in curve])
+            if reason:
+                raise optuna.TrialPruned(reason)
+
+    def _lookup(self, trial: optuna.Trial, arch: dict[str, Any], seed: int) -> list[float]:
+        """nano-bench: answer from the table, epoch by epoch so that pruners see the curve."""
+        record = self.task.query(arch, seed)
+        metrics = {"params": record["params"], "macs": record["macs"]}
+        for key, value in {**metrics, "seed": record["seed"], "benchmark": "nanobench"}.items():
+            trial.set_user_attr(key, value)
+        for metric, limit in self.spec.constraints.items():
+            trial.set_constraint(metric, metrics[metric] - limit)
+            if metrics[metric] > limit:
+                raise optuna.TrialPruned(f"constraint violated before training: {metric}={metrics[metric]:g} > {limit:g}")
+        curve: list[dict[str, float]] = []
+        for epoch, val_acc in enumerate(record["curve"], 1):
+            curve.append({"epoch": epoch, "val_acc": val_acc})
+            self._check_pruner(trial, curve)
+            if len(self.spec.objectives) == 1 and not isinstance(self.spec.pruner, CurvePruner):
+                trial.report(val_acc, epoch)
+                if trial.should_prune():
+                    trial.set_user_attr("curve", curve)
+                    raise optuna.TrialPruned(f"pruned by {type(trial.study.pruner).__name__} at epoch {epoch}")
+        trial.set_user_attr("curve", curve)
+        trial.set_user_attr("accuracy", record["val_acc"])
+        trial.set_user_attr("timings", {"train_s": record["train_s"], "simulated": True})
+        metrics["accuracy"] = record["val_acc"]
+        return [float(metrics[m]) for m in self.spec.objectives]
+
     def _run(self, trial: optuna.Trial) -> list[float]:
         spec, task, space = self.spec, self.task, self.spec.space
         study = trial.study
@@ -141,6 +174,8 @@ class Objective:
             return self._reuse(trial, prev)
 
         seed = trial_seed(spec.seed, system.get("failed_trial", trial.number))
+        if isinstance(task, NanoBench):
+            return self._lookup(trial, arch, seed)
         torch.manual_seed(seed)
         model = space.build(arch, task).to(task.device)
         t1 = time.perf_counter()
@@ -171,7 +206,8 @@ class Objective:
         def on_epoch(epoch: int, record: dict[str, float]) -> None:
             curve.append({k: round(v, 6) for k, v in record.items()})
             trial.set_user_attr("curve", curve)
-            if single:
+            self._check_pruner(trial, curve)
+            if single and not isinstance(spec.pruner, CurvePruner):
                 trial.report(record["val_acc"], epoch)
                 if trial.should_prune():
                     raise optuna.TrialPruned(f"pruned by {type(study.pruner).__name__} at epoch {epoch} "

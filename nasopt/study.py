@@ -19,10 +19,11 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from nasopt import _objective, _progress
-from nasopt.data import load_task
+from nasopt import _objective, _progress, nanobench
+from nasopt.data import DATASETS, load_task
 from nasopt.errors import UserError
 from nasopt.metrics import MeasureConfig
+from nasopt.pruners import CurvePruner
 from nasopt.storage import mask_url, open_storage
 from nasopt.train import TrainConfig
 
@@ -53,7 +54,7 @@ class StudySpec:
     objectives: Mapping[str, str] = field(default_factory=lambda: {"accuracy": "maximize"})
     constraints: Mapping[str, float] = field(default_factory=dict)
     sampler: Any = None
-    pruner: optuna.pruners.BasePruner | None = None
+    pruner: optuna.pruners.BasePruner | CurvePruner | None = None
     n_trials: int = 20
     timeout: float | None = None
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -84,8 +85,11 @@ class StudySpec:
             raise UserError(f"`timeout > 0` must hold, but got timeout={self.timeout!r}")
         if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):
             raise UserError(f"unknown device {self.device!r}; use auto, cpu or cuda")
-        if self.pruner is not None and len(self.objectives) > 1:
-            raise UserError("Optuna pruners need a single-objective study; remove `pruner` or keep one objective")
+        if isinstance(self.pruner, optuna.pruners.BasePruner) and len(self.objectives) > 1:
+            raise UserError("Optuna's pruners need a single-objective study; use a nasopt pruner "
+                            "(nasopt.pruners.MedianStop, EarlyKill, SuccessiveHalving, Hyperband) instead")
+        if self.pruner is not None and not isinstance(self.pruner, (optuna.pruners.BasePruner, CurvePruner)):
+            raise UserError(f"`pruner` must be a nasopt or Optuna pruner, but got {self.pruner!r}")
         for method in ("suggest", "build", "distributions", "encode", "describe"):
             if not callable(getattr(self.space, method, None)):
                 raise UserError(f"`space` must be a search space (missing `{method}`), but got {self.space!r}")
@@ -123,7 +127,8 @@ def _open_study(spec: StudySpec, storage_url: str | None) -> optuna.Study:
     sampler = spec.sampler if spec.sampler is not None else _default_sampler(spec)
     directions = [optuna.study.StudyDirection[d.upper()] for d in spec.directions]
     # load_if_exists: several workers may create the same study at once; the first one wins
-    study = optuna.create_study(study_name=spec.name, storage=storage, sampler=sampler, pruner=spec.pruner,
+    pruner = spec.pruner if isinstance(spec.pruner, optuna.pruners.BasePruner) else None
+    study = optuna.create_study(study_name=spec.name, storage=storage, sampler=sampler, pruner=pruner,
                                 directions=directions, load_if_exists=True)
     if study.directions != directions or (study.metric_names or list(spec.objectives)) != list(spec.objectives):
         stored = [d.name.lower() for d in study.directions]
@@ -155,8 +160,7 @@ def run(spec: StudySpec, *, storage: str | None = None, n_trials: int | None = N
                         timeout=spec.timeout if timeout is None else timeout,
                         device=device or spec.device)
     dev = _device(spec.device)
-    task = load_task(spec.dataset, data_dir=spec.data_dir, download=spec.download,
-                     val_fraction=spec.val_fraction, seed=spec.seed, device=dev, image_size=spec.image_size)
+    task = _load(spec, dev)
     level = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # the progress bar and our messages say it all
     with warnings.catch_warnings():
@@ -189,6 +193,20 @@ def _run(spec: StudySpec, study: optuna.Study, task: Any, progress: bool) -> opt
     finally:
         bar.close()
     return study
+
+
+def _load(spec: StudySpec, device: str) -> Any:
+    if spec.dataset == "nanobench":
+        bench = nanobench.load()
+        bench.check_space(spec.space)
+        missing = [m for m in list(spec.objectives) + list(spec.constraints) if m not in nanobench.METRICS]
+        if missing:
+            raise UserError(f"nanobench has no {missing[0]!r}; its metrics are {', '.join(nanobench.METRICS)}")
+        return bench
+    if spec.dataset.lower().replace("-", "_") not in DATASETS:
+        raise UserError(f"unknown dataset {spec.dataset!r}; known datasets: {', '.join((*DATASETS, 'nanobench'))}")
+    return load_task(spec.dataset, data_dir=spec.data_dir, download=spec.download,
+                     val_fraction=spec.val_fraction, seed=spec.seed, device=device, image_size=spec.image_size)
 
 
 def _stop_at_budget(n_trials: int) -> Any:

@@ -5,9 +5,9 @@ Resume:    the same command again (the study continues until n_trials trials hav
 """
 
 import optuna
-from nasopt.search_spaces.mobile import MobileSpace
 
 import nasopt
+from nasopt.search_spaces.mobile import MobileSpace
 
 study = nasopt.StudySpec(
     name="mobile_pareto",

@@ -4,9 +4,9 @@ Run with:  nasopt run studies/nano_evolution.py
 """
 
 import optuna
-from nasopt.search_spaces.nano import NanoSpace
 
 import nasopt
+from nasopt.search_spaces.nano import NanoSpace
 
 study = nasopt.StudySpec(
     name="nano_evolution",

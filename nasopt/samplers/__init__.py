@@ -12,8 +12,9 @@ from typing import Any
 import optuna
 
 from nasopt.errors import UserError
+from nasopt.samplers._rea import REASampler
 
-__all__ = ["SAMPLERS", "make_sampler"]
+__all__ = ["SAMPLERS", "make_sampler", "REASampler"]
 
 
 # Each factory takes keyword arguments: seed, n_objectives and space (the study's search space, for
@@ -26,8 +27,40 @@ def _tpe(*, seed: int | None = None, **_: Any) -> optuna.samplers.BaseSampler:
     return optuna.samplers.TPESampler(seed=seed, constant_liar=True, multivariate=True, group=True)
 
 
-def _nsga2(*, seed: int | None = None, **_: Any) -> optuna.samplers.BaseSampler:
-    return optuna.samplers.NSGAIISampler(seed=seed, population_size=16)
+def _nsga2(*, seed: int | None = None, space: Any = None, **_: Any) -> optuna.samplers.BaseSampler:
+    # Architecture decisions are categorical (op, kernel) or small integers (depth). Optuna crosses
+    # categorical decisions uniformly whatever `crossover` is; an explicit UniformCrossover makes the
+    # integer ones follow suit, so a child inherits one parent's depth instead of a blend of two.
+    # A mutated decision is redrawn uniformly, which keeps a k-way choice unchanged 1/k of the time, so
+    # mutation_prob = 1 / (n_decisions * P(change)) changes about one decision per child (Optuna's own
+    # default, 1/n, changes fewer). Decisions outside the intersection of a conditional space (the layers
+    # of a variable-depth net) are drawn at random by NSGA-II anyway; "rea" evolves those too.
+    mutation_prob = None
+    if space is not None and (dists := space.distributions()):
+        change = sum(1.0 - 1.0 / _n_values(d) for d in dists.values()) / len(dists)
+        mutation_prob = min(1.0, 1.0 / (len(dists) * max(change, 1e-3)))
+    return optuna.samplers.NSGAIISampler(
+        seed=seed, population_size=16, crossover=optuna.samplers.nsgaii.UniformCrossover(swapping_prob=0.5),
+        crossover_prob=0.9, mutation_prob=mutation_prob)
+
+
+def _n_values(dist: Any) -> float:
+    """How many values a distribution has (inf for a continuous one)."""
+    if isinstance(dist, optuna.distributions.CategoricalDistribution):
+        return len(dist.choices)
+    if isinstance(dist, optuna.distributions.IntDistribution):
+        return (dist.high - dist.low) // dist.step + 1
+    return float("inf") if dist.high > dist.low else 1.0
+
+
+def _rea(*, seed: int | None = None, **_: Any) -> optuna.samplers.BaseSampler:
+    return REASampler(seed=seed)
+
+
+def _pnas(*, seed: int | None = None, space: Any = None, **_: Any) -> optuna.samplers.BaseSampler:
+    from nasopt.samplers._pnas import PNASSampler
+
+    return PNASSampler(space, seed=seed)
 
 
 SAMPLERS: dict[str, SamplerFactory] = {
@@ -35,6 +68,8 @@ SAMPLERS: dict[str, SamplerFactory] = {
     "tpe": _tpe,
     "nsga2": _nsga2,
     "gp": lambda *, seed=None, **_: optuna.samplers.GPSampler(seed=seed),
+    "rea": _rea,
+    "pnas": _pnas,
 }
 
 

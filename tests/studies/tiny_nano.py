@@ -1,9 +1,9 @@
 """A tiny single-objective study with a MedianPruner for the end-to-end tests."""
 
 import optuna
-from nasopt.search_spaces.nano import NanoSpace
 
 import nasopt
+from nasopt.search_spaces.nano import NanoSpace
 
 study = nasopt.StudySpec(
     name="tiny_nano",

@@ -1,0 +1,537 @@
+"""PNAS: a predictor-guided, progressive sampler (Liu et al. 2018, "Progressive Neural Architecture Search").
+
+The whole architecture of a trial is decided at its first `suggest` and stored in the trial's system
+attrs (`pnas:arch`, with how it was chosen in `pnas:info`), so define-by-run conditional spaces work
+and a trial continued in another process keeps its architecture. One decision:
+
+1. pool: `n_candidates` random architectures drawn through the space's own `suggest` (a stand-in
+   trial that draws each decision), plus one-decision mutations of the incumbent (the best trial, or
+   every Pareto-optimal one); architectures already tried or running are dropped.
+2. progressive: only the lowest-complexity fraction of the pool is allowed. Complexity is the number of
+   active decisions (the depth of a variable-depth space), ties broken by log(params) as estimated by a
+   ridge fit to the exact counts of the networks built so far. The fraction is `start_fraction` for the
+   `n_startup_trials` random (hence simplest and smallest) architectures and widens linearly to the full
+   space over the next `grow_trials` finished trials.
+3. predict: an ensemble of `ensemble` one-hidden-layer MLPs over `space.encode(arch)`, each trained
+   on a bootstrap resample of the COMPLETE trials, predicts the learned objectives and scores a
+   candidate by mean + kappa * std (towards better): a mild optimism bonus for what the members
+   disagree on, i.e. what the trials so far say little about. With the study's `metric_names`,
+   `params` and `macs` are counted EXACTLY on the built candidate when `input_shape` is given (cached
+   per architecture); `latency_ms`, `memory_mb` (and `params`/`macs` without `input_shape`, counted on
+   a reference 3x32x32 input) come from a ridge regressor on log scale over [log params, log MACs,
+   number of decisions] of the finished trials. Every other objective is learned by the ensemble: all
+   of them when the study has no metric names (no accuracy to single out) or the sampler no space.
+4. choose: one objective -> the best score. Several -> a shortlist (`n_shortlist`, by non-dominated
+   rank of the learned scores and the complexity) is built and counted, and the candidate with the
+   largest predicted hypervolume improvement over the observed Pareto front wins (objectives min-max
+   normalised, cost metrics on log scale); if all are predicted dominated, the one closest to the front.
+
+Without a space (`space=None`) it is a generic sampler over the union of the distributions the study
+has seen (encoded with `encode_params`, no progressive stage); a name it did not decide is drawn at
+random.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from optuna._hypervolume import compute_hypervolume  # Optuna's own exact (WFG) hypervolume
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.samplers import BaseSampler, RandomSampler
+from optuna.study import Study, StudyDirection
+from optuna.trial import FrozenTrial, TrialState
+
+from nasopt.errors import UserError
+from nasopt.metrics import count_macs, count_params
+from nasopt.space import encode_params
+
+__all__ = ["PNASSampler"]
+
+ARCH_KEY, INFO_KEY = "pnas:arch", "pnas:info"
+_COSTS = ("params", "macs", "latency_ms", "memory_mb")  # positive metrics, modelled on log scale
+_REFERENCE_SHAPE = (3, 32, 32)
+_MISSING: Any = object()
+
+
+def _fit(dist: BaseDistribution, value: Any) -> Any:
+    """`value` in the type of `dist` if `dist` contains it, else `_MISSING`."""
+    try:
+        internal = dist.to_internal_repr(value)
+        return dist.to_external_repr(internal) if dist._contains(internal) else _MISSING
+    except (ValueError, TypeError):
+        return _MISSING
+
+
+def _draw(dist: BaseDistribution, rng: np.random.Generator, avoid: Any = _MISSING) -> Any:
+    """A random value of `dist` (uniform, on log scale for log distributions), unequal to `avoid` if possible."""
+    for _ in range(8):
+        u = rng.random()  # one uniform per draw: `rng.integers` costs ten times more per call
+        if isinstance(dist, CategoricalDistribution):
+            value = dist.choices[min(int(u * len(dist.choices)), len(dist.choices) - 1)]
+        else:
+            assert isinstance(dist, (IntDistribution, FloatDistribution))
+            low, high = dist.low, dist.high
+            if dist.log:  # an int covers [low - 0.5, high + 0.5] before rounding, as in Optuna
+                pad = 0.5 if isinstance(dist, IntDistribution) else 0.0
+                lo, hi = math.log(low - pad), math.log(high + pad)
+                x = math.exp(lo + u * (hi - lo))
+            elif dist.step is not None:
+                n = int((high - low) / dist.step + 1e-8) + 1
+                x = low + dist.step * min(int(u * n), n - 1)
+            else:
+                x = low + u * (high - low)
+            value = int(min(max(round(x), low), high)) if isinstance(dist, IntDistribution) else float(min(max(x, low), high))
+        if avoid is _MISSING or value != avoid:
+            break
+    return value
+
+
+def _key(arch: Mapping[str, Any]) -> tuple[Any, ...]:
+    """A hashable identity of an architecture (names are unique, so values are never compared)."""
+    return tuple(sorted(arch.items()))
+
+
+class _DrawTrial:
+    """Stands in for `optuna.Trial` inside `space.suggest` (which only calls `suggest_*`): a decision
+    comes from `pinned`, else from `base` (except the one to `redraw`), else is drawn at random."""
+
+    def __init__(self, rng: np.random.Generator, base: Mapping[str, Any] | None = None,
+                 redraw: str | None = None, pinned: Mapping[str, Any] | None = None,
+                 dists: dict[tuple[Any, ...], BaseDistribution] | None = None) -> None:
+        self.rng, self.base, self.redraw, self.pinned = rng, base or {}, redraw, pinned or {}
+        self.dists = {} if dists is None else dists  # shared across draws: building a distribution is slow
+        self.params: dict[str, Any] = {}
+
+    def _dist(self, kind: type[BaseDistribution], *args: Any) -> BaseDistribution:
+        key = (kind, *args)
+        dist = self.dists.get(key)
+        if dist is None:
+            dist = self.dists[key] = kind(*args)
+        return dist
+
+    def take(self, name: str, dist: BaseDistribution) -> Any:
+        if name not in self.params:
+            value = _fit(dist, self.pinned[name]) if name in self.pinned else _MISSING
+            if value is _MISSING and name != self.redraw and name in self.base:
+                value = _fit(dist, self.base[name])
+            if value is _MISSING:
+                value = _draw(dist, self.rng, self.base.get(name, _MISSING) if name == self.redraw else _MISSING)
+            self.params[name] = value
+        return self.params[name]
+
+    def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any:
+        return self.take(name, self._dist(CategoricalDistribution, tuple(choices)))
+
+    def suggest_int(self, name: str, low: int, high: int, *, step: int = 1, log: bool = False) -> int:
+        return int(self.take(name, self._dist(IntDistribution, low, high, log, step)))
+
+    def suggest_float(self, name: str, low: float, high: float, *, step: float | None = None,
+                      log: bool = False) -> float:
+        return float(self.take(name, self._dist(FloatDistribution, low, high, log, step)))
+
+
+def _ensemble(X: np.ndarray, Y: np.ndarray, Xq: np.ndarray, *, members: int, steps: int, seed: int,
+              hidden: int = 64, lr: float = 1e-2, decay: float = 1e-3) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std over `members` MLPs (d -> hidden -> K, ReLU) of their predictions at Xq.
+
+    The members are trained at once as batched matrices, each on its own bootstrap resample, by full-batch
+    Adam. Gradients are written out by hand: for these tiny tensors autograd's overhead is several times
+    the arithmetic, and the sampler runs this once per trial.
+    """
+    g = torch.Generator().manual_seed(seed)
+    y_mean, y_std = Y.mean(0), np.where(Y.std(0) > 0, Y.std(0), 1.0)
+    (n, d), K, E = X.shape, Y.shape[1], members
+    ones = np.ones((n, 1), dtype=np.float32)
+    x = torch.as_tensor(np.hstack([X, ones]), dtype=torch.float32).expand(E, n, d + 1)  # bias folded in W1
+    y = torch.as_tensor((Y - y_mean) / y_std, dtype=torch.float32)  # (n, K)
+    picks = torch.randint(n, (E, n), generator=g)  # bootstrap: member e counts sample i w[e, i] times
+    w = torch.zeros(E, n).scatter_add_(1, picks, torch.ones(E, n)).mul_(2.0 / (n * K)).unsqueeze(2)
+    shapes = [(E, d + 1, hidden), (E, hidden, K), (E, 1, K)]
+    sizes = [math.prod(s) for s in shapes]
+    theta, grad = torch.zeros(sum(sizes)), torch.zeros(sum(sizes))
+    W1, W2, b2 = (t.view(s) for t, s in zip(theta.split(sizes), shapes, strict=True))
+    gW1, gW2, gb2 = (t.view(s) for t, s in zip(grad.split(sizes), shapes, strict=True))
+    W1[:, :d].normal_(0.0, math.sqrt(2.0 / max(d, 1)), generator=g)
+    W2.normal_(0.0, math.sqrt(1.0 / hidden), generator=g)
+    m, v = torch.zeros_like(theta), torch.zeros_like(theta)
+    with torch.no_grad():
+        for t in range(1, steps + 1):
+            a = torch.bmm(x, W1).clamp_min_(0.0)  # (E, n, hidden)
+            g_out = torch.baddbmm(b2, a, W2).sub_(y).mul_(w)  # d(weighted mean squared error)/d(out), (E, n, K)
+            torch.bmm(a.transpose(1, 2), g_out, out=gW2)
+            torch.sum(g_out, 1, keepdim=True, out=gb2)
+            g_a = torch.bmm(g_out, W2.transpose(1, 2)).mul_(a > 0)
+            torch.bmm(x.transpose(1, 2), g_a, out=gW1)
+            grad.add_(theta, alpha=decay)  # L2 weight decay
+            m.lerp_(grad, 0.1)  # Adam, betas (0.9, 0.999), bias corrections folded into the step size
+            v.mul_(0.999).addcmul_(grad, grad, value=0.001)
+            root = math.sqrt(1 - 0.999**t)
+            theta.addcdiv_(m, v.sqrt().add_(1e-8 * root), value=-lr * root / (1 - 0.9**t))
+        xq = torch.as_tensor(np.hstack([Xq, np.ones((len(Xq), 1))]), dtype=torch.float32).expand(E, len(Xq), d + 1)
+        out = torch.baddbmm(b2, torch.bmm(xq, W1).clamp_min_(0.0), W2).numpy()  # (E, N, K)
+    out = out * y_std + y_mean
+    return out.mean(0), out.std(0)
+
+
+def _ridge(F: np.ndarray, y: np.ndarray, Fq: np.ndarray, alpha: float = 1e-2) -> np.ndarray:
+    """Ridge regression on standardised features; the prediction at Fq."""
+    mu, sd = F.mean(0), F.std(0)
+    sd = np.where(sd > 1e-12, sd, 1.0)  # a constant feature stays zero
+    A, Aq = (F - mu) / sd, (Fq - mu) / sd
+    w = np.linalg.solve(A.T @ A + alpha * len(F) * np.eye(A.shape[1]), A.T @ (y - y.mean()))
+    return Aq @ w + y.mean()
+
+
+def _pareto(Z: np.ndarray) -> np.ndarray:
+    """Mask of the rows of Z (losses) that no other row dominates."""
+    le = (Z[None, :, :] <= Z[:, None, :]).all(2)  # le[i, j]: row j is nowhere worse than row i
+    lt = (Z[None, :, :] < Z[:, None, :]).any(2)
+    return ~np.any(le & lt, axis=1)
+
+
+def _ranked(Z: np.ndarray, n: int) -> list[int]:
+    """The first `n` rows of Z by non-dominated front, then by the first column."""
+    order: list[int] = []
+    rest = np.arange(len(Z))
+    while len(order) < n and len(rest):
+        on = _pareto(Z[rest])
+        front = rest[on]
+        order += front[np.argsort(Z[front, 0], kind="stable")].tolist()
+        rest = rest[~on]
+    return order[:n]
+
+
+def _best_hv(Z_obs: np.ndarray, Z_cand: np.ndarray) -> int:
+    """Index of the candidate with the largest hypervolume improvement over the observed front."""
+    if Z_cand.shape[1] == 1:
+        return int(np.argmin(Z_cand[:, 0]))
+    both = np.vstack([Z_obs, Z_cand])
+    lo, span = both.min(0), np.ptp(both, 0)
+    span = np.where(span > 0, span, 1.0)
+    front, cand = (Z_obs - lo) / span, (Z_cand - lo) / span
+    front = front[_pareto(front)]
+    ref = np.full(Z_cand.shape[1], 1.1)
+    base = compute_hypervolume(front, ref)
+    gain = np.array([compute_hypervolume(np.vstack([front, c]), ref) - base for c in cand])
+    if gain.max() > 1e-12:
+        return int(np.argmax(gain))
+    # all predicted dominated: the smallest shift in every objective that would put one on the front
+    depth = np.max(np.min(cand[:, None, :] - front[None, :, :], axis=2), axis=1)
+    return int(np.argmin(depth))
+
+
+@dataclass(frozen=True)
+class _Task:
+    """What `space.build` reads of a task."""
+
+    input_shape: tuple[int, ...]
+    num_classes: int
+
+
+@dataclass(frozen=True)
+class _Objectives:
+    """The study's objectives as losses (lower is better; cost metrics on log scale) and how each is predicted:
+    `exact` (counted on the built network), `cost` (ridge regressor) or `learned` (the MLP ensemble)."""
+
+    names: list[str]
+    signs: list[float]
+    logs: list[bool]
+    kinds: list[str]
+
+    def loss(self, k: int, value: float) -> float:
+        return self.signs[k] * (math.log1p(max(value, 0.0)) if self.logs[k] else value)
+
+    def value(self, k: int, loss: float) -> float:
+        return float(math.expm1(self.signs[k] * loss) if self.logs[k] else self.signs[k] * loss)
+
+
+class PNASSampler(BaseSampler):
+    """Predictor-guided progressive architecture search (the algorithm is in the module docstring).
+
+    Args:
+        space: the study's search space; None for a generic sampler over the observed distributions.
+        n_startup_trials: COMPLETE trials (at least 2) before the predictor is used.
+        n_candidates: random architectures screened per trial (plus a quarter as many mutations).
+        ensemble: MLPs in the predictor ensemble; `train_steps` Adam steps train them.
+        input_shape, num_classes: the task the networks are built for, for exact params and MACs.
+        kappa: the optimism bonus, in ensemble standard deviations.
+        start_fraction, grow_trials: the progressive schedule (see the module docstring).
+        n_shortlist: candidates built, counted and compared by hypervolume with several objectives.
+        seed: seeds the candidates, the predictor and the random fallback.
+    """
+
+    def __init__(self, space: Any = None, *, n_startup_trials: int = 10, n_candidates: int = 1000,
+                 ensemble: int = 5, input_shape: Sequence[int] | None = None, num_classes: int = 10,
+                 kappa: float = 0.5, train_steps: int = 200, start_fraction: float = 0.1,
+                 grow_trials: int = 20, n_shortlist: int = 12, seed: int | None = None) -> None:
+        if space is not None and not all(callable(getattr(space, m, None)) for m in ("suggest", "build", "encode")):
+            raise UserError(f"`space` must be a search space (suggest, build, encode) or None, but got {space!r}")
+        ints = {"n_startup_trials": (n_startup_trials, 0), "n_candidates": (n_candidates, 1),
+                "ensemble": (ensemble, 1), "num_classes": (num_classes, 1), "train_steps": (train_steps, 1),
+                "grow_trials": (grow_trials, 0), "n_shortlist": (n_shortlist, 1)}
+        for name, (value, low) in ints.items():
+            if not isinstance(value, int) or value < low:
+                raise UserError(f"`{name} >= {low}` must hold for PNASSampler, but got {name}={value!r}")
+        if not 0 < start_fraction <= 1 or kappa < 0:
+            raise UserError("`0 < start_fraction <= 1` and `kappa >= 0` must hold for PNASSampler, but got "
+                            f"start_fraction={start_fraction!r}, kappa={kappa!r}")
+        if input_shape is not None and (not input_shape or any(int(s) < 1 for s in input_shape)):
+            raise UserError(f"`input_shape` must be positive sizes like (3, 32, 32), but got {input_shape!r}")
+        self._space, self._n_startup, self._n_candidates = space, n_startup_trials, n_candidates
+        self._members, self._kappa, self._steps = ensemble, kappa, train_steps
+        self._start, self._grow, self._n_shortlist = start_fraction, grow_trials, n_shortlist
+        self._exact = input_shape is not None  # counts on the real input; else on a reference input
+        self._task = _Task(tuple(int(s) for s in input_shape or _REFERENCE_SHAPE), num_classes)
+        self._can_count = space is not None
+        self._decisions = set(space.distributions()) if space is not None and hasattr(space, "distributions") else set()
+        self._rng = np.random.default_rng(seed)
+        self._random = RandomSampler(seed=None if seed is None else seed + 1)
+        self._lock = threading.Lock()
+        self._decided: dict[int, tuple[Any, dict[str, Any]]] = {}  # trial id -> (storage, arch)
+        self._built: dict[Any, dict[str, Any]] = {}  # arch key -> {"x": encoding, "params": n, "macs": n}
+        self._encoded: dict[Any, np.ndarray] = {}  # arch key -> space.encode(arch)
+        self._dists: dict[tuple[Any, ...], BaseDistribution] = {}
+
+    def reseed_rng(self) -> None:
+        self._rng = np.random.default_rng()
+        self._random.reseed_rng()
+
+    def infer_relative_search_space(self, study: Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
+        return {}
+
+    def sample_relative(self, study: Study, trial: FrozenTrial,
+                        search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
+        return {}
+
+    def sample_independent(self, study: Study, trial: FrozenTrial, param_name: str,
+                           param_distribution: BaseDistribution) -> Any:
+        arch = self._arch(study, trial)
+        value = _fit(param_distribution, arch[param_name]) if param_name in arch else _MISSING
+        if value is _MISSING:
+            return self._random.sample_independent(study, trial, param_name, param_distribution)
+        return value
+
+    def _arch(self, study: Study, trial: FrozenTrial) -> dict[str, Any]:
+        """The trial's architecture: decided at its first parameter, then read back (memory, else storage)."""
+        with self._lock:
+            storage, arch = self._decided.get(trial._trial_id, (None, None))
+            if storage is study._storage and arch is not None:
+                return arch
+            arch = study._storage.get_trial_system_attrs(trial._trial_id).get(ARCH_KEY)
+            if arch is None:
+                arch, info = self._decide(study, trial)
+                study._storage.set_trial_system_attr(trial._trial_id, ARCH_KEY, arch)
+                study._storage.set_trial_system_attr(trial._trial_id, INFO_KEY, info)
+            if len(self._decided) > 1024:
+                self._decided.clear()
+            self._decided[trial._trial_id] = (study._storage, arch)
+            return arch
+
+    # -- one decision ----------------------------------------------------------------------------
+    def _decide(self, study: Study, trial: FrozenTrial) -> tuple[dict[str, Any], dict[str, Any]]:
+        trials = study.get_trials(deepcopy=False)
+        complete = [t for t in trials if t.state == TrialState.COMPLETE and t.values is not None
+                    and all(math.isfinite(v) for v in t.values)]
+        n_done = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+        startup = len(complete) < max(self._n_startup, 2)
+        fraction = self._fraction(n_done)
+        if self._space is None and startup:
+            return {}, {"stage": "startup"}  # every parameter drawn at random
+        pinned = {**trial.system_attrs.get("fixed_params", {}), **trial.params}
+        union: dict[str, BaseDistribution] = {}
+        for t in trials:
+            union.update(t.distributions)
+        if self._space is None:
+            draws = [self._draw_union(union, pinned) for _ in range(self._n_candidates)]
+        else:
+            draws = [self._draw_space(_DrawTrial(self._rng, pinned=pinned, dists=self._dists)) for _ in range(self._n_candidates)]
+        obj = self._objectives(study)
+        losses = np.array([[obj.loss(k, v) for k, v in enumerate(t.values)] for t in complete])
+        losses = losses.reshape(len(complete), len(obj.kinds))
+        mutants = [] if startup else self._mutations(complete, losses, union, pinned)
+        pool = {_key(a): a for a in draws + mutants}  # unique; the random draws keep their order first
+        seen = {_key(t.params) for t in trials if t.params}
+        seen |= {_key(t.system_attrs[ARCH_KEY]) for t in trials if ARCH_KEY in t.system_attrs}
+        keys = [k for k in pool if k not in seen] or list(pool)
+        archs = [pool[k] for k in keys]
+        X = np.stack([self._encode(a, k, union) for a, k in zip(archs, keys, strict=True)])
+        complexity = self._complexity(archs, keys, X)
+        allowed = np.ones(len(archs), dtype=bool)
+        if complexity is not None and fraction < 1:
+            random_keys = {_key(a) for a in draws}
+            reference = complexity[[k in random_keys for k in keys]]
+            if len(reference):
+                allowed = complexity <= np.quantile(reference, fraction) + 1e-9
+        info: dict[str, Any] = {"stage": "startup" if startup else "predictor", "fraction": round(fraction, 4)}
+        index = np.flatnonzero(allowed)
+        if startup:
+            chosen = int(self._rng.choice(index))
+        else:
+            chosen, info["predicted"] = self._propose(obj, complete, losses, archs, keys, X, complexity, index, union)
+        if complexity is not None:
+            self._count(archs[chosen], keys[chosen])  # one more exact point for the size estimate
+        return archs[chosen], info
+
+    def _fraction(self, n_done: int) -> float:
+        """The allowed lowest-complexity share of the pool after `n_done` finished trials."""
+        if self._space is None:
+            return 1.0
+        grown = n_done - self._n_startup
+        if grown >= self._grow:
+            return 1.0
+        return self._start + (1 - self._start) * max(0, grown) / self._grow
+
+    def _draw_space(self, t: _DrawTrial) -> dict[str, Any]:
+        self._space.suggest(t)
+        return t.params
+
+    def _draw_union(self, union: Mapping[str, BaseDistribution], pinned: Mapping[str, Any],
+                    base: Mapping[str, Any] | None = None, redraw: str | None = None) -> dict[str, Any]:
+        t = _DrawTrial(self._rng, base=base, redraw=redraw, pinned=pinned, dists=self._dists)
+        for name in sorted(union):
+            t.take(name, union[name])
+        return t.params
+
+    def _mutations(self, complete: list[FrozenTrial], losses: np.ndarray, union: Mapping[str, BaseDistribution],
+                   pinned: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """One-decision mutations of the incumbents (the best trial; the Pareto front with several objectives)."""
+        parents = ([complete[int(np.argmin(losses[:, 0]))]] if losses.shape[1] == 1
+                   else [complete[i] for i in np.flatnonzero(_pareto(losses))])
+        out = []
+        for _ in range(max(1, self._n_candidates // 4)):
+            parent = parents[int(self._rng.integers(len(parents)))].params
+            names = sorted(n for n in parent if n in (self._decisions or union)) or sorted(parent)
+            redraw = names[int(self._rng.integers(len(names)))]
+            if self._space is None:
+                out.append(self._draw_union(union, pinned, base=parent, redraw=redraw))
+            else:
+                out.append(self._draw_space(_DrawTrial(self._rng, base=parent, redraw=redraw, pinned=pinned,
+                                                             dists=self._dists)))
+        return out
+
+    def _encode(self, arch: Mapping[str, Any], key: Any, union: Mapping[str, BaseDistribution]) -> np.ndarray:
+        if self._space is not None:
+            x = self._encoded.get(key)
+            if x is None:
+                if len(self._encoded) > 100_000:
+                    self._encoded.clear()
+                x = self._encoded[key] = np.asarray(self._space.encode(arch), dtype=np.float32)
+            return x
+        # keep only values the current distributions contain (a study's ranges may change)
+        return encode_params({n: v for n, v in arch.items() if n in union and _fit(union[n], v) is not _MISSING},
+                             union)
+
+    # -- exact counts and complexity ---------------------------------------------------------------
+    def _count(self, arch: Mapping[str, Any], key: Any, macs: bool = False) -> dict[str, Any] | None:
+        """Params (and MACs) of the built network, cached per architecture; None if it cannot be built."""
+        entry = self._built.get(key)
+        if self._can_count and (entry is None or (macs and "macs" not in entry)):
+            try:
+                with torch.random.fork_rng(devices=[]), torch.no_grad():  # leave the caller's RNG alone
+                    model = self._space.build(arch, self._task)
+                    entry = {"x": np.asarray(self._space.encode(arch), dtype=np.float32),
+                             "params": count_params(model), "active": len(arch)}
+                    if macs:
+                        entry["macs"] = count_macs(model, self._task.input_shape)
+            except Exception as e:  # only the reference input may not suit the space
+                if self._exact:
+                    raise
+                warnings.warn(f"PNASSampler cannot build on the reference input {self._task.input_shape} "
+                              f"({type(e).__name__}: {e}); pass input_shape=... for exact params/MACs", stacklevel=2)
+                self._can_count = False
+                return None
+            self._built[key] = entry
+        return entry
+
+    def _complexity(self, archs: list[dict[str, Any]], keys: list[Any], X: np.ndarray) -> np.ndarray | None:
+        """Number of active decisions (depth, as PNAS grows cells block by block), ties broken by log(params).
+
+        log(params) is estimated for the whole pool by a ridge fit over encodings to the exact counts of
+        the networks built so far (24 random ones at first, then every chosen one), min-max scaled
+        into [0, 1) so it only orders architectures with the same number of decisions.
+        """
+        if self._space is None:
+            return None
+        active = np.array([len(a) for a in archs], dtype=float)
+        for i in range(min(len(archs), max(0, 24 - len(self._built)))):  # a first calibration set, once
+            self._count(archs[i], keys[i])
+        if not self._can_count or len(self._built) < 2:
+            return active
+        F = np.stack([e["x"] for e in self._built.values()])
+        y = np.log(np.array([e["params"] for e in self._built.values()], dtype=float) + 1.0)
+        size = _ridge(F, y, X, alpha=1e-3)
+        return active + 0.99 * (size - size.min()) / (np.ptp(size) + 1e-12)
+
+    # -- prediction and choice -------------------------------------------------------------------
+    def _objectives(self, study: Study) -> _Objectives:
+        names = study.metric_names or []
+        K = len(study.directions)
+        kinds = []
+        for k in range(K):
+            name = names[k] if names else ""
+            if self._space is None or not self._can_count or name not in _COSTS:
+                kinds.append("learned")
+            else:
+                kinds.append("exact" if self._exact and name in ("params", "macs") else "cost")
+        return _Objectives(names=list(names) if names else [f"objective{k}" for k in range(K)],
+                           signs=[1.0 if d == StudyDirection.MINIMIZE else -1.0 for d in study.directions],
+                           logs=[bool(names) and names[k] in _COSTS for k in range(K)], kinds=kinds)
+
+    def _propose(self, obj: _Objectives, complete: list[FrozenTrial], losses: np.ndarray,
+                 archs: list[dict[str, Any]], keys: list[Any], X: np.ndarray, complexity: np.ndarray | None,
+                 index: np.ndarray, union: Mapping[str, BaseDistribution]) -> tuple[int, dict[str, Any]]:
+        learned = [k for k, kind in enumerate(obj.kinds) if kind == "learned"]
+        X_obs = np.stack([self._encode(t.params, _key(t.params), union) for t in complete])
+        mean = score = np.zeros((len(index), 0))
+        if learned:
+            mean, std = _ensemble(X_obs, losses[:, learned], X[index], members=self._members, steps=self._steps,
+                                  seed=int(self._rng.integers(2**31)))
+            score = mean - self._kappa * std  # optimistic: lower loss where the members disagree
+        if len(obj.kinds) == 1 and learned:
+            best = int(np.argmin(score[:, 0]))
+            return int(index[best]), {obj.names[0]: obj.value(0, float(mean[best, 0]))}
+        ranking = score
+        if complexity is not None and len(learned) < len(obj.kinds):
+            ranking = np.column_stack([score, complexity[index]])
+        if ranking.shape[1] == 0:
+            ranking = self._rng.random((len(index), 1))
+        short = _ranked(ranking, self._n_shortlist)
+        cand = np.zeros((len(short), len(obj.kinds)))
+        shown: list[dict[str, Any]] = [{} for _ in short]
+        for j, k in enumerate(learned):
+            cand[:, k] = score[short, j]
+            for s, i in enumerate(short):
+                shown[s][obj.names[k]] = obj.value(k, float(mean[i, j]))
+        cost = [k for k, kind in enumerate(obj.kinds) if kind == "cost"]
+        if cost or "exact" in obj.kinds:
+            need_macs = bool(cost) or "macs" in obj.names
+            counts = [self._count(archs[index[i]], keys[index[i]], macs=need_macs) for i in short]
+            obs = [self._count(t.params, _key(t.params), macs=True) for t in complete] if cost else []
+            if any(c is None for c in counts + obs):  # the network could not be built: learned scores only
+                return int(index[short[0]]), shown[0]
+            F_obs, F_new = (self._cost_features(obs), self._cost_features(counts)) if cost else (None, None)
+            for k, kind in enumerate(obj.kinds):
+                for s, entry in enumerate(counts):
+                    if kind == "exact":
+                        cand[s, k] = obj.loss(k, float(entry[obj.names[k]]))  # type: ignore[index]
+                        shown[s][obj.names[k]] = int(entry[obj.names[k]])  # type: ignore[index]
+                if kind == "cost":
+                    assert F_obs is not None and F_new is not None
+                    cand[:, k] = _ridge(F_obs, losses[:, k], F_new, alpha=1e-1)
+                    for s in range(len(short)):
+                        shown[s][obj.names[k]] = obj.value(k, float(cand[s, k]))
+        best = _best_hv(losses, cand)
+        return int(index[short[best]]), shown[best]
+
+    @staticmethod
+    def _cost_features(counts: Sequence[dict[str, Any] | None]) -> np.ndarray:
+        """[log params, log MACs, active decisions]: few features, so a handful of trials fits them."""
+        return np.array([[math.log1p(c["params"]), math.log1p(c.get("macs", 0)), c["active"]]
+                         for c in counts if c is not None])

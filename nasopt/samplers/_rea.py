@@ -1,0 +1,251 @@
+"""Regularized (ageing) evolution: REA of Real et al. 2019, "Regularized Evolution for Image Classifier
+Architecture Search", with the optional crossover of the NAS-from-scratch loop.
+
+One child per trial:
+
+    population = the last `population_size` COMPLETE trials, in the order they finished (ageing:
+                 the oldest die, however good they were)
+    parent     = best of `sample_size` members drawn at random (tournament)
+    child      = parent, or with probability `crossover_prob` a uniform crossover of two tournament
+                 winners, then exactly one decision mutated
+
+Until `population_size` trials are complete, trials are sampled at random.
+
+Define-by-run: the child is a whole params dict, decided when the trial asks its first parameter and
+stored in the trial's system attrs (key `rea:child`), so any process can answer the rest of the trial.
+Each asked name is answered from the child when the child has it and the value lies in the asked
+distribution, otherwise at random: a mutation that adds a layer or switches an op reveals new
+conditional decisions, and those are drawn at random.
+
+The mutated decision is one both parents made (after crossover; the parent itself without crossover),
+so in a tree-structured define-by-run space (each name asked under conditions on earlier values) it is
+active in the child and the mutation always changes the network. Mutation of a categorical picks
+another choice uniformly; an integer moves to a neighbouring value (depth: add or remove one layer);
+a float takes a Gaussian step of 10% of its (log) range.
+
+Multi-objective studies: the tournament winner has the lowest non-domination rank within the
+population, ties broken by the larger crowding distance within its front (NSGA-II's order), then at
+random.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
+from optuna.samplers import BaseSampler, RandomSampler
+from optuna.study import Study, StudyDirection
+from optuna.study._multi_objective import _fast_non_domination_rank
+from optuna.trial import FrozenTrial, TrialState
+
+from nasopt.errors import UserError
+
+__all__ = ["REASampler"]
+
+CHILD_KEY = "rea:child"  # system attr: {"params": {...}, "parents": [numbers], "mutated": name | None}
+_MAX_CACHED = 256
+
+
+class REASampler(BaseSampler):
+    """Regularized evolution over the params of define-by-run trials, single- or multi-objective.
+
+    Args:
+        population_size: how many of the most recently finished COMPLETE trials form the population.
+        sample_size: tournament size (members drawn without replacement from the population).
+        crossover_prob: probability that the child is a uniform crossover of two tournament winners
+            before its mutation (0 gives the paper's pure mutation).
+        seed: seed of the evolution and of the random fallback.
+    """
+
+    def __init__(self, *, population_size: int = 20, sample_size: int = 5, crossover_prob: float = 0.5,
+                 seed: int | None = None) -> None:
+        if population_size < 1:
+            raise UserError(f"`population_size >= 1` must hold, but got {population_size=}; "
+                            "use a population of a few dozen trials")
+        if not 1 <= sample_size <= population_size:
+            raise UserError(f"`1 <= sample_size <= population_size` must hold, but got {sample_size=} and "
+                            f"{population_size=}; a tournament of about a quarter of the population is usual")
+        if not 0.0 <= crossover_prob <= 1.0:
+            raise UserError(f"`0 <= crossover_prob <= 1` must hold, but got {crossover_prob=}")
+        self.population_size, self.sample_size, self.crossover_prob = population_size, sample_size, crossover_prob
+        self._rng = np.random.RandomState(seed)
+        self._random = RandomSampler(seed=seed)
+        self._children: dict[int, dict[str, Any]] = {}  # trial id -> child record (saves storage reads)
+
+    def reseed_rng(self) -> None:
+        self._rng.seed()
+        self._random.reseed_rng()
+
+    # -- the sampler protocol: everything goes through sample_independent -------------------------
+    def infer_relative_search_space(self, study: Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
+        return {}
+
+    def sample_relative(self, study: Study, trial: FrozenTrial,
+                        search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
+        return {}
+
+    def sample_independent(self, study: Study, trial: FrozenTrial, param_name: str,
+                           param_distribution: BaseDistribution) -> Any:
+        params = self._child(study, trial)["params"]
+        if param_name in params and _contains(param_distribution, params[param_name]):
+            return params[param_name]
+        return self._random.sample_independent(study, trial, param_name, param_distribution)
+
+    def before_trial(self, study: Study, trial: FrozenTrial) -> None:
+        self._random.before_trial(study, trial)
+
+    def after_trial(self, study: Study, trial: FrozenTrial, state: TrialState,
+                    values: Sequence[float] | None) -> None:
+        self._children.pop(trial._trial_id, None)
+        self._random.after_trial(study, trial, state, values)
+
+    # -- one child per trial ---------------------------------------------------------------------
+    def _child(self, study: Study, trial: FrozenTrial) -> dict[str, Any]:
+        record = self._children.get(trial._trial_id)
+        if record is None:
+            record = trial.system_attrs.get(CHILD_KEY)
+        if record is None:
+            record = self._make_child(study)
+            study._storage.set_trial_system_attr(trial._trial_id, CHILD_KEY, record)
+        if len(self._children) >= _MAX_CACHED:  # trials that never reach after_trial must not pile up
+            self._children.pop(next(iter(self._children)))
+        self._children[trial._trial_id] = record
+        return record
+
+    def population(self, study: Study) -> list[FrozenTrial]:
+        """The last `population_size` COMPLETE trials in the order they finished (oldest first)."""
+        complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        complete.sort(key=lambda t: (t.datetime_complete.timestamp() if t.datetime_complete else -math.inf,
+                                     t.number))
+        return complete[-self.population_size:]
+
+    def _make_child(self, study: Study) -> dict[str, Any]:
+        population = self.population(study)
+        if len(population) < self.population_size:
+            return {"params": {}, "parents": [], "mutated": None}
+        keys = _fitness(population, study.directions)
+        parent = self._tournament(population, keys)
+        parents = [parent]
+        if self._rng.rand() < self.crossover_prob:
+            other = self._tournament(population, keys)
+            parents.append(other)
+            params, distributions, shared = self._crossover(parent, other)
+        else:
+            params, distributions, shared = dict(parent.params), dict(parent.distributions), list(parent.params)
+        mutated = self._mutate(params, distributions, shared)
+        return {"params": params, "parents": [p.number for p in parents], "mutated": mutated}
+
+    def _tournament(self, population: list[FrozenTrial], keys: list[tuple[float, float]]) -> FrozenTrial:
+        # drawn in random order, so `min` (which keeps the first of equal keys) breaks ties at random
+        members = self._rng.choice(len(population), size=min(self.sample_size, len(population)), replace=False)
+        return population[min(members, key=lambda i: keys[i])]
+
+    def _crossover(self, a: FrozenTrial, b: FrozenTrial
+                   ) -> tuple[dict[str, Any], dict[str, BaseDistribution], list[str]]:
+        """Uniform crossover: each decision both parents made comes from either with probability 1/2;
+        a decision only one parent made is kept (it matters only if the child's structure asks it)."""
+        params, distributions, shared = {}, {}, []
+        for name in list(a.params) + [n for n in b.params if n not in a.params]:
+            if name in a.params and name in b.params and a.distributions[name] == b.distributions[name]:
+                shared.append(name)
+                source = a if self._rng.rand() < 0.5 else b
+            else:
+                source = a if name in a.params else b
+            params[name], distributions[name] = source.params[name], source.distributions[name]
+        return params, distributions, shared
+
+    def _mutate(self, params: dict[str, Any], distributions: Mapping[str, BaseDistribution],
+                candidates: Sequence[str]) -> str | None:
+        """Change exactly one of `candidates` (decisions active in every parent) in place."""
+        mutable = [n for n in candidates if not distributions[n].single()]
+        if not mutable:
+            return None
+        name = mutable[self._rng.randint(len(mutable))]
+        params[name] = _mutate_value(params[name], distributions[name], self._rng)
+        return name
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+def _contains(distribution: BaseDistribution, value: Any) -> bool:
+    try:
+        return bool(distribution._contains(distribution.to_internal_repr(value)))
+    except (ValueError, TypeError):
+        return False
+
+
+def _fitness(population: Sequence[FrozenTrial], directions: Sequence[StudyDirection]
+             ) -> list[tuple[float, float]]:
+    """A sort key per member, smaller is better: (loss, 0) for one objective, else (rank, -crowding)."""
+    sign = np.array([-1.0 if d == StudyDirection.MAXIMIZE else 1.0 for d in directions])
+    loss = np.array([t.values for t in population], dtype=float) * sign  # (n, n_objectives), minimised
+    if loss.shape[1] == 1:
+        return [(float(v), 0.0) for v in loss[:, 0]]
+    ranks = _fast_non_domination_rank(loss)
+    crowding = np.zeros(len(population))
+    for rank in np.unique(ranks):
+        front = np.flatnonzero(ranks == rank)
+        crowding[front] = _crowding_distance(loss[front])
+    return [(float(r), -float(c)) for r, c in zip(ranks, crowding, strict=True)]
+
+
+def _crowding_distance(loss: np.ndarray) -> np.ndarray:
+    """NSGA-II crowding distance of the points of one front, shape (n, m) -> (n,); boundary points inf."""
+    n = len(loss)
+    distance = np.zeros(n)
+    if n <= 2:
+        return np.full(n, math.inf)
+    for j in range(loss.shape[1]):
+        order = np.argsort(loss[:, j], kind="stable")
+        v = loss[order, j]
+        distance[order[0]] = distance[order[-1]] = math.inf
+        span = v[-1] - v[0]
+        if span > 0 and math.isfinite(span):
+            distance[order[1:-1]] += (v[2:] - v[:-2]) / span
+    return distance
+
+
+def _mutate_value(value: Any, distribution: BaseDistribution, rng: np.random.RandomState) -> Any:
+    """A value of `distribution` different from `value` (which must not be single-valued)."""
+    if isinstance(distribution, CategoricalDistribution):
+        index = int(distribution.to_internal_repr(value))
+        other = rng.randint(len(distribution.choices) - 1)
+        return distribution.choices[other + (other >= index)]
+    if isinstance(distribution, IntDistribution):
+        # a neighbour: for a depth this adds or removes exactly one layer/block
+        step = distribution.step
+        neighbours = [v for v in (value - step, value + step) if distribution.low <= v <= distribution.high]
+        return int(neighbours[rng.randint(len(neighbours))])
+    if isinstance(distribution, FloatDistribution):
+        log, low, high = distribution.log, distribution.low, distribution.high
+        lo, hi = (math.log(low), math.log(high)) if log else (low, high)
+        x = math.log(value) if log else value
+        for _ in range(20):
+            y = float(np.clip(x + rng.normal(0.0, 0.1 * (hi - lo)), lo, hi))
+            new = math.exp(y) if log else y
+            if distribution.step is not None:
+                new = low + round((new - low) / distribution.step) * distribution.step
+            new = min(max(new, low), high)
+            if new != value:
+                return new
+        return _random_other(value, distribution, rng)
+    raise UserError(f"REASampler cannot mutate a {type(distribution).__name__}; use Categorical, Int or "
+                    "Float distributions")
+
+
+def _random_other(value: float, distribution: FloatDistribution, rng: np.random.RandomState) -> float:
+    while True:  # a non-single float distribution has other values, so this ends quickly
+        new = float(rng.uniform(distribution.low, distribution.high))
+        if distribution.step is not None:
+            new = distribution.low + round((new - distribution.low) / distribution.step) * distribution.step
+        new = min(max(new, distribution.low), distribution.high)
+        if new != value:
+            return new
