@@ -106,7 +106,8 @@ class Objective:
 
     def _reuse(self, trial: optuna.Trial, prev: FrozenTrial) -> list[float]:
         for key, value in prev.user_attrs.items():
-            trial.set_user_attr(key, value)
+            if key != "timings":  # the result is the original's; the time spent is this trial's own
+                trial.set_user_attr(key, value)
         trial.set_user_attr("reused_from", prev.number)
         for key, value in prev.system_attrs.items():
             if key.startswith("constraints:"):
@@ -166,6 +167,8 @@ class Objective:
         study = trial.study
         system = trial.storage.get_trial_system_attrs(trial._trial_id)
         trial.storage.set_trial_system_attr(trial._trial_id, WORKER_KEY, _worker())
+        if system.get(INTERRUPTED_KEY):  # a retry inherits its original's attrs: this one is not interrupted
+            trial.storage.set_trial_system_attr(trial._trial_id, INTERRUPTED_KEY, False)
         t0 = time.perf_counter()
         arch = space.suggest(trial)
         trial.set_user_attr("arch", space.describe(arch))

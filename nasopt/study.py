@@ -135,6 +135,9 @@ def _open_study(spec: StudySpec, storage_url: str | None) -> optuna.Study:
         raise UserError(f"study {spec.name!r} in {mask_url(storage.url)} has objectives "
                         f"{study.metric_names} {stored}, but the study file asks for "
                         f"{dict(spec.objectives)}; give the study another `name`")
+    if study.get_trials(deepcopy=False) and hasattr(sampler, "reseed_rng"):
+        # resuming: a seeded sampler would replay the proposals of the first run from its start
+        sampler.reseed_rng()
     if study.metric_names is None:
         study.set_metric_names(list(spec.objectives))
         study.set_user_attr("nasopt", {"space": type(spec.space).__name__, "dataset": spec.dataset,
@@ -161,6 +164,7 @@ def run(spec: StudySpec, *, storage: str | None = None, n_trials: int | None = N
                         device=device or spec.device)
     dev = _device(spec.device)
     task = _load(spec, dev)
+    _dry_build(spec, task)
     level = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # the progress bar and our messages say it all
     with warnings.catch_warnings():
@@ -193,6 +197,23 @@ def _run(spec: StudySpec, study: optuna.Study, task: Any, progress: bool) -> opt
     finally:
         bar.close()
     return study
+
+
+def _dry_build(spec: StudySpec, task: Any) -> None:
+    """Build one random architecture before the storage is touched: a space that cannot build for this
+    task fails here, with nothing written, instead of inside the first trial."""
+    from nasopt.space import random_arch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        arch = random_arch(spec.space, seed=spec.seed)
+    try:
+        spec.space.build(arch, task)
+    except UserError:
+        raise
+    except Exception as e:
+        raise UserError(f"space {type(spec.space).__name__} cannot build a network for {task.name} "
+                        f"(input {tuple(task.input_shape)}): {type(e).__name__}: {e}") from None
 
 
 def _load(spec: StudySpec, device: str) -> Any:
