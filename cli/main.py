@@ -216,6 +216,32 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from nasopt.cli.api import benchmark
+
+    strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    if args.runs < 1 or args.trials < 1:
+        raise UserError(f"`--runs >= 1` and `--trials >= 1` must hold, but got {args.runs=}, {args.trials=}")
+    try:
+        frame = benchmark(strategies, num_runs=args.runs, space=args.space, dataset=args.dataset,
+                          n_trials=args.trials, epochs=args.epochs, progress=False)
+    except NotImplementedError as e:
+        raise UserError(str(e)) from None
+    table = pd.DataFrame({
+        "strategy": frame["strategy"],
+        "best val acc": [f"{m:.4f} ± {s:.4f}" for m, s in zip(frame["best_val"], frame["best_val_std"], strict=True)],
+        "test acc of best": frame["best_test"].map(lambda v: f"{v:.4f}"),
+        "trials to optimum (median)": [f">{args.trials}" if t > args.trials else f"{t:g}" for t in frame["trials_to_opt"]],
+        "optimum found": frame["found_opt"],
+        "s/run": frame["seconds"].map(lambda v: f"{v:.1f}"),
+    })
+    print(f"{args.space} on {args.dataset}: {args.runs} runs x {args.trials} trials per strategy")
+    print(table.to_markdown(index=False) if args.markdown else table.to_string(index=False))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nasopt", description="Neural Architecture Search on Optuna.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -241,6 +267,16 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--storage", help=storage_help)
     s.add_argument("--top", type=int, default=10)
     s.set_defaults(func=cmd_show)
+
+    b = sub.add_parser("benchmark", help="compare search strategies over several seeded runs")
+    b.add_argument("--space", default="nano")
+    b.add_argument("--dataset", default="nanobench", help="nanobench answers trials from the shipped table")
+    b.add_argument("--strategies", default="random,tpe,rea", help="comma-separated sampler names")
+    b.add_argument("--runs", type=int, default=3)
+    b.add_argument("--trials", type=int, default=100)
+    b.add_argument("--epochs", type=int, default=5, help="training epochs (ignored by nanobench)")
+    b.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    b.set_defaults(func=cmd_benchmark)
 
     d = sub.add_parser("dashboard", help="open optuna-dashboard on a storage (127.0.0.1 unless --host)")
     d.add_argument("--storage", help=storage_help)

@@ -16,9 +16,11 @@ import torch
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
+from nasopt.inherit import DECISIONS_ATTR, Recorder, inherit, save_weights
 from nasopt.metrics import count_macs, count_params, measure_latency, peak_memory
 from nasopt.nanobench import NanoBench
 from nasopt.pruners import CurvePruner
+from nasopt.space import fixed
 from nasopt.storage import MAX_RETRY
 from nasopt.train import train
 
@@ -95,8 +97,8 @@ def trial_seed(base: int, number: int) -> int:
 class Objective:
     """Callable passed to `study.optimize`; holds the spec and the loaded task."""
 
-    def __init__(self, spec: StudySpec, task: Any) -> None:
-        self.spec, self.task = spec, task
+    def __init__(self, spec: StudySpec, task: Any, store: Any = None) -> None:
+        self.spec, self.task, self.store = spec, task, store
 
     def _evaluated(self, study: optuna.Study, params: dict[str, Any], number: int) -> FrozenTrial | None:
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
@@ -180,7 +182,8 @@ class Objective:
         if isinstance(task, NanoBench):
             return self._lookup(trial, arch, seed)
         torch.manual_seed(seed)
-        model = space.build(arch, task).to(task.device)
+        recorder = Recorder() if self.store is not None else None
+        model = space.build(arch, task, recorder or fixed).to(task.device)
         t1 = time.perf_counter()
         latency = measure_latency(model, task.input_shape, batch_size=spec.measure.batch_size,
                                   threads=spec.measure.threads, warmup=spec.measure.warmup,
@@ -216,8 +219,17 @@ class Objective:
                     raise optuna.TrialPruned(f"pruned by {type(study.pruner).__name__} at epoch {epoch} "
                                              f"(val_acc={record['val_acc']:.4f})")
 
+        if recorder is not None:
+            accuracy_index = list(spec.objectives).index("accuracy") if "accuracy" in spec.objectives else None
+            info = inherit(model, recorder, study, self.store, exclude=trial.number, accuracy_index=accuracy_index)
+            if info is not None:
+                trial.set_user_attr("inherited", {"parent": info["parent"], "tensors": len(info["tensors"]),
+                                                  "of": info["total"], "names": info["tensors"]})
         t3 = time.perf_counter()
         result = train(model, task, spec.train, seed=seed, on_epoch=on_epoch)
+        if recorder is not None:
+            trial.set_user_attr(DECISIONS_ATTR, recorder.sequence)
+            save_weights(trial, model, self.store)
         metrics["accuracy"] = result.val_acc
         metrics["top5"] = result.curve[-1].get("val_top5", 1.0)
         trial.set_user_attr("accuracy", round(result.val_acc, 6))

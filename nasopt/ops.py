@@ -215,6 +215,10 @@ OPS: dict[str, OpFactory] = {
     "sep_conv_7x7": lambda C_in, C_out, stride, affine=True, **_: SepConv(C_in, C_out, 7, stride, 3, affine),
     "dil_conv_3x3": lambda C_in, C_out, stride, affine=True, **_: DilConv(C_in, C_out, 3, stride, 2, 2, affine),
     "dil_conv_5x5": lambda C_in, C_out, stride, affine=True, **_: DilConv(C_in, C_out, 5, stride, 4, 2, affine),
+    # plain layers of the layer-genome space (shape-preserving; a channel change gets a 1x1 projection)
+    "batchnorm": lambda C_in, C_out, stride, **_: nn.Sequential(_identity(C_in, C_out, stride), nn.BatchNorm2d(C_out)),
+    "dropout": lambda C_in, C_out, stride, rate=0.5, **_: nn.Sequential(_identity(C_in, C_out, stride),
+                                                                         nn.Dropout(float(rate))),
     # modern options for richer spaces
     "se": lambda C_in, C_out, stride, act="relu", **_: nn.Sequential(
         _identity(C_in, C_out, stride), SqueezeExcite(C_out, act=act)),

@@ -22,6 +22,7 @@ from optuna.trial import TrialState
 from nasopt import _objective, _progress, nanobench
 from nasopt.data import DATASETS, load_task
 from nasopt.errors import UserError
+from nasopt.inherit import artifact_store_for
 from nasopt.metrics import MeasureConfig
 from nasopt.pruners import CurvePruner
 from nasopt.storage import mask_url, open_storage
@@ -62,6 +63,8 @@ class StudySpec:
     seed: int = 0
     device: str = "auto"
     storage: str | None = None
+    inherit_weights: bool = False
+    artifacts: str | None = None
 
     def __post_init__(self) -> None:
         if not self.name or not isinstance(self.name, str):
@@ -122,8 +125,9 @@ def finished_count(study: optuna.Study) -> int:
                or (t.state == TrialState.FAIL and t.number not in retried))
 
 
-def _open_study(spec: StudySpec, storage_url: str | None) -> optuna.Study:
-    storage = open_storage(storage_url or spec.storage)
+def _open_study(spec: StudySpec, storage_url: str | optuna.storages.BaseStorage | None) -> optuna.Study:
+    storage: Any = storage_url if isinstance(storage_url, optuna.storages.BaseStorage) else \
+        open_storage(storage_url or spec.storage)
     sampler = spec.sampler if spec.sampler is not None else _default_sampler(spec)
     directions = [optuna.study.StudyDirection[d.upper()] for d in spec.directions]
     # load_if_exists: several workers may create the same study at once; the first one wins
@@ -132,7 +136,7 @@ def _open_study(spec: StudySpec, storage_url: str | None) -> optuna.Study:
                                 directions=directions, load_if_exists=True)
     if study.directions != directions or (study.metric_names or list(spec.objectives)) != list(spec.objectives):
         stored = [d.name.lower() for d in study.directions]
-        raise UserError(f"study {spec.name!r} in {mask_url(storage.url)} has objectives "
+        raise UserError(f"study {spec.name!r} in {mask_url(getattr(storage, 'url', 'the storage'))} has objectives "
                         f"{study.metric_names} {stored}, but the study file asks for "
                         f"{dict(spec.objectives)}; give the study another `name`")
     if study.get_trials(deepcopy=False) and hasattr(sampler, "reseed_rng"):
@@ -152,7 +156,7 @@ def _default_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
     return optuna.samplers.TPESampler(seed=spec.seed, constant_liar=True)
 
 
-def run(spec: StudySpec, *, storage: str | None = None, n_trials: int | None = None,
+def run(spec: StudySpec, *, storage: str | optuna.storages.BaseStorage | None = None, n_trials: int | None = None,
         timeout: float | None = None, device: str | None = None, progress: bool = True) -> optuna.Study:
     """Run (or resume) the study `spec.name` until `n_trials` trials have finished in total.
 
@@ -171,13 +175,17 @@ def run(spec: StudySpec, *, storage: str | None = None, n_trials: int | None = N
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         try:
             study = _open_study(spec, storage)
-            return _run(spec, study, task, progress)
+            store = None
+            if spec.inherit_weights:
+                url = storage if isinstance(storage, str) or storage is None else None
+                store = artifact_store_for(url or spec.storage, spec.artifacts)
+            return _run(spec, study, task, progress, store)
         finally:
             optuna.logging.set_verbosity(level)
 
 
-def _run(spec: StudySpec, study: optuna.Study, task: Any, progress: bool) -> optuna.Study:
-    objective = _objective.Objective(spec, task)
+def _run(spec: StudySpec, study: optuna.Study, task: Any, progress: bool, store: Any) -> optuna.Study:
+    objective = _objective.Objective(spec, task, store)
     deadline = time.monotonic() + spec.timeout if spec.timeout else math.inf
     bar = _progress.Progress(study, spec, enabled=progress)
     try:

@@ -18,8 +18,7 @@ pixels on its shorter side, and strides 1 past that, so any genome fits any inpu
 
 `build` asks the chooser once per layer (`layer{i}`, candidates = the slot's op names) and once per
 conv layer's skip (`layer{i}.skip`, candidates `zero`/`skip`), so one-shot methods can reuse it.
-`batchnorm` and `dropout` are not in `nasopt.ops.OPS`; `layer_op` builds them and delegates every
-other op to `nasopt.space.fixed` (it is the default chooser here).
+Every layer, batchnorm and dropout included, comes from the op table through the chooser.
 """
 
 from __future__ import annotations
@@ -38,21 +37,11 @@ from nasopt.errors import UserError
 from nasopt.ops import OPS, Zero
 from nasopt.space import Chooser, encode_params, fixed
 
-__all__ = ["LayersSpace", "LAYER_TYPES", "layer_op"]
+__all__ = ["LayersSpace", "LAYER_TYPES"]
 
 LAYER_TYPES = ("conv", "maxpool", "avgpool", "batchnorm", "dropout")
 _POOL_OPS = {"maxpool": "maxpool3x3", "avgpool": "avgpool3x3"}
 _SHORT = {"maxpool": "mp", "avgpool": "ap", "batchnorm": "bn"}
-
-
-def layer_op(name: str, candidates: Sequence[str], chosen: str, C_in: int, C_out: int, stride: int,
-             **options: Any) -> nn.Module:
-    """The default chooser of the layers space: `batchnorm`/`dropout` here, every other op from the table."""
-    if chosen == "batchnorm":
-        return nn.BatchNorm2d(C_in)
-    if chosen == "dropout":
-        return nn.Dropout(float(options.get("rate", 0.5)))
-    return fixed(name, candidates, chosen, C_in, C_out, stride, **options)
 
 
 class Layer(nn.Module):
@@ -134,7 +123,6 @@ class LayersSpace:
 
     # -- network -----------------------------------------------------------------------------
     def build(self, arch: Mapping[str, Any], task: Any, choose: Chooser = fixed) -> nn.Module:
-        choose = layer_op if choose is fixed else choose
         C, size = task.input_shape[0], min(task.input_shape[1:])
         layers: list[nn.Module] = []
         for i in range(int(arch["n_layers"])):

@@ -119,8 +119,9 @@ def test_never_proposes_an_evaluated_architecture():
 def test_single_objective_finds_the_cheapest_good_architecture():
     space = NanoSpace()
     study = optuna.create_study(sampler=_fast(seed=0, space=space, n_startup_trials=5))
-    study.optimize(lambda t: sum(cost_error(space.suggest(t))), n_trials=20)  # optimum 3.82 (of 625)
-    assert study.best_value < 4.2
+    # error + 0.1 cost: optimum 2.26, median 3.18 over the 625 architectures
+    study.optimize(lambda t: float(np.dot(cost_error(space.suggest(t)), (0.1, 1.0))), n_trials=20)
+    assert study.best_value <= 2.35
 
 
 def test_same_seed_same_trials():
@@ -140,7 +141,7 @@ def test_constraints_pruned_and_failed_trials():
         if trial.number % 7 == 5:
             raise RuntimeError("boom")
         cost, error = cost_error(arch)
-        trial.set_constraint("cost", cost - 8.0)  # about 40% of the space is feasible
+        trial.set_constraint("cost", cost - 5.0)  # 28% of the space is feasible
         return cost, error
 
     study = optuna.create_study(directions=["minimize", "minimize"],
@@ -149,7 +150,7 @@ def test_constraints_pruned_and_failed_trials():
     states = [t.state for t in study.trials]
     assert TrialState.PRUNED in states and TrialState.FAIL in states
     guided = [t for t in study.trials[12:] if t.state == TrialState.COMPLETE]
-    feasible = [t for t in guided if t.values[0] <= 8.0]
+    feasible = [t for t in guided if t.values[0] <= 5.0]
     assert len(feasible) >= 0.6 * len(guided), [t.values for t in guided]
 
 

@@ -15,7 +15,8 @@ from torch import nn
 from nasopt import UserError
 from nasopt.samplers import REASampler
 from nasopt.samplers._rea import CHILD_KEY
-from nasopt.search_spaces.layers import LAYER_TYPES, LayersSpace, layer_op
+from nasopt.search_spaces.layers import LAYER_TYPES, LayersSpace
+from nasopt.space import fixed
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -97,7 +98,7 @@ def test_any_genome_fits_inputs_from_8_to_32(size):
     sizes = []
 
     def recording(name, candidates, chosen, C_in, C_out, stride, **options):
-        module = layer_op(name, candidates, chosen, C_in, C_out, stride, **options)
+        module = fixed(name, candidates, chosen, C_in, C_out, stride, **options)
         module.register_forward_hook(lambda m, i, o: sizes.append(o.shape[-1]))
         return module
 
@@ -117,7 +118,7 @@ def test_build_asks_the_chooser_at_every_layer_and_skip():
     def recording(name, candidates, chosen, C_in, C_out, stride, **options):
         calls.append((name, chosen, C_in, C_out, stride, options))
         assert chosen in candidates
-        return layer_op(name, candidates, chosen, C_in, C_out, stride, **options)
+        return fixed(name, candidates, chosen, C_in, C_out, stride, **options)
 
     model = LayersSpace().build(ARCH, task((3, 32, 32)), choose=recording)
     assert calls == [
@@ -132,7 +133,8 @@ def test_build_asks_the_chooser_at_every_layer_and_skip():
     layers = list(default.layers)
     assert layers[0].branch is None  # no skip: nothing extra to run
     assert isinstance(layers[2].branch, nn.Sequential) and layers[2].branch[0].kernel_size == (1, 1)  # 32 -> 64
-    assert isinstance(layers[4].op, nn.Dropout) and layers[4].op.p == 0.25
+    dropout = [m for m in layers[4].op.modules() if isinstance(m, nn.Dropout)]
+    assert len(dropout) == 1 and dropout[0].p == 0.25
 
 
 def test_skip_without_channel_change_is_an_identity_add():
