@@ -48,9 +48,11 @@ def _job(args: tuple[dict[str, str], int, int]) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--seeds", type=int, default=2)
     p.add_argument("--epochs", type=int, default=TRAIN_ARGS["epochs"])
     p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--finalize", action="store_true",
+                   help="train nothing: write the table from the seeds that are complete for all 625 architectures")
     p.add_argument("-o", "--output", default=str(Path(__file__).parents[1] / "nasopt" / "nanobench.json.gz"))
     args = p.parse_args()
 
@@ -65,10 +67,11 @@ def main() -> None:
     archs = [{f"pos{i}.op": op for i, op in enumerate(ops)} for ops in itertools.product(NANO_OPS, repeat=4)]
     from nasopt.space import arch_key
 
-    todo = [(a, s, args.epochs) for s in range(args.seeds) for a in archs if (arch_key(a), s) not in done]
+    todo = [] if args.finalize else [
+        (a, s, args.epochs) for s in range(args.seeds) for a in archs if (arch_key(a), s) not in done]
     print(f"nano-bench: {len(done)} rows done, {len(todo)} to train with {args.jobs} jobs", flush=True)
     t0 = time.time()
-    with partial.open("a") as out, mp.get_context("fork").Pool(args.jobs) as pool:
+    with partial.open("a") as out, mp.get_context("fork").Pool(max(1, min(args.jobs, len(todo)))) as pool:
         for i, row in enumerate(pool.imap_unordered(_job, todo, chunksize=4), 1):
             out.write(json.dumps(row) + "\n")
             out.flush()
@@ -77,13 +80,18 @@ def main() -> None:
                 print(f"  {i}/{len(todo)} rows, {rate:.2f} rows/s, eta {(len(todo) - i) / rate / 60:.1f} min",
                       flush=True)
     rows = [json.loads(line) for line in partial.read_text().splitlines()]
+    per_seed: dict[int, int] = {}
+    for row in rows:
+        per_seed[row["seed"]] = per_seed.get(row["seed"], 0) + 1
+    seeds = sorted(s for s, n in per_seed.items() if n == len(archs))[: args.seeds]
+    rows = [row for row in rows if row["seed"] in seeds]
     table: dict[str, dict] = {}
     for row in rows:
         entry = table.setdefault(row["key"], {"arch": row["arch"], "describe": row["describe"],
                                               "params": row["params"], "macs": row["macs"], "seeds": {}})
         entry["seeds"][str(row["seed"])] = {k: row[k] for k in ("val_acc", "test_acc", "curve", "train_s")}
     meta = {"dataset": "digits", "space": "nano", "space_args": SPACE_ARGS, "ops": list(NANO_OPS),
-            "train": {**TRAIN_ARGS, "epochs": args.epochs}, "seeds": args.seeds, "architectures": len(table)}
+            "train": {**TRAIN_ARGS, "epochs": args.epochs}, "seeds": len(seeds), "architectures": len(table)}
     with gzip.open(args.output, "wt") as f:
         json.dump({"meta": meta, "table": table}, f, separators=(",", ":"))
     print(f"wrote {args.output}: {len(table)} architectures, {os.path.getsize(args.output) / 1024:.0f} KiB")

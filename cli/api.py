@@ -104,13 +104,16 @@ def nano_nas(strategy: str = "evolution", *, population_size: int = 20, generati
     return result if isinstance(result, nn.Module) else result[0]
 
 
-def benchmark(strategies: list[str] | tuple[str, ...] = ("random", "tpe", "rea"), *, num_runs: int = 3,
+def benchmark(strategies: Any = ("random", "tpe", "rea"), *, num_runs: int = 3,
               space: Any = "nano", dataset: str = "nanobench", n_trials: int = 100, epochs: int = 5,
               storage: Any = None, progress: bool = False) -> Any:
     """Compare strategies over `num_runs` seeded runs each; returns a pandas DataFrame.
 
+    `strategies` are sampler names, or a mapping label -> factory(seed) -> sampler for configured ones.
+
     Columns: strategy, runs, best_val (mean), best_val_std, best_test (mean test accuracy of the chosen
-    architecture, nano-bench only), trials_to_opt (median trials until the table's optimum was found,
+    architecture, nano-bench only), best_true and per_run_true (the chosen architecture's validation
+    accuracy averaged over the table's seeds: its quality without the noise of one run), trials_to_opt (median trials until the table's optimum was found,
     nano-bench only; NaN if not found in a run: see found_opt), seconds per run. Every run is a study in
     `storage` (default: in memory) named `bench_<strategy>_<run>`.
     """
@@ -120,12 +123,21 @@ def benchmark(strategies: list[str] | tuple[str, ...] = ("random", "tpe", "rea")
     from nasopt import nanobench
 
     bench = nanobench.load() if dataset == "nanobench" else None
+    factories = dict(strategies) if isinstance(strategies, dict) else {
+        name: (lambda seed, name=name: _sampler(name, seed=seed, n_objectives=1, space=space_of()))
+        for name in strategies}
+
+    def space_of() -> Any:
+        return make_space(space) if isinstance(space, str) else space
+
+    for factory in factories.values():  # every strategy checked before any run starts
+        factory(0)
     rows = []
-    for strategy in strategies:
-        best_vals, best_tests, hits, seconds = [], [], [], []
+    for strategy, factory in factories.items():
+        best_vals, best_tests, best_means, hits, seconds = [], [], [], [], []
         for run in range(num_runs):
-            space_obj = make_space(space) if isinstance(space, str) else space
-            sampler = _sampler(strategy, seed=run, n_objectives=1, space=space_obj)
+            space_obj = space_of()
+            sampler = factory(run)
             spec = nasopt.StudySpec(name=f"bench_{strategy}_{run}", space=space_obj, dataset=dataset,
                                     sampler=sampler, n_trials=n_trials, seed=run,
                                     train=nasopt.TrainConfig(epochs=epochs))
@@ -136,6 +148,7 @@ def benchmark(strategies: list[str] | tuple[str, ...] = ("random", "tpe", "rea")
             best_vals.append(best.value)
             if bench is not None:
                 best_tests.append(bench.mean_test_acc(best.params))
+                best_means.append(bench.mean_val_acc(best.params))
                 order = sorted(study.trials, key=lambda t: t.number)
                 hit = next((i + 1 for i, t in enumerate(order) if t.params == bench.optimum), None)
                 hits.append(hit)
@@ -143,6 +156,8 @@ def benchmark(strategies: list[str] | tuple[str, ...] = ("random", "tpe", "rea")
         rows.append({"strategy": strategy, "runs": num_runs, "best_val": statistics.fmean(best_vals),
                      "best_val_std": statistics.pstdev(best_vals),
                      "best_test": statistics.fmean(best_tests) if best_tests else float("nan"),
+                     "best_true": statistics.fmean(best_means) if best_means else float("nan"),
+                     "per_run_true": best_means,
                      "trials_to_opt": statistics.median(h or n_trials + 1 for h in hits) if hits else float("nan"),
                      "found_opt": f"{len(found)}/{num_runs}" if bench is not None else "",
                      "seconds": statistics.fmean(seconds)})

@@ -16,12 +16,14 @@ class Progress:
     def __init__(self, study: optuna.Study, spec: StudySpec, *, enabled: bool = True) -> None:
         from nasopt.study import finished_count
 
-        self.study, self.spec, self._count = study, spec, finished_count
+        self.study, self.spec, self._count, self.enabled = study, spec, finished_count, enabled
         self.bar: Any = tqdm(total=spec.n_trials, initial=min(finished_count(study), spec.n_trials),
                              desc=spec.name, unit="trial", disable=not enabled, dynamic_ncols=True)
         self.refresh()
 
     def refresh(self) -> None:
+        if not self.enabled:
+            return
         done = min(self._count(self.study), self.spec.n_trials)
         self.bar.n = done
         complete = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))

@@ -83,6 +83,10 @@ def encode_params(arch: Mapping[str, Any], distributions: Mapping[str, BaseDistr
 
 def random_arch(space: SearchSpace, seed: int | None = None) -> dict[str, Any]:
     """Draw one architecture uniformly through the space's own `suggest` (RandomSampler)."""
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
-    trial = study.ask()
-    return dict(space.suggest(trial))
+    level = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created in memory" line
+    try:
+        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    finally:
+        optuna.logging.set_verbosity(level)
+    return dict(space.suggest(study.ask()))

@@ -16,7 +16,7 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
 from nasopt.errors import UserError
 
-__all__ = ["DEFAULT_STORAGE", "open_storage", "mask_url", "sqlite_path"]
+__all__ = ["DEFAULT_STORAGE", "open_storage", "close_storage", "mask_url", "sqlite_path"]
 
 DEFAULT_STORAGE = "sqlite:///nasopt.db"
 HEARTBEAT_INTERVAL = 2  # seconds between a running trial's heartbeats
@@ -58,6 +58,29 @@ def _check_sqlite_file(path: Path, url: str) -> None:
         raise UserError(f"cannot create storage file {path}: folder not writable; choose another --storage")
 
 
+def _fast_sqlite(storage: RDBStorage) -> None:
+    """WAL journal + synchronous=NORMAL: a commit costs ~1 ms instead of ~20 ms (no fsync per commit),
+    still crash-safe for the database (the last commits may roll back on power loss, never corrupt),
+    and readers (the dashboard) no longer block the writer. WAL needs a local file system."""
+    from sqlalchemy import event
+
+    @event.listens_for(storage.engine, "connect")
+    def _pragmas(dbapi_connection: object, _record: object) -> None:
+        cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    storage.engine.dispose()  # connections opened during set-up reconnect with the pragmas
+
+
+def close_storage(storage: object) -> None:
+    """Close pooled connections (SQLite then folds its WAL file back into the database)."""
+    engine = getattr(storage, "engine", None)
+    if engine is not None:
+        engine.dispose()
+
+
 def open_storage(url: str | None = None, *, create: bool = True, heartbeat: bool = True) -> RDBStorage:
     """Open (and with `create`, initialise) the storage at `url` with heartbeat and stale-trial retry.
 
@@ -86,7 +109,10 @@ def open_storage(url: str | None = None, *, create: bool = True, heartbeat: bool
             if heartbeat:
                 kwargs = dict(heartbeat_interval=HEARTBEAT_INTERVAL, grace_period=GRACE_PERIOD,
                               heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY))
-            return RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)  # type: ignore[arg-type]
+            storage = RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)  # type: ignore[arg-type]
+        if path is not None:
+            _fast_sqlite(storage)
+        return storage
     except UserError:
         raise
     except Exception as e:  # driver missing, server down, corrupt file: one line, password masked

@@ -25,7 +25,7 @@ from nasopt.errors import UserError
 from nasopt.inherit import artifact_store_for
 from nasopt.metrics import MeasureConfig
 from nasopt.pruners import CurvePruner
-from nasopt.storage import mask_url, open_storage
+from nasopt.storage import close_storage, mask_url, open_storage
 from nasopt.train import TrainConfig
 
 __all__ = ["StudySpec", "run", "METRICS", "finished_count"]
@@ -131,7 +131,8 @@ def _open_study(spec: StudySpec, storage_url: str | optuna.storages.BaseStorage 
     sampler = spec.sampler if spec.sampler is not None else _default_sampler(spec)
     directions = [optuna.study.StudyDirection[d.upper()] for d in spec.directions]
     # load_if_exists: several workers may create the same study at once; the first one wins
-    pruner = spec.pruner if isinstance(spec.pruner, optuna.pruners.BasePruner) else None
+    # Optuna would default to a MedianPruner: no pruning unless the study asks for it
+    pruner = spec.pruner if isinstance(spec.pruner, optuna.pruners.BasePruner) else optuna.pruners.NopPruner()
     study = optuna.create_study(study_name=spec.name, storage=storage, sampler=sampler, pruner=pruner,
                                 directions=directions, load_if_exists=True)
     if study.directions != directions or (study.metric_names or list(spec.objectives)) != list(spec.objectives):
@@ -182,6 +183,8 @@ def run(spec: StudySpec, *, storage: str | optuna.storages.BaseStorage | None = 
             return _run(spec, study, task, progress, store)
         finally:
             optuna.logging.set_verbosity(level)
+            if "study" in locals():
+                close_storage(study._storage)
 
 
 def _run(spec: StudySpec, study: optuna.Study, task: Any, progress: bool, store: Any) -> optuna.Study:

@@ -34,7 +34,7 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def _fast(**kwargs) -> BoTorchPoolSampler:
-    kwargs = {"n_startup_trials": 1, "n_candidates": 128, "n_mutations": 64, "max_fit_iter": 20, **kwargs}
+    kwargs = {"n_startup_trials": 1, "n_candidates": 64, "n_mutations": 32, "max_fit_iter": 10, **kwargs}
     return BoTorchPoolSampler(**kwargs)
 
 
@@ -42,7 +42,7 @@ def _fast(**kwargs) -> BoTorchPoolSampler:
 class TestBasic(BasicSamplerTestCase):
     @pytest.fixture
     def sampler(self):
-        return lambda: _fast(seed=0)
+        return lambda: _fast(seed=0, n_startup_trials=4)
 
 
 class TestRelative(RelativeSamplerTestCase):
@@ -95,7 +95,7 @@ def run(sampler, n_trials: int, space=None, directions=("minimize", "minimize"))
 
 def test_known_front_is_what_hypervolume_measures():
     names = [f"pos{i}.op" for i in range(4)]
-    every = [cost_error(dict(zip(names, ops))) for ops in itertools.product(NANO_OPS, repeat=4)]
+    every = [cost_error(dict(zip(names, ops, strict=True))) for ops in itertools.product(NANO_OPS, repeat=4)]
     assert hypervolume(every) == pytest.approx(60.52)
 
 
@@ -188,7 +188,8 @@ def test_make_sampler_passes_the_space():
 
 
 def test_missing_extra_is_a_user_error(monkeypatch):
-    monkeypatch.setitem(sys.modules, "botorch", None)  # makes `import botorch` raise ImportError
+    for name in [m for m in sys.modules if m == "botorch" or m.startswith("botorch.")]:
+        monkeypatch.setitem(sys.modules, name, None)  # makes `import botorch...` raise ImportError
     monkeypatch.delitem(sys.modules, "nasopt.samplers._botorch")
     with pytest.raises(UserError, match=r"pip install 'nasopt\[bayes\]'"):
         make_sampler("botorch", seed=0)

@@ -12,9 +12,18 @@ from typing import Any
 import optuna
 
 from nasopt.errors import UserError
+from nasopt.samplers._pnas import PNASSampler
 from nasopt.samplers._rea import REASampler
 
-__all__ = ["SAMPLERS", "make_sampler", "REASampler"]
+__all__ = ["SAMPLERS", "make_sampler", "REASampler", "PNASSampler", "BoTorchPoolSampler"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "BoTorchPoolSampler":  # imported on use: it needs the optional botorch package
+        from nasopt.samplers._botorch import BoTorchPoolSampler
+
+        return BoTorchPoolSampler
+    raise AttributeError(f"module 'nasopt.samplers' has no attribute {name!r}")
 
 
 # Each factory takes keyword arguments: seed, n_objectives and space (the study's search space, for
@@ -63,6 +72,14 @@ def _pnas(*, seed: int | None = None, space: Any = None, **_: Any) -> optuna.sam
     return PNASSampler(space, seed=seed)
 
 
+def _botorch(*, seed: int | None = None, space: Any = None, **_: Any) -> optuna.samplers.BaseSampler:
+    try:
+        from nasopt.samplers._botorch import BoTorchPoolSampler
+    except ImportError as e:
+        raise UserError("the botorch sampler needs the bayes extra: pip install 'nasopt[bayes]'") from e
+    return BoTorchPoolSampler(space=space, seed=seed)
+
+
 SAMPLERS: dict[str, SamplerFactory] = {
     "random": lambda *, seed=None, **_: optuna.samplers.RandomSampler(seed=seed),
     "tpe": _tpe,
@@ -70,6 +87,7 @@ SAMPLERS: dict[str, SamplerFactory] = {
     "gp": lambda *, seed=None, **_: optuna.samplers.GPSampler(seed=seed),
     "rea": _rea,
     "pnas": _pnas,
+    "botorch": _botorch,
 }
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import threading
+import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from typing import Any
@@ -33,6 +34,7 @@ import numpy as np
 import optuna
 import torch
 from botorch.acquisition.analytic import _log_ei_helper
+from botorch.exceptions.warnings import InputDataWarning
 from botorch.fit import fit_gpytorch_mll
 from botorch.models import SingleTaskGP
 from botorch.models.transforms.outcome import Standardize
@@ -133,22 +135,28 @@ def _cpu_one_thread() -> Iterator[None]:
             torch.set_num_threads(threads)
 
 
-def _log_ehvi(mu: torch.Tensor, sigma: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
-    """log expected (hypervolume) improvement of N independent Gaussians over the observed front Y.
+def _boxes(Y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(lower, upper), each (boxes, m): the region that the maximised observations Y do not dominate.
 
-    `mu`, `sigma`: (N, m); `Y`: (n, m) feasible observations, maximised. The region that the front does
-    not dominate, above the reference point, is split into boxes [l, u) by botorch's box decomposition;
-    a point y adds the volume sum_boxes prod_k (min(y_k, u_k) - l_k)^+, and for a Gaussian output
-    E[(min(Y, u) - l)^+] = sigma * (h((mu - l) / sigma) - h((mu - u) / sigma)), h(z) = phi(z) + z Phi(z)
-    (Yang et al. 2019), so the expectation is exact without Monte Carlo. For m = 1 the one box is
-    [best, inf) and this is LogEI. Evaluated in log space (botorch's log-EI helper): no ties at 0.
+    For m = 1 the one box is [best, inf). For m >= 2 it is botorch's box decomposition of the region
+    above the reference point, which is the front's nadir minus 10% of its range (`infer_reference_point`).
     """
     if Y.shape[1] == 1:
-        lower, upper = Y.max(0).values[None], torch.full((1, 1), math.inf, dtype=Y.dtype)
-    else:
-        pareto = Y[is_non_dominated(Y)]
-        ref = infer_reference_point(pareto)  # the front's nadir minus 10% of its range
-        lower, upper = FastNondominatedPartitioning(ref_point=ref, Y=pareto).get_hypercell_bounds()
+        return Y.max(0).values[None], torch.full((1, 1), math.inf, dtype=Y.dtype)
+    pareto = Y[is_non_dominated(Y)]
+    partitioning = FastNondominatedPartitioning(ref_point=infer_reference_point(pareto), Y=pareto)
+    lower, upper = partitioning.get_hypercell_bounds()
+    return lower, upper
+
+
+def _log_ehvi(mu: torch.Tensor, sigma: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:
+    """log expected hypervolume improvement of N independent Gaussian outputs (N, m) over `_boxes`.
+
+    A point y adds the volume sum_boxes prod_k (min(y_k, u_k) - l_k)^+, and for a Gaussian output
+    E[(min(Y, u) - l)^+] = sigma * (h((mu - l) / sigma) - h((mu - u) / sigma)), h(z) = phi(z) + z Phi(z)
+    (Yang et al. 2019): exact, no Monte Carlo. With one objective this is LogEI. Evaluated in log space
+    with botorch's log-EI helper, so far-off candidates still rank instead of tying at 0.
+    """
     mu, sigma = mu[:, None, :], sigma[:, None, :]  # (N, 1, m) against (boxes, m)
     log_h_lower = _log_ei_helper((mu - lower) / sigma)
     log_h_upper = _log_ei_helper(((mu - upper) / sigma).clamp_min(-1e100))
@@ -179,7 +187,8 @@ class BoTorchPoolSampler(BaseSampler):
         self._independent_sampler = independent_sampler or RandomSampler(seed=seed)
         self._rng = np.random.RandomState(seed)
         self._intersection = optuna.search_space.IntersectionSearchSpace()
-        self._warm: dict[str, torch.Tensor] = {}  # GP hyperparameters of the previous fit
+        self._warm: dict[str, torch.Tensor] = {}  # GP hyperparameters of the last fit
+        self._refit_at = 0  # re-optimise them once this many trials are observed
 
     def reseed_rng(self) -> None:
         self._rng.seed()
@@ -235,36 +244,59 @@ class BoTorchPoolSampler(BaseSampler):
         return archs, np.asarray(values).reshape(len(archs), -1), np.asarray(constraints).reshape(len(archs), len(names))
 
     def _fit(self, X: torch.Tensor, Y: torch.Tensor) -> SingleTaskGP:
-        """One batched GP: an independent RBF-ARD GP per column of Y (objectives, then constraints)."""
-        model = SingleTaskGP(X, Y, outcome_transform=Standardize(m=Y.shape[-1]))
-        if self._warm and all(p.shape == self._warm.get(n, torch.empty(0)).shape
-                              for n, p in model.named_parameters()):
+        """One batched GP: an independent RBF-ARD GP per column of Y (objectives, then constraints).
+
+        Hyperparameters start from the previous fit and are re-optimised only once the data grew by 10%
+        (every trial up to 20 trials, then every 2nd, ..., every 9th near 100); in between the GP is
+        conditioned on all the data with the previous hyperparameters, which move little per trial.
+        """
+        with warnings.catch_warnings():  # constant outcomes (std 0) stay unstandardized: that is fine
+            warnings.simplefilter("ignore", InputDataWarning)
+            model = SingleTaskGP(X, Y, outcome_transform=Standardize(m=Y.shape[-1]))
+        warm = bool(self._warm) and all(p.shape == self._warm.get(n, torch.empty(0)).shape
+                                        for n, p in model.named_parameters())
+        if warm:
             model.load_state_dict(self._warm, strict=False)
-        fit_gpytorch_mll(ExactMarginalLogLikelihood(model.likelihood, model),
-                         optimizer_kwargs={"options": {"maxiter": self._max_fit_iter}})
-        self._warm = {n: p.detach().clone() for n, p in model.named_parameters()}
-        return model
+        if not warm or len(X) >= self._refit_at:
+            fit_gpytorch_mll(ExactMarginalLogLikelihood(model.likelihood, model),
+                             optimizer_kwargs={"options": {"maxiter": self._max_fit_iter}})
+            self._warm = {n: p.detach().clone() for n, p in model.named_parameters()}
+            self._refit_at = math.ceil(1.1 * len(X))
+        return model.eval()
 
     def _propose(self, archs: list[Arch], values: np.ndarray, constraints: np.ndarray,
                  space: dict[str, BaseDistribution], taken: set[tuple]) -> Arch:
-        n_obj = values.shape[1]
+        n_obj, n_con = values.shape[1], constraints.shape[1]
         feasible = (constraints <= 0).all(axis=1)
         model = self._fit(_encode(archs, space), torch.from_numpy(np.concatenate([values, constraints], 1)))
-        pool = self._pool([archs[i] for i in self._elite(values, constraints, feasible)], space, taken)
+        boxes = _boxes(torch.from_numpy(values[feasible])) if feasible.any() else None
+
+        def score(pool: list[Arch]) -> torch.Tensor:
+            # joint posteriors of flat chunks of 256 candidates: the (N, 1, d) t-batches a botorch
+            # AcquisitionFunction evaluates cost 5x more, one (N, d) block builds an N x N covariance
+            parts = [model.posterior(X) for X in _encode(pool, space).split(256)]
+            mu = torch.cat([p.mean for p in parts])  # (N, n_obj + n_con)
+            sigma = torch.cat([p.variance for p in parts]).clamp_min(1e-12).sqrt()
+            out = torch.zeros(len(pool), dtype=mu.dtype)  # nothing feasible yet: feasibility decides
+            if boxes is not None:
+                out = _log_ehvi(mu[:, :n_obj], sigma[:, :n_obj], *boxes)
+            if n_con:  # + log P(every constraint <= 0) under independent GPs
+                out = out + log_ndtr(-mu[:, n_obj:] / sigma[:, n_obj:]).sum(-1)
+            return torch.nan_to_num(out, nan=-math.inf)
+
+        seen = set(taken)
+        parents = [archs[i] for i in self._elite(values, constraints, feasible)]
+        pool = self._candidates(parents, space, seen, self._n_candidates, self._n_mutations)
         if not pool:
             return {}  # every architecture was evaluated: fall back to independent sampling
         with torch.no_grad():
-            # one joint posterior over the flat (N, d) pool: ~5x cheaper than the (N, 1, d) t-batches
-            # an AcquisitionFunction would evaluate, and every acquisition below is analytic
-            posterior = model.posterior(_encode(pool, space))
-            mu, sigma = posterior.mean, posterior.variance.clamp_min(1e-12).sqrt()  # (N, n_obj + n_con)
-            score = torch.zeros(len(pool), dtype=mu.dtype)
-            if feasible.any():  # else nothing to improve on yet: feasibility alone decides
-                score = _log_ehvi(mu[:, :n_obj], sigma[:, :n_obj], torch.from_numpy(values[feasible]))
-            if constraints.shape[1]:  # + log P(every constraint <= 0), independent GPs
-                score = score + log_ndtr(-mu[:, n_obj:] / sigma[:, n_obj:]).sum(-1)
-        score = torch.nan_to_num(score, nan=-math.inf)
-        best = torch.nonzero(score == score.max()).flatten()  # ties (e.g. all -inf): pick at random
+            scores = score(pool)
+            # a second round around the 16 best candidates: a cheap local search of the acquisition
+            top = [pool[i] for i in scores.topk(min(16, len(pool))).indices]
+            more = self._candidates(top, space, seen, 0, self._n_mutations // 2)
+            if more:
+                pool, scores = pool + more, torch.cat([scores, score(more)])
+        best = torch.nonzero(scores == scores.max()).flatten()  # ties (e.g. all -inf): pick at random
         return pool[int(best[self._rng.randint(len(best))])]
 
     def _elite(self, values: np.ndarray, constraints: np.ndarray, feasible: np.ndarray) -> list[int]:
@@ -278,9 +310,10 @@ class BoTorchPoolSampler(BaseSampler):
             front = idx[is_non_dominated(torch.from_numpy(values[idx])).numpy()]
         return list(self._rng.permutation(front)[:16])
 
-    def _pool(self, parents: list[Arch], space: dict[str, BaseDistribution], taken: set[tuple]) -> list[Arch]:
-        """Random architectures + mutations of `parents`, deduplicated and never already evaluated."""
-        rng, pool, seen = self._rng, [], set(taken)
+    def _candidates(self, parents: list[Arch], space: dict[str, BaseDistribution], seen: set[tuple],
+                    n_random: int, n_mutations: int) -> list[Arch]:
+        """Random architectures + 1-2 decision mutations of `parents`, none of them in `seen` (updated)."""
+        rng, pool = self._rng, []
 
         def add(arch: Arch) -> None:
             key = _key(arch)
@@ -288,12 +321,11 @@ class BoTorchPoolSampler(BaseSampler):
                 seen.add(key)
                 pool.append(arch)
 
-        for _ in range(self._n_candidates):
+        for _ in range(n_random):
             add(self._complete({}, space))
-        for i in range(self._n_mutations if parents else 0):
-            parent = parents[i % len(parents)]
-            mutated = dict(parent)
-            for name in rng.permutation(sorted(parent))[:1 + rng.randint(2)]:
+        for i in range(n_mutations if parents else 0):
+            mutated = dict(parents[i % len(parents)])
+            for name in rng.permutation(sorted(mutated))[:1 + rng.randint(2)]:
                 mutated[name] = _draw(space[name], rng)
             add(self._complete(mutated, space))
         return pool
