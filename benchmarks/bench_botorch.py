@@ -152,7 +152,7 @@ def main() -> None:
              "random": "random"}
     names = [known[k] for k in args.samplers.split(",") if not (args.skip_reference and k == "reference")]
     print(f"3 objectives, 5 parameters, {args.trials} trials, seeds {seeds}; best reachable hypervolume "
-          f"{best_hypervolume():.4f} (reference point {tuple(REF)})", flush=True)
+          f"{best_hypervolume():.4f} (reference point {tuple(REF.tolist())})", flush=True)
     results = {n: [run(n, s, args.trials) for s in seeds] for n in names}
     mean = {n: {k: statistics.fmean(r[k] for r in rs) for k in rs[0]} for n, rs in results.items()}
 

@@ -25,7 +25,7 @@ from nasopt.errors import UserError
 from nasopt.inherit import artifact_store_for
 from nasopt.metrics import MeasureConfig
 from nasopt.pruners import CurvePruner
-from nasopt.storage import close_storage, mask_url, open_storage
+from nasopt.storage import close_storage, fast_sqlite, mask_url, open_storage
 from nasopt.train import TrainConfig
 
 __all__ = ["StudySpec", "run", "METRICS", "finished_count"]
@@ -140,6 +140,7 @@ def _open_study(spec: StudySpec, storage_url: str | optuna.storages.BaseStorage 
         raise UserError(f"study {spec.name!r} in {mask_url(getattr(storage, 'url', 'the storage'))} has objectives "
                         f"{study.metric_names} {stored}, but the study file asks for "
                         f"{dict(spec.objectives)}; give the study another `name`")
+    fast_sqlite(storage)
     if study.get_trials(deepcopy=False) and hasattr(sampler, "reseed_rng"):
         # resuming: a seeded sampler would replay the proposals of the first run from its start
         sampler.reseed_rng()

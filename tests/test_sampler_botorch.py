@@ -100,34 +100,28 @@ def test_known_front_is_what_hypervolume_measures():
 
 
 def test_beats_random_search_on_the_nano_problem():
-    """Mean hypervolume over 3 seeds after 30 trials (random reaches about 53, the front 60.5)."""
+    """Mean hypervolume over 3 seeds after 30 trials: random reaches about 53, BO about 56, the front 60.5."""
     bo, rnd = [], []
     for seed in range(3):
-        sampler = BoTorchPoolSampler(seed=seed, space=NanoSpace(), n_startup_trials=8, n_candidates=256,
-                                     n_mutations=128, max_fit_iter=30)
+        sampler = _fast(seed=seed, space=NanoSpace(), n_startup_trials=8, n_candidates=128, n_mutations=64)
         bo.append(hypervolume([t.values for t in run(sampler, 30).trials]))
         rnd.append(hypervolume([t.values for t in run(optuna.samplers.RandomSampler(seed=seed), 30).trials]))
-    assert np.mean(bo) > np.mean(rnd) + 1.0, (bo, rnd)
+    assert np.mean(bo) > np.mean(rnd) + 2.0, (bo, rnd)
 
 
-def test_never_proposes_an_evaluated_architecture():
-    study = run(_fast(seed=0, space=NanoSpace(), n_startup_trials=3), 20)
-    keys = [arch_key(t.params) for t in study.trials]
-    assert len(set(keys)) == len(keys)
+def test_seeded_and_never_repeats_an_architecture():
+    a = run(_fast(seed=3, space=NanoSpace(), n_startup_trials=3), 12)
+    b = run(_fast(seed=3, space=NanoSpace(), n_startup_trials=3), 12)
+    assert [t.params for t in a.trials] == [t.params for t in b.trials]
+    assert len({arch_key(t.params) for t in a.trials}) == 12
 
 
-def test_single_objective_finds_the_cheapest_good_architecture():
+def test_single_objective_finds_a_good_architecture():
     space = NanoSpace()
     study = optuna.create_study(sampler=_fast(seed=0, space=space, n_startup_trials=5))
     # error + 0.1 cost: optimum 2.26, median 3.18 over the 625 architectures
-    study.optimize(lambda t: float(np.dot(cost_error(space.suggest(t)), (0.1, 1.0))), n_trials=20)
+    study.optimize(lambda t: float(np.dot(cost_error(space.suggest(t)), (0.1, 1.0))), n_trials=16)
     assert study.best_value <= 2.35
-
-
-def test_same_seed_same_trials():
-    a = run(_fast(seed=3, space=NanoSpace(), n_startup_trials=3), 8)
-    b = run(_fast(seed=3, space=NanoSpace(), n_startup_trials=3), 8)
-    assert [t.params for t in a.trials] == [t.params for t in b.trials]
 
 
 def test_constraints_pruned_and_failed_trials():
@@ -146,10 +140,10 @@ def test_constraints_pruned_and_failed_trials():
 
     study = optuna.create_study(directions=["minimize", "minimize"],
                                 sampler=_fast(seed=0, space=space, n_startup_trials=5))
-    study.optimize(objective, n_trials=24, catch=(RuntimeError,))
+    study.optimize(objective, n_trials=20, catch=(RuntimeError,))
     states = [t.state for t in study.trials]
     assert TrialState.PRUNED in states and TrialState.FAIL in states
-    guided = [t for t in study.trials[12:] if t.state == TrialState.COMPLETE]
+    guided = [t for t in study.trials[10:] if t.state == TrialState.COMPLETE]
     feasible = [t for t in guided if t.values[0] <= 5.0]
     assert len(feasible) >= 0.6 * len(guided), [t.values for t in guided]
 
