@@ -6,6 +6,7 @@ resolve to; a study file may just as well construct any Optuna sampler itself.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -32,8 +33,11 @@ SamplerFactory = Callable[..., optuna.samplers.BaseSampler]
 
 
 def _tpe(*, seed: int | None = None, **_: Any) -> optuna.samplers.BaseSampler:
-    # constant_liar set explicitly: parallel workers must not all propose the same architecture
-    return optuna.samplers.TPESampler(seed=seed, constant_liar=True, multivariate=True, group=True)
+    # constant_liar set explicitly: parallel workers must not all propose the same architecture;
+    # group=True splits conditional (define-by-run) spaces into the groups that occur together
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(seed=seed, constant_liar=True, multivariate=True, group=True)
 
 
 def _nsga2(*, seed: int | None = None, space: Any = None, **_: Any) -> optuna.samplers.BaseSampler:
