@@ -133,7 +133,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from nasopt.storage import DEFAULT_STORAGE, mask_url
     from nasopt.study import finished_count
 
-    spec = apply_sets(load_study_file(args.file), args.set or [])
+    sets = list(args.set or [])
+    sets += [f"sampler={args.sampler}"] if args.sampler else []
+    sets += [f"pruner={args.pruner}"] if args.pruner else []
+    spec = apply_sets(load_study_file(args.file), sets)
     try:
         study = nasopt.run(spec, storage=args.storage, n_trials=args.n_trials, timeout=args.timeout,
                            device=args.device, progress=not args.quiet)
@@ -256,6 +259,8 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where to train and measure")
     r.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a study field, e.g. --set train.epochs=3 --set sampler=tpe")
+    r.add_argument("--sampler", metavar="NAME", help="search strategy by name (same as --set sampler=NAME)")
+    r.add_argument("--pruner", metavar="NAME", help="pruner by name (same as --set pruner=NAME)")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=cmd_run)
 

@@ -84,11 +84,24 @@ def _botorch(*, seed: int | None = None, space: Any = None, **_: Any) -> optuna.
     return BoTorchPoolSampler(space=space, seed=seed)
 
 
+GP_MAX_DECISIONS = 32
+
+
+def _gp(*, seed: int | None = None, space: Any = None, **_: Any) -> optuna.samplers.BaseSampler:
+    n = len(space.distributions()) if space is not None else 0
+    if n > GP_MAX_DECISIONS:
+        # GPSampler optimises its acquisition over the relaxed product of all decisions; past a few
+        # dozen categorical ones that takes longer per trial than many trainings
+        raise UserError(f"the gp sampler cannot handle a space with {n} decisions (more than {GP_MAX_DECISIONS}): "
+                        "use tpe, rea or botorch, which scale to large categorical spaces")
+    return optuna.samplers.GPSampler(seed=seed)
+
+
 SAMPLERS: dict[str, SamplerFactory] = {
     "random": lambda *, seed=None, **_: optuna.samplers.RandomSampler(seed=seed),
     "tpe": _tpe,
     "nsga2": _nsga2,
-    "gp": lambda *, seed=None, **_: optuna.samplers.GPSampler(seed=seed),
+    "gp": _gp,
     "rea": _rea,
     "pnas": _pnas,
     "botorch": _botorch,
