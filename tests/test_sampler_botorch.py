@@ -116,36 +116,43 @@ def test_seeded_and_never_repeats_an_architecture():
     assert len({arch_key(t.params) for t in a.trials}) == 12
 
 
-def test_single_objective_finds_a_good_architecture():
+def test_single_objective_beats_random_search():
+    """LogEI on the error alone (unique optimum 0.36, all conv5x5): mean best of 3 seeds after 16 trials."""
     space = NanoSpace()
-    study = optuna.create_study(sampler=_fast(seed=0, space=space, n_startup_trials=5))
-    # error + 0.1 cost: optimum 2.26, median 3.18 over the 625 architectures
-    study.optimize(lambda t: float(np.dot(cost_error(space.suggest(t)), (0.1, 1.0))), n_trials=16)
-    assert study.best_value <= 2.35
+
+    def best(sampler) -> float:
+        study = optuna.create_study(sampler=sampler)
+        study.optimize(lambda t: cost_error(space.suggest(t))[1], n_trials=16)
+        return study.best_value
+
+    bo = [best(_fast(seed=seed, space=space, n_startup_trials=5)) for seed in range(3)]
+    rnd = [best(optuna.samplers.RandomSampler(seed=seed)) for seed in range(3)]
+    assert np.mean(bo) < np.mean(rnd) - 0.2, (bo, rnd)
 
 
 def test_constraints_pruned_and_failed_trials():
-    """Infeasible trials (constraint > 0) stay out of the front; PRUNED and FAIL trials are ignored."""
+    """Constraints as nasopt reports them: set, then PRUNED before training when broken (> 0). Those
+    trials teach the constraint model; FAIL and other PRUNED trials are ignored."""
     space = NanoSpace()
 
     def objective(trial: optuna.Trial) -> tuple[float, float]:
-        arch = space.suggest(trial)
-        if trial.number % 7 == 3:
-            raise optuna.TrialPruned()
-        if trial.number % 7 == 5:
+        cost, error = cost_error(space.suggest(trial))
+        trial.set_constraint("cost", cost - 5.0)  # 28% of the 625 architectures are feasible
+        if cost > 5.0:
+            raise optuna.TrialPruned("constraint violated before training")
+        if trial.number % 5 == 4:
             raise RuntimeError("boom")
-        cost, error = cost_error(arch)
-        trial.set_constraint("cost", cost - 5.0)  # 28% of the space is feasible
         return cost, error
 
     study = optuna.create_study(directions=["minimize", "minimize"],
-                                sampler=_fast(seed=0, space=space, n_startup_trials=5))
+                                sampler=_fast(seed=0, space=space, n_startup_trials=6))
     study.optimize(objective, n_trials=20, catch=(RuntimeError,))
-    states = [t.state for t in study.trials]
-    assert TrialState.PRUNED in states and TrialState.FAIL in states
-    guided = [t for t in study.trials[10:] if t.state == TrialState.COMPLETE]
-    feasible = [t for t in guided if t.values[0] <= 5.0]
-    assert len(feasible) >= 0.6 * len(guided), [t.values for t in guided]
+    assert TrialState.FAIL in [t.state for t in study.trials]
+    guided = study.trials[8:]
+    feasible = [t for t in guided if t.constraints["cost"] <= 0]
+    assert len(feasible) >= 0.6 * len(guided), [t.constraints["cost"] for t in guided]
+    keys = [arch_key(t.params) for t in study.trials]
+    assert not any(key in keys[:i] for i, key in enumerate(keys) if i >= 8)  # no repeats once guided
 
 
 def test_conditional_mobile_space():
