@@ -89,7 +89,8 @@ class _PoolTrial:
     """
 
     def __init__(self, rng: np.random.RandomState, fixed: Mapping[str, Any] | None = None) -> None:
-        self.rng, self.fixed, self.params = rng, fixed or {}, {}
+        self.rng, self.fixed = rng, fixed or {}
+        self.params: Arch = {}
 
     def _suggest(self, name: str, dist: BaseDistribution) -> Any:
         value = self.fixed[name] if name in self.fixed else _draw(dist, self.rng)
