@@ -75,14 +75,30 @@ def fast_sqlite(storage: object) -> None:
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
 
+    storage._nasopt_pragmas = _pragmas  # type: ignore[attr-defined]  # removed again by close_storage
+
     storage.engine.dispose()  # connections opened during set-up reconnect with the pragmas
 
 
 def close_storage(storage: object) -> None:
-    """Close pooled connections (SQLite then folds its WAL file back into the database)."""
+    """Close pooled connections; an SQLite file goes back to its ordinary rollback journal, so later
+    reading commands (ls, show, pandas) open it without creating -wal/-shm files beside it."""
     engine = getattr(storage, "engine", None)
-    if engine is not None:
+    if engine is None:
+        return
+    if str(engine.url).startswith("sqlite"):
+        from sqlalchemy import event
+
+        listener = getattr(storage, "_nasopt_pragmas", None)
+        if listener is not None and event.contains(engine, "connect", listener):
+            event.remove(engine, "connect", listener)
         engine.dispose()
+        try:
+            with engine.connect() as connection:
+                connection.exec_driver_sql("PRAGMA journal_mode=DELETE")
+        except Exception:  # another process (a second worker, the dashboard) still has it open: keep WAL
+            pass
+    engine.dispose()
 
 
 def open_storage(url: str | None = None, *, create: bool = True, heartbeat: bool = True) -> RDBStorage:

@@ -34,6 +34,7 @@ independent sampler (RandomSampler by default) decides.
 from __future__ import annotations
 
 import math
+import random
 import threading
 import warnings
 from collections.abc import Iterator, Mapping
@@ -67,16 +68,19 @@ __all__ = ["BoTorchPoolSampler"]
 Arch = dict[str, Any]
 
 
-def _draw(dist: BaseDistribution, rng: np.random.RandomState) -> Any:
-    """One value of `dist`, uniform like Optuna's RandomSampler (log-uniform for log scales)."""
+def _draw(dist: BaseDistribution, rng: random.Random) -> Any:
+    """One value of `dist`, uniform like Optuna's RandomSampler (log-uniform for log scales).
+
+    The pool draws ~100k values per trial: `random.Random` does that ~10x faster than numpy's scalar
+    calls."""
     if isinstance(dist, CategoricalDistribution):
-        return dist.choices[rng.randint(len(dist.choices))]
+        return dist.choices[rng.randrange(len(dist.choices))]
     low, high, step, log = dist.low, dist.high, dist.step, dist.log  # type: ignore[attr-defined]
     if log:
         value = min(max(math.exp(rng.uniform(math.log(low), math.log(high))), low), high)
         return int(round(value)) if isinstance(low, int) else float(value)
     if step is not None:
-        value = low + step * rng.randint(int(round((high - low) / step)) + 1)
+        value = low + step * rng.randrange(int(round((high - low) / step)) + 1)
         return int(value) if isinstance(low, int) else float(min(value, high))
     return float(rng.uniform(low, high))
 
@@ -88,7 +92,7 @@ class _PoolTrial:
     space actually asked for, so a conditional space yields a consistent architecture.
     """
 
-    def __init__(self, rng: np.random.RandomState, fixed: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, rng: random.Random, fixed: Mapping[str, Any] | None = None) -> None:
         self.rng, self.fixed = rng, fixed or {}
         self.params: Arch = {}
 
@@ -98,7 +102,9 @@ class _PoolTrial:
         return value
 
     def suggest_categorical(self, name: str, choices: Any) -> Any:
-        return self._suggest(name, CategoricalDistribution(choices))
+        value = self.fixed[name] if name in self.fixed else choices[self.rng.randrange(len(choices))]
+        self.params[name] = value
+        return value
 
     def suggest_int(self, name: str, low: int, high: int, *, step: int = 1, log: bool = False) -> int:
         return self._suggest(name, optuna.distributions.IntDistribution(low, high, step=step, log=log))
@@ -205,7 +211,7 @@ class BoTorchPoolSampler(BaseSampler):
         self._n_startup_trials = n_startup_trials
         self._n_candidates, self._n_mutations, self._max_fit_iter = n_candidates, n_mutations, max_fit_iter
         self._independent_sampler = independent_sampler or RandomSampler(seed=seed)
-        self._rng = np.random.RandomState(seed)
+        self._rng = random.Random(seed)
         self._intersection = optuna.search_space.IntersectionSearchSpace()
         self._warm: dict[str, dict[str, torch.Tensor]] = {}  # GP hyperparameters of the last fit, per model
         self._refit_at: dict[str, int] = {}  # re-optimise them once this many trials are observed
@@ -242,7 +248,7 @@ class BoTorchPoolSampler(BaseSampler):
         # never propose an architecture that was evaluated, pruned or is running in another worker
         taken = {_key(self._restrict(t.params, search_space)) for t in trials if t.number != trial.number}
         with _cpu_one_thread(), torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self._rng.randint(2**31))
+            torch.manual_seed(self._rng.randrange(2**31))
             return self._propose(*data, search_space, taken)
 
     @staticmethod
@@ -323,7 +329,7 @@ class BoTorchPoolSampler(BaseSampler):
             if more:
                 pool, scores = pool + more, torch.cat([scores, score(more)])
         best = torch.nonzero(scores == scores.max()).flatten()  # ties (e.g. all -inf): pick at random
-        return pool[int(best[self._rng.randint(len(best))])]
+        return pool[int(best[self._rng.randrange(len(best))])]
 
     def _elite(self, archs: list[Arch], values: np.ndarray, feasible: np.ndarray, con_archs: list[Arch],
                con_values: np.ndarray) -> list[Arch]:
@@ -335,7 +341,7 @@ class BoTorchPoolSampler(BaseSampler):
                 front = idx[np.argsort(-values[idx, 0])[:8]]
             else:
                 front = idx[is_non_dominated(torch.from_numpy(values[idx])).numpy()]
-            return [archs[i] for i in self._rng.permutation(front)[:16]]
+            return [archs[i] for i in self._rng.sample(list(front), min(16, len(front)))]
         violation = np.clip(con_values, 0, None).sum(axis=1)
         return [con_archs[i] for i in np.argsort(violation)[:8]]
 
@@ -354,7 +360,7 @@ class BoTorchPoolSampler(BaseSampler):
             add(self._complete({}, space))
         for i in range(n_mutations if parents else 0):
             mutated = dict(parents[i % len(parents)])
-            for name in rng.permutation(sorted(mutated))[:1 + rng.randint(2)]:
+            for name in rng.sample(sorted(mutated), min(len(mutated), 1 + rng.randrange(2))):
                 mutated[name] = _draw(space[name], rng)
             add(self._complete(mutated, space))
         return pool
