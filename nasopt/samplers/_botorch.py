@@ -1,34 +1,25 @@
 """Bayesian optimisation through BoTorch over a pool of discrete architectures.
 
 optuna_integration's BoTorchSampler relaxes the space to a box and optimises a Monte-Carlo acquisition
-by multi-start L-BFGS, which costs tens of seconds per trial for three objectives on two CPU cores. An
-architecture space is discrete, so this sampler scores a finite POOL instead: `n_candidates` random
-architectures never evaluated, `n_mutations` one- or two-decision mutations of the current Pareto set
-(the best, for one objective), then a second round of mutations around the 16 best-scoring candidates.
-For a `space`, candidates come from running its own `suggest` on a light stand-in trial, so variable
-depth stays consistent; features are `nasopt.space.encode_params` (one-hot, [0, 1]-scaled numbers,
-absent decisions zero).
+by multi-start L-BFGS: tens of seconds per trial for three objectives on two cores. An architecture
+space is discrete, so this sampler scores a finite POOL instead: random architectures never evaluated,
+one- or two-decision mutations of the current Pareto set, then mutations of the 16 best-scoring
+candidates. With a `space`, candidates come from its own `suggest` (variable depth stays consistent) and
+features from `nasopt.space.encode_params` (one-hot, [0, 1]-scaled numbers, absent decisions zero).
 
-Model: botorch's default SingleTaskGP (RBF-ARD, standardized outcomes), batched over outputs, i.e. one
-independent GP per objective, fitted with `fit_gpytorch_mll` (at most `max_fit_iter` L-BFGS steps,
-warm-started, re-fitted once the data grew by 10%; see `_fit`).
+Model: botorch's default SingleTaskGP (RBF-ARD, standardized outcomes) batched over outputs, i.e. one
+independent GP per objective, warm-started and re-fitted only as the data grows (`_fit`). Acquisition:
+LogEI for one objective; ParEGO for several (`_log_parego`): on benchmarks/bench_botorch.py (3
+objectives, 100 trials, 6 seeds) its hypervolume was slightly higher than that of exact analytic EHVI
+over the same pool (which kept probing the ends of integer ranges), both ~0.3 s CPU per trial, while MC
+qLogNEHVI over the pool took 25 s per trial. It also scales to many objectives. Constraints (Optuna 5
+`trial.set_constraint`, > 0 infeasible): a second batched GP, trained on COMPLETE trials and on PRUNED
+ones that reported constraints (nasopt prunes what breaks a hard limit before training), adds
+log P(all <= 0) to the acquisition; infeasible trials never enter the front.
 
-Acquisition: expected hypervolume improvement over the feasible Pareto front, in closed form for
-independent Gaussian outputs (see `_log_ehvi`; equal to botorch's analytic
-ExpectedHypervolumeImprovement, without its underflow to 0 and NaN far from the front) and in log space;
-with one objective it reduces to LogEI. The reference point is the front's nadir minus 10% of its range
-(botorch's `infer_reference_point`), every objective in maximisation form. Analytic and evaluated on a
-pool, it costs ~0.1 s where MC qLogNEHVI over the same pool would take seconds.
-
-Constraints (Optuna 5: `trial.set_constraint`, > 0 is infeasible): a second batched GP models them on
-COMPLETE trials and on PRUNED trials that reported constraints (nasopt prunes an architecture over a
-hard limit before training); log P(every constraint <= 0) is added to the log acquisition, and
-infeasible trials never enter the front.
-
-Everything runs on the CPU in float64, on one thread. FAIL trials and PRUNED trials without constraints
-are ignored (their architectures are not proposed again), as are values that are not finite. Until
-`n_startup_trials` trials are observed, and for parameters outside the relative search space, the
-independent sampler (RandomSampler by default) decides.
+CPU, float64, one thread. FAIL trials are ignored as if deleted (their architecture may come back); no
+complete, pruned or running architecture is proposed again. The first `n_startup_trials` and parameters
+outside the relative search space go to the independent sampler (RandomSampler by default).
 """
 
 from __future__ import annotations
@@ -49,10 +40,8 @@ from botorch.exceptions.warnings import InputDataWarning
 from botorch.fit import fit_gpytorch_mll
 from botorch.models import SingleTaskGP
 from botorch.models.transforms.outcome import Standardize
-from botorch.utils.multi_objective.box_decompositions.non_dominated import FastNondominatedPartitioning
-from botorch.utils.multi_objective.hypervolume import infer_reference_point
 from botorch.utils.multi_objective.pareto import is_non_dominated
-from botorch.utils.safe_math import log1mexp
+from botorch.utils.safe_math import log_softplus
 from gpytorch.mlls import ExactMarginalLogLikelihood
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
 from optuna.samplers import BaseSampler, RandomSampler
@@ -152,34 +141,30 @@ def _cpu_one_thread() -> Iterator[None]:
             torch.set_num_threads(threads)
 
 
-def _boxes(Y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(lower, upper), each (boxes, m): the region that the maximised observations Y do not dominate.
+def _log_ei(mu: torch.Tensor, sigma: torch.Tensor, best: torch.Tensor) -> torch.Tensor:
+    """Analytic log expected improvement over `best` of N Gaussians, mu and sigma (N, 1) -> (N,)."""
+    return (_log_ei_helper((mu - best) / sigma) + sigma.log()).squeeze(-1)
 
-    For m = 1 the one box is [best, inf). For m >= 2 it is botorch's box decomposition of the region
-    above the reference point, which is the front's nadir minus 10% of its range (`infer_reference_point`).
+
+def _log_parego(mu: torch.Tensor, sigma: torch.Tensor, Y: torch.Tensor, weights: torch.Tensor,
+                base: torch.Tensor) -> torch.Tensor:
+    """log expected improvement of a random augmented Chebyshev scalarisation (ParEGO, Knowles 2006).
+
+    mu, sigma (N, m): independent posteriors of the candidates; Y (n, m): feasible observations; all
+    maximised. Objectives are scaled to [0, 1] on the observed range, s(y) = min_k w_k y_k +
+    0.05 sum_k w_k y_k with w drawn from the simplex per trial. s of a Gaussian is not Gaussian, so the
+    expectation is a Monte-Carlo mean over the standard normal draws `base` (S, 1, m), the same for
+    every candidate (common random numbers), with botorch's smoothed log-ReLU so that candidates without
+    a sampled improvement still rank.
     """
-    if Y.shape[1] == 1:
-        return Y.max(0).values[None], torch.full((1, 1), math.inf, dtype=Y.dtype)
-    pareto = Y[is_non_dominated(Y)]
-    partitioning = FastNondominatedPartitioning(ref_point=infer_reference_point(pareto), Y=pareto)
-    lower, upper = partitioning.get_hypercell_bounds()
-    return lower, upper
+    low, span = Y.min(0).values, (Y.max(0).values - Y.min(0).values).clamp_min(1e-9)
 
+    def chebyshev(y: torch.Tensor) -> torch.Tensor:
+        z = weights * (y - low) / span
+        return z.min(-1).values + 0.05 * z.sum(-1)
 
-def _log_ehvi(mu: torch.Tensor, sigma: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:
-    """log expected hypervolume improvement of N independent Gaussian outputs (N, m) over `_boxes`.
-
-    A point y adds the volume sum_boxes prod_k (min(y_k, u_k) - l_k)^+, and for a Gaussian output
-    E[(min(Y, u) - l)^+] = sigma * (h((mu - l) / sigma) - h((mu - u) / sigma)), h(z) = phi(z) + z Phi(z)
-    (Yang et al. 2019): exact, no Monte Carlo. With one objective this is LogEI. Evaluated in log space
-    with botorch's log-EI helper, so far-off candidates still rank instead of tying at 0.
-    """
-    mu, sigma = mu[:, None, :], sigma[:, None, :]  # (N, 1, m) against (boxes, m)
-    log_h_lower = _log_ei_helper((mu - lower) / sigma)
-    log_h_upper = _log_ei_helper(((mu - upper) / sigma).clamp_min(-1e100))
-    tail = log1mexp((log_h_upper - log_h_lower).clamp_max(0.0))  # log(1 - h(upper) / h(lower))
-    log_gain = sigma.log() + log_h_lower + torch.where(upper.isinf(), 0.0, tail)  # (N, boxes, m)
-    return torch.logsumexp(log_gain.sum(-1), dim=-1)
+    improvement = chebyshev(mu + sigma * base) - chebyshev(Y).max()  # (S, N)
+    return torch.logsumexp(log_softplus(improvement, tau=1e-6), dim=0) - math.log(len(base))
 
 
 def _posterior(model: SingleTaskGP, X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -198,10 +183,14 @@ class BoTorchPoolSampler(BaseSampler):
         space: the study's search space; its `distributions()` become the relative search space and its
             `suggest` generates (conditional) candidates. Without it, Optuna's intersection search space
             is used and candidates are drawn per parameter.
-        n_startup_trials: finished trials sampled by `independent_sampler` before the GP is used.
+        n_startup_trials: trials sampled by `independent_sampler` until this many are observed
+            (COMPLETE, or PRUNED with constraints) and the GP takes over.
         n_candidates: random architectures per pool; `n_mutations` more are mutations of the elite.
         max_fit_iter: L-BFGS iterations per GP fit (hyperparameters are warm-started between trials).
-        seed: seeds the pool, the fit restarts and the default independent sampler.
+        independent_sampler: samples the startup trials and parameters outside the relative search
+            space (default: RandomSampler(seed=seed)).
+        seed: seeds the pool, the ParEGO weights and draws, the fit restarts and the default independent
+            sampler.
     """
 
     def __init__(self, *, space: SearchSpace | None = None, n_startup_trials: int = 10,
@@ -304,13 +293,19 @@ class BoTorchPoolSampler(BaseSampler):
         objectives = self._fit("objectives", _encode(archs, space), torch.from_numpy(values)) if archs else None
         constraints = (self._fit("constraints", _encode(con_archs, space), torch.from_numpy(con_values))
                        if con_archs else None)
-        boxes = _boxes(torch.from_numpy(values[feasible])) if feasible.any() else None
+        Y_feasible = torch.from_numpy(values[feasible])
+        weights = torch.tensor([self._rng.expovariate(1.0) for _ in range(values.shape[1])],
+                               dtype=torch.float64)
+        weights /= weights.sum()  # uniform on the simplex (Dirichlet(1))
+        base = torch.randn(128, 1, values.shape[1], dtype=torch.float64)
 
         def score(pool: list[Arch]) -> torch.Tensor:
             X = _encode(pool, space)
             out = torch.zeros(len(pool), dtype=X.dtype)  # nothing feasible yet: feasibility decides
-            if objectives is not None and boxes is not None:
-                out = _log_ehvi(*_posterior(objectives, X), *boxes)
+            if objectives is not None and len(Y_feasible):
+                mu, sigma = _posterior(objectives, X)
+                out = (_log_ei(mu, sigma, Y_feasible.max()) if mu.shape[1] == 1
+                       else _log_parego(mu, sigma, Y_feasible, weights, base))
             if constraints is not None:  # + log P(every constraint <= 0) under independent GPs
                 mu, sigma = _posterior(constraints, X)
                 out = out + log_ndtr(-mu / sigma).sum(-1)
@@ -328,8 +323,8 @@ class BoTorchPoolSampler(BaseSampler):
             more = self._candidates(top, space, seen, 0, self._n_mutations // 2)
             if more:
                 pool, scores = pool + more, torch.cat([scores, score(more)])
-        best = torch.nonzero(scores == scores.max()).flatten()  # ties (e.g. all -inf): pick at random
-        return pool[int(best[self._rng.randrange(len(best))])]
+        ties = torch.nonzero(scores == scores.max()).flatten()  # e.g. all -inf: pick one at random
+        return pool[int(ties[self._rng.randrange(len(ties))])]
 
     def _elite(self, archs: list[Arch], values: np.ndarray, feasible: np.ndarray, con_archs: list[Arch],
                con_values: np.ndarray) -> list[Arch]:
