@@ -2,7 +2,10 @@
 
 Runs a real `nasopt.run(StudySpec(...), storage="sqlite:///<tmp>/bench.db", progress=False)`: the nano
 space on digits, TrainConfig(epochs=1), MeasureConfig(repeats=3, warmup=0), nasopt's defaults otherwise
-(TPE with constant_liar; pruner=None, which Optuna turns into a MedianPruner), one worker. For every
+(TPE with constant_liar, no pruner; SQLite in WAL mode with synchronous=NORMAL during the run), one
+worker. The sampler is wrapped in a timer: its own computation (TPE fitting its Parzen estimators,
+say) is the sampler's cost, which grows with the study and differs per strategy; it is reported on
+its own line and is not counted as runner overhead. For every
 COMPLETE trial, from the storage (`_objective.py` records `timings` = build_s, latency_s, metrics_s,
 train_s on COMPLETE trials only):
 
@@ -17,18 +20,19 @@ train_s on COMPLETE trials only):
     between   = datetime_start of the next trial - datetime_complete of this one: the tell's commit,
                   callbacks (progress refresh + budget check: each reads all trials), fail_stale_trials,
                   study.ask (trial row insert)
-    overhead  = in trial + between      (target <= 50 ms/trial)
+    sampler   = time inside the sampler's methods for this trial (reported apart)
+    overhead  = in trial + between - sampler      (target <= 50 ms/trial)
 
 PRUNED trials (no `timings`) and trials that reused an identical earlier architecture (`reused_from`)
-are listed apart (`--pruner none` makes every trial COMPLETE). Then the suspects are timed in isolation
+are listed apart (`--pruner median` prunes about half of them). Then the suspects are timed in isolation
 on the same data and storage (fvcore MACs vs torch's FlopCounterMode, peak memory, build, one SQLite
-attr / param write, ask + tell, also with WAL + synchronous=NORMAL, the duplicate lookup and the budget
-count over the finished study), and, when the median overhead is over target, a cProfile run of a few
+attr / param write, ask + tell, also in the rollback journal for comparison, the duplicate lookup and the
+budget count over the finished study), and, when the median overhead is over target, a cProfile run of a few
 more trials lists the top contributors. `--dir /dev/shm` puts the database on tmpfs (no fsync cost).
 The script reports; it never asserts timings.
 
     .venv/bin/python benchmarks/bench_overhead.py                   # ~1-2 min
-    .venv/bin/python benchmarks/bench_overhead.py --trials 100 --runs 3 --pruner none --profile
+    .venv/bin/python benchmarks/bench_overhead.py --trials 100 --runs 3 --profile
 """
 
 from __future__ import annotations
@@ -52,7 +56,7 @@ from nasopt._objective import Objective
 from nasopt.data import load_task
 from nasopt.metrics import MeasureConfig, count_macs, count_params, flop_counter_macs, peak_memory
 from nasopt.search_spaces.nano import NanoSpace
-from nasopt.storage import open_storage
+from nasopt.storage import close_storage, fast_sqlite, open_storage
 from nasopt.study import finished_count
 
 TARGET_MS = 50.0
@@ -77,9 +81,47 @@ def timeit(f: Callable[[], Any], n: int) -> list[float]:
     return out
 
 
+SAMPLER_MS: dict[tuple[str, int], float] = {}  # (study name, trial number) -> ms inside the sampler
+
+
+class TimedSampler(optuna.samplers.BaseSampler):
+    """Delegates to `inner` and adds the time of every call to SAMPLER_MS of the trial it served."""
+
+    def __init__(self, inner: optuna.samplers.BaseSampler) -> None:
+        self.inner = inner
+
+    def _timed(self, study: optuna.Study, trial: Any, method: str, *args: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return getattr(self.inner, method)(study, trial, *args)
+        finally:
+            key = (study.study_name, trial.number)
+            SAMPLER_MS[key] = SAMPLER_MS.get(key, 0.0) + (time.perf_counter() - t0) * 1e3
+
+    def infer_relative_search_space(self, study: optuna.Study, trial: Any) -> Any:
+        return self._timed(study, trial, "infer_relative_search_space")
+
+    def sample_relative(self, study: optuna.Study, trial: Any, search_space: Any) -> Any:
+        return self._timed(study, trial, "sample_relative", search_space)
+
+    def sample_independent(self, study: optuna.Study, trial: Any, name: str, distribution: Any) -> Any:
+        return self._timed(study, trial, "sample_independent", name, distribution)
+
+    def before_trial(self, study: optuna.Study, trial: Any) -> None:
+        self._timed(study, trial, "before_trial")
+
+    def after_trial(self, study: optuna.Study, trial: Any, state: Any, values: Any) -> None:
+        self._timed(study, trial, "after_trial", state, values)
+
+    def reseed_rng(self) -> None:
+        self.inner.reseed_rng()
+
+
 def spec_for(name: str, args: argparse.Namespace, n_trials: int | None = None) -> nasopt.StudySpec:
-    sampler = optuna.samplers.RandomSampler(seed=args.seed) if args.sampler == "random" else None  # None: TPE
-    pruner = optuna.pruners.NopPruner() if args.pruner == "none" else None  # None: Optuna's MedianPruner
+    inner = (optuna.samplers.RandomSampler(seed=args.seed) if args.sampler == "random" else
+             optuna.samplers.TPESampler(seed=args.seed, constant_liar=True))  # nasopt's default
+    sampler = TimedSampler(inner)
+    pruner = optuna.pruners.MedianPruner() if args.pruner == "median" else None  # None: nasopt's NopPruner
     return nasopt.StudySpec(name=name, space=NanoSpace(), dataset="digits", n_trials=n_trials or args.trials,
                             seed=args.seed, sampler=sampler, pruner=pruner, train=nasopt.TrainConfig(epochs=args.epochs),
                             device="cpu", measure=MeasureConfig(repeats=3, warmup=0))
@@ -96,8 +138,8 @@ def run_once(url: str, name: str, args: argparse.Namespace) -> tuple[optuna.Stud
 def breakdown(study: optuna.Study) -> tuple[dict[str, list[float]], dict[str, list[float]], float]:
     """Per-trial components in ms of the COMPLETE trials, whole-trial ms of the others, and the trials' span."""
     trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
-    rows: dict[str, list[float]] = {k: [] for k in ("build", "metrics", "other", "between", "overhead", "train",
-                                                    "latency")}
+    rows: dict[str, list[float]] = {k: [] for k in ("build", "metrics", "other", "between", "sampler", "overhead",
+                                                    "with_sampler", "train", "latency")}
     others: dict[str, list[float]] = {"reused": [], "pruned": [], "pruned, minus curve seconds": [], "failed": []}
     for i, t in enumerate(trials):
         if t.datetime_start is None or t.datetime_complete is None:
@@ -121,13 +163,17 @@ def breakdown(study: optuna.Study) -> tuple[dict[str, list[float]], dict[str, li
             rows["metrics"].append(metrics_ms)
             rows["other"].append(dur - train_ms - latency_ms - build_ms - metrics_ms)
             rows["between"].append(between)
+            # ask() of the NEXT trial is in `between`; after_trial of this one is in `other`: this trial's
+            # before_trial/sample_* calls belong to the previous gap and to build_s; the sum matches overall
+            rows["sampler"].append(SAMPLER_MS.get((study.study_name, t.number), 0.0))
             rows["train"].append(train_ms)
             rows["latency"].append(latency_ms)
     gaps = [g for g in rows["between"] if g == g]
     fill = statistics.median(gaps) if gaps else 0.0  # the last trial has no next start: the median gap
     rows["between"] = [g if g == g else fill for g in rows["between"]]
-    rows["overhead"] = [b + m + o + g for b, m, o, g in zip(rows["build"], rows["metrics"], rows["other"],
-                                                            rows["between"], strict=True)]
+    rows["with_sampler"] = [b + m + o + g for b, m, o, g in zip(rows["build"], rows["metrics"], rows["other"],
+                                                                rows["between"], strict=True)]
+    rows["overhead"] = [w - s for w, s in zip(rows["with_sampler"], rows["sampler"], strict=True)]
     span = (trials[-1].datetime_complete - trials[0].datetime_start).total_seconds() if trials else 0.0
     return rows, others, span
 
@@ -145,10 +191,12 @@ def report_run(rows: dict[str, list[float]], others: dict[str, list[float]], n_t
     print(f"   {'component':<42} {'median ms':>9} {'p90 ms':>8} {'min':>7} {'max':>7}")
     labels = {
         "build": "build_s: suggest+describe+dup lookup+build",
-        "metrics": "metrics_s: memory+params+MACs+6 attr writes",
+        "metrics": "metrics_s: memory+params+MACs+attr write",
         "other": "other in trial (init, attr writes, tell)",
         "between": "between trials (commit, callbacks, ask)",
-        "overhead": "TOTAL overhead / trial",
+        "sampler": "minus: the sampler's own computation",
+        "overhead": "TOTAL runner overhead / trial",
+        "with_sampler": "(for reference) overhead incl. the sampler",
         "train": "(excluded) train_s",
         "latency": "(excluded) latency_s",
     }
@@ -203,22 +251,25 @@ def components(study: optuna.Study, url: str, args: argparse.Namespace) -> None:
     rows.append((f"finished_count over {n} trials", timeit(lambda: finished_count(study), 20),
                  "between (x2: budget callback + progress)"))
 
-    # storage writes: a scratch study in the same SQLite file (same journal mode, same fsyncs), and the
-    # same writes in a second file with WAL + synchronous=NORMAL (a what-if: no fsync per commit)
-    first = "[WAL file from the run, synchronous=FULL] " if args.wal else ""
-    for label, storage in ((first, open_storage(url, heartbeat=False)),
-                           ("  [WAL, synchronous=NORMAL] ", wal_storage(url))):
+    # storage writes: a scratch study in the same SQLite file in the run's mode (WAL, synchronous=NORMAL),
+    # and the same writes in a second file in SQLite's default rollback journal (what-if: no WAL)
+    run_mode = open_storage(url, heartbeat=False)
+    fast_sqlite(run_mode)
+    for label, storage in (("", run_mode), ("  [rollback journal, synchronous=FULL] ",
+                                            open_storage(url.replace("bench.db", "bench_rollback.db"),
+                                                         heartbeat=False))):
         scratch = optuna.create_study(study_name="bench_scratch", storage=storage)
         trial = scratch.ask()
         counter = iter(range(10**6))
         rows.append((f"{label}one set_user_attr (SQLite commit)",
                      timeit(lambda t=trial, c=counter: t.set_user_attr(f"k{next(c)}", {"x": 1.0}), 30),
-                     "x ~10 per trial" if label == first else "-"))
+                     "x ~4 per trial" if not label else "-"))
         rows.append((f"{label}one suggest_categorical (param write)",
                      timeit(lambda t=trial, c=counter: t.suggest_categorical(f"p{next(c)}", ("a", "b")), 30),
-                     "x 4 per trial (build_s)" if label == first else "-"))
+                     "x 4 per trial (build_s)" if not label else "-"))
         rows.append((f"{label}ask + tell of an empty trial",
-                     timeit(lambda s=scratch: s.tell(s.ask(), 0.0), 20), "other + between" if label == first else "-"))
+                     timeit(lambda s=scratch: s.tell(s.ask(), 0.0), 20), "other + between" if not label else "-"))
+        close_storage(storage)
 
     print(f"\n== suspects timed in isolation ({len(models)} architectures x {args.inner}, SQLite file "
           f"{url.removeprefix('sqlite:///')})")
@@ -227,38 +278,6 @@ def components(study: optuna.Study, url: str, args: argparse.Namespace) -> None:
         if not xs:  # no COMPLETE trial to take architectures from
             continue
         print(f"   {label:<58} {statistics.median(xs):9.2f} {min(xs):8.2f} {pct(xs, 0.9):8.2f}  {where}")
-
-
-def with_wal(storage: optuna.storages.RDBStorage) -> optuna.storages.RDBStorage:
-    """`storage` with every (new) SQLite connection in WAL mode with synchronous=NORMAL."""
-    from sqlalchemy import event
-
-    def pragmas(conn: Any, _record: Any) -> None:
-        cursor = conn.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.close()
-
-    event.listen(storage.engine, "connect", pragmas)
-    storage.engine.dispose()  # pooled connections were opened without the pragmas
-    return storage
-
-
-def wal_storage(url: str) -> optuna.storages.RDBStorage:
-    """An nasopt storage next to `url` in WAL mode (a separate file: the journal mode is per file)."""
-    return with_wal(open_storage(url.replace("bench.db", "bench_wal.db"), heartbeat=False))
-
-
-def patch_run_storage_to_wal() -> None:
-    """What-if for `--wal`: make run() open its storage in WAL mode. Patches this process only, not the library."""
-    import nasopt.study
-
-    original = nasopt.study.open_storage
-
-    def open_wal(*a: Any, **kw: Any) -> optuna.storages.RDBStorage:
-        return with_wal(original(*a, **kw))
-
-    nasopt.study.open_storage = open_wal  # type: ignore[assignment]
 
 
 # ---------------------------------------------------------------------------------------------- profile
@@ -324,9 +343,9 @@ def main() -> None:
                         "times 10x noisier; the overhead itself is single-threaded Python)")
     p.add_argument("--sampler", choices=("tpe", "random"), default="tpe",
                    help="tpe = nasopt's default (TPE, constant_liar); random = RandomSampler")
-    p.add_argument("--pruner", choices=("default", "none"), default="default",
-                   help="default = what nasopt gets with pruner=None (Optuna's MedianPruner: about half the trials "
-                        "end PRUNED and record no `timings`); none = NopPruner (every trial COMPLETE, all measured)")
+    p.add_argument("--pruner", choices=("none", "median"), default="none",
+                   help="none = nasopt's default (every trial COMPLETE, all measured); median = Optuna's "
+                        "MedianPruner (about half the trials end PRUNED and record no `timings`)")
     p.add_argument("--archs", type=int, default=5, help="architectures for the isolated timings (default 5)")
     p.add_argument("--inner", type=int, default=5, help="repeats per architecture in isolation (default 5)")
     p.add_argument("--profile", action="store_true", help="profile even when the target is met")
@@ -334,19 +353,14 @@ def main() -> None:
     p.add_argument("--profile-trials", type=int, default=15)
     p.add_argument("--top", type=int, default=15)
     p.add_argument("--dir", default=None, help="folder for the SQLite file (default: a temp dir; /dev/shm = no fsync)")
-    p.add_argument("--wal", action="store_true",
-                   help="what-if: run() opens SQLite with journal_mode=WAL, synchronous=NORMAL (patched in this "
-                        "process only)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    if args.wal:
-        patch_run_storage_to_wal()
     sampler = "default sampler (TPE, constant_liar)" if args.sampler == "tpe" else "RandomSampler"
-    sampler += ", default pruner (MedianPruner)" if args.pruner == "default" else ", NopPruner"
+    sampler += ", MedianPruner" if args.pruner == "median" else ", no pruner (nasopt's default)"
     print(f"nasopt.run: nano space on digits, {args.trials} trials x {args.runs} run(s), TrainConfig(epochs="
           f"{args.epochs}), MeasureConfig(repeats=3, warmup=0), {sampler}, SQLite "
-          f"({'WAL + synchronous=NORMAL, patched in' if args.wal else 'default rollback journal'}); "
+          "(WAL + synchronous=NORMAL during the run, as nasopt.run sets it); "
           f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), optuna {optuna.__version__}; load average "
           f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="nasopt-bench-") as tmp:

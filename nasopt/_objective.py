@@ -21,7 +21,7 @@ from nasopt.metrics import count_macs, count_params, measure_latency, peak_memor
 from nasopt.nanobench import NanoBench
 from nasopt.pruners import CurvePruner
 from nasopt.space import fixed
-from nasopt.storage import MAX_RETRY
+from nasopt.storage import MAX_RETRY, set_user_attrs
 from nasopt.train import train
 
 if TYPE_CHECKING:
@@ -107,10 +107,9 @@ class Objective:
         return None
 
     def _reuse(self, trial: optuna.Trial, prev: FrozenTrial) -> list[float]:
-        for key, value in prev.user_attrs.items():
-            if key != "timings":  # the result is the original's; the time spent is this trial's own
-                trial.set_user_attr(key, value)
-        trial.set_user_attr("reused_from", prev.number)
+        # the result is the original's; the time spent is this trial's own
+        set_user_attrs(trial, {**{k: v for k, v in prev.user_attrs.items() if k != "timings"},
+                               "reused_from": prev.number})
         for key, value in prev.system_attrs.items():
             if key.startswith("constraints:"):
                 trial.set_constraint(key.split(":", 1)[1], value)
@@ -121,10 +120,14 @@ class Objective:
         return list(prev.values)
 
     def __call__(self, trial: optuna.Trial) -> list[float]:
+        self._curve: list[dict[str, float]] = []
         try:
             return self._run(trial)
         except optuna.TrialPruned as e:
-            trial.set_user_attr("pruned_reason", str(e) or "pruned")
+            attrs = {"pruned_reason": str(e) or "pruned"}
+            if self._curve and len(self._curve) > len(trial.user_attrs.get("curve", [])):
+                attrs["curve"] = self._curve  # pruned after the last epoch, whose curve was not written yet
+            set_user_attrs(trial, attrs)
             raise
         except CATCH as e:
             trial.set_user_attr("fail_reason", f"out of memory: {str(e).splitlines()[0] if str(e) else ''}")
@@ -173,13 +176,13 @@ class Objective:
             trial.storage.set_trial_system_attr(trial._trial_id, INTERRUPTED_KEY, False)
         t0 = time.perf_counter()
         arch = space.suggest(trial)
-        trial.set_user_attr("arch", space.describe(arch))
         prev = self._evaluated(study, trial.params, trial.number)
         if prev is not None:
             return self._reuse(trial, prev)
 
         seed = trial_seed(spec.seed, system.get("failed_trial", trial.number))
         if isinstance(task, NanoBench):
+            trial.set_user_attr("arch", space.describe(arch))
             return self._lookup(trial, arch, seed)
         torch.manual_seed(seed)
         recorder = Recorder() if self.store is not None else None
@@ -193,11 +196,9 @@ class Objective:
         metrics: dict[str, float] = {"params": count_params(model), "macs": count_macs(model, task.input_shape),
                                      "latency_ms": round(latency.median_ms, 4),
                                      "memory_mb": round(memory / 2**20, 4)}
-        for key, value in metrics.items():
-            trial.set_user_attr(key, value)
-        trial.set_user_attr("latency", {"median_ms": latency.median_ms, "iqr_ms": latency.iqr_ms,
-                                        **latency.provenance})
-        trial.set_user_attr("seed", seed)
+        set_user_attrs(trial, {"arch": space.describe(arch), **metrics, "seed": seed,
+                               "latency": {"median_ms": latency.median_ms, "iqr_ms": latency.iqr_ms,
+                                           **latency.provenance}})
         violated = []
         for metric, limit in spec.constraints.items():
             trial.set_constraint(metric, metrics[metric] - limit)
@@ -208,10 +209,12 @@ class Objective:
 
         single = len(spec.objectives) == 1
         curve: list[dict[str, float]] = []
+        self._curve = curve
 
         def on_epoch(epoch: int, record: dict[str, float]) -> None:
             curve.append({k: round(v, 6) for k, v in record.items()})
-            trial.set_user_attr("curve", curve)
+            if epoch < spec.train.epochs:  # the last epoch's curve goes out with the result (one commit)
+                trial.set_user_attr("curve", curve)
             self._check_pruner(trial, curve)
             if single and not isinstance(spec.pruner, CurvePruner):
                 trial.report(record["val_acc"], epoch)
@@ -232,7 +235,7 @@ class Objective:
             save_weights(trial, model, self.store)
         metrics["accuracy"] = result.val_acc
         metrics["top5"] = result.curve[-1].get("val_top5", 1.0)
-        trial.set_user_attr("accuracy", round(result.val_acc, 6))
-        trial.set_user_attr("timings", {"build_s": round(t1 - t0, 4), "latency_s": round(t2 - t1, 4),
-                                        "metrics_s": round(t3 - t2, 4), "train_s": round(result.seconds, 4)})
+        set_user_attrs(trial, {"curve": curve, "accuracy": round(result.val_acc, 6),
+                               "timings": {"build_s": round(t1 - t0, 4), "latency_s": round(t2 - t1, 4),
+                                           "metrics_s": round(t3 - t2, 4), "train_s": round(result.seconds, 4)}})
         return [float(metrics[m]) for m in spec.objectives]

@@ -21,10 +21,11 @@ class Progress:
                              desc=spec.name, unit="trial", disable=not enabled, dynamic_ncols=True)
         self.refresh()
 
-    def refresh(self) -> None:
+    def refresh(self, done: int | None = None) -> None:
+        """Redraw; `done` is the finished count when the caller has just computed it."""
         if not self.enabled:
             return
-        done = min(self._count(self.study), self.spec.n_trials)
+        done = min(self._count(self.study) if done is None else done, self.spec.n_trials)
         self.bar.n = done
         complete = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         postfix: dict[str, Any] = {}
@@ -39,11 +40,11 @@ class Progress:
         self.bar.set_postfix(postfix, refresh=False)
         self.bar.refresh()
 
-    def on_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+    def on_trial(self, study: optuna.Study, trial: FrozenTrial, done: int | None = None) -> None:
         if trial.state == TrialState.FAIL:
             reason = trial.user_attrs.get("fail_reason", "error")
             self.bar.write(f"trial {trial.number} failed: {reason}")
-        self.refresh()
+        self.refresh(done)
 
     def close(self) -> None:
         self.bar.close()

@@ -9,14 +9,17 @@ from __future__ import annotations
 import os
 import re
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
 from nasopt.errors import UserError
 
-__all__ = ["DEFAULT_STORAGE", "open_storage", "close_storage", "fast_sqlite", "mask_url", "sqlite_path"]
+__all__ = ["DEFAULT_STORAGE", "open_storage", "close_storage", "fast_sqlite", "mask_url", "sqlite_path",
+           "set_user_attrs"]
 
 DEFAULT_STORAGE = "sqlite:///nasopt.db"
 HEARTBEAT_INTERVAL = 2  # seconds between a running trial's heartbeats
@@ -59,10 +62,11 @@ def _check_sqlite_file(path: Path, url: str) -> None:
 
 
 def fast_sqlite(storage: object) -> None:
-    """synchronous=NORMAL during a run: fewer fsyncs per commit, still never a corrupt database.
-
-    (WAL mode would cut a commit from ~20 ms to ~1 ms, but a run killed or racing a reader leaves
-    -wal/-shm files beside the database; kept off until that is handled.)"""
+    """WAL journal + synchronous=NORMAL during a run: a commit costs ~1 ms instead of ~2-20 ms (no fsync
+    per commit), and the database is never corrupted by a crash (at worst the last commits are lost on
+    power loss). `close_storage` checkpoints and returns the file to the rollback journal, so no
+    -wal/-shm files remain after a run; a killed run leaves them, and the next command that opens the
+    database folds them back in (SQLite's own recovery)."""
     from sqlalchemy import event
 
     if not isinstance(storage, RDBStorage) or not str(storage.engine.url).startswith("sqlite"):
@@ -71,12 +75,32 @@ def fast_sqlite(storage: object) -> None:
     @event.listens_for(storage.engine, "connect")
     def _pragmas(dbapi_connection: object, _record: object) -> None:
         cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
+        cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
 
     storage._nasopt_pragmas = _pragmas  # type: ignore[attr-defined]  # removed again by close_storage
 
     storage.engine.dispose()  # connections opened during set-up reconnect with the pragmas
+
+
+def set_user_attrs(trial: optuna.Trial, attrs: Mapping[str, Any]) -> None:
+    """`trial.set_user_attr` for several keys in ONE transaction on an RDB storage (one commit instead
+    of one per key: most of a short trial's storage time). Other storages, or an Optuna whose private
+    RDB helpers changed, get the public per-key calls."""
+    backend = getattr(trial.storage, "_backend", trial.storage)
+    write = getattr(backend, "_set_trial_attr_without_commit", None)
+    if isinstance(backend, RDBStorage) and write is not None and len(attrs) > 1:
+        from optuna.storages._rdb import models
+        from optuna.storages._rdb.storage import _create_scoped_session
+
+        with _create_scoped_session(backend.scoped_session) as session:
+            for key, value in attrs.items():
+                write(session, models.TrialUserAttributeModel, trial._trial_id, key, value)
+        trial._cached_frozen_trial.user_attrs.update(attrs)
+        return
+    for key, value in attrs.items():
+        trial.set_user_attr(key, value)
 
 
 def close_storage(storage: object) -> None:
@@ -94,6 +118,7 @@ def close_storage(storage: object) -> None:
         engine.dispose()
         try:
             with engine.connect() as connection:
+                connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
                 connection.exec_driver_sql("PRAGMA journal_mode=DELETE")
         except Exception:  # another process (a second worker, the dashboard) still has it open: keep WAL
             pass

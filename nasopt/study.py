@@ -55,6 +55,7 @@ class StudySpec:
     objectives: Mapping[str, str] = field(default_factory=lambda: {"accuracy": "maximize"})
     constraints: Mapping[str, float] = field(default_factory=dict)
     sampler: Any = None
+    strategy: Any = None  # a gradient method (nasopt.oneshot.DARTS(...)) or a list of them: one trial each
     pruner: optuna.pruners.BasePruner | CurvePruner | None = None
     n_trials: int = 20
     timeout: float | None = None
@@ -98,6 +99,17 @@ class StudySpec:
                 raise UserError(f"`space` must be a search space (missing `{method}`), but got {self.space!r}")
         if self.sampler is not None and not isinstance(self.sampler, optuna.samplers.BaseSampler):
             raise UserError(f"`sampler` must be an Optuna sampler, but got {self.sampler!r}")
+        if self.strategy is not None:
+            strategies = self.strategy if isinstance(self.strategy, (list, tuple)) else [self.strategy]
+            for s in strategies:
+                if not callable(getattr(s, "search", None)) or not isinstance(getattr(s, "label", None), str):
+                    raise UserError(f"`strategy` must be a gradient method such as nasopt.oneshot.DARTS(...) or a "
+                                    f"list of them, but got {s!r}")
+            if not strategies:
+                raise UserError("`strategy` is an empty list; give nasopt.oneshot.DARTS(...) or leave it out")
+            if self.sampler is not None:
+                raise UserError("a study file gives either a `sampler` (sampled trials) or a `strategy` (gradient "
+                                "trials), not both; put the other in a second study file with the same `name`")
 
     @property
     def directions(self) -> list[str]:
@@ -118,11 +130,16 @@ def _device(name: str) -> str:
 
 
 def finished_count(study: optuna.Study) -> int:
-    """Trials that count against the budget: COMPLETE, PRUNED, and FAIL without a pending retry."""
+    """Sampled trials that count against the budget: COMPLETE, PRUNED, and FAIL without a pending retry.
+
+    Gradient trials (a `strategy` run, which share the study) do not count: they have their own budget
+    of one trial per strategy."""
+    from nasopt.oneshot._trial import STRATEGY_KEY
+
     trials = study.get_trials(deepcopy=False)
     retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
-    return sum(1 for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
-               or (t.state == TrialState.FAIL and t.number not in retried))
+    return sum(1 for t in trials if STRATEGY_KEY not in t.system_attrs and (
+        t.state in (TrialState.COMPLETE, TrialState.PRUNED) or (t.state == TrialState.FAIL and t.number not in retried)))
 
 
 def _open_study(spec: StudySpec, storage_url: str | optuna.storages.BaseStorage | None) -> optuna.Study:
@@ -153,6 +170,8 @@ def _open_study(spec: StudySpec, storage_url: str | optuna.storages.BaseStorage 
 
 
 def _default_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
+    if spec.strategy is not None:  # gradient trials take their params from the search (fixed params)
+        return optuna.samplers.RandomSampler(seed=spec.seed)
     if len(spec.objectives) > 1:
         return optuna.samplers.NSGAIISampler(seed=spec.seed)
     return optuna.samplers.TPESampler(seed=spec.seed, constant_liar=True)
@@ -178,8 +197,13 @@ def run(spec: StudySpec, *, storage: str | optuna.storages.BaseStorage | None = 
         try:
             study = _open_study(spec, storage)
             store = None
+            url = storage if isinstance(storage, str) else getattr(storage, "url", None)
+            if spec.strategy is not None:
+                from nasopt.oneshot._trial import run_strategies
+
+                run_strategies(spec, study, task, artifact_store_for(url or spec.storage, spec.artifacts), progress)
+                return study
             if spec.inherit_weights:
-                url = storage if isinstance(storage, str) or storage is None else None
                 store = artifact_store_for(url or spec.storage, spec.artifacts)
             return _run(spec, study, task, progress, store)
         finally:
@@ -201,7 +225,7 @@ def _run(spec: StudySpec, study: optuna.Study, task: Any, progress: bool, store:
                 break
             bar.refresh()
             study.optimize(objective, n_trials=remaining, timeout=None if math.isinf(left) else left,
-                           callbacks=[bar.on_trial, _stop_at_budget(spec.n_trials)],
+                           callbacks=[_stop_at_budget(spec.n_trials, bar)],
                            catch=_objective.CATCH, gc_after_trial=False)
     except KeyboardInterrupt:
         _objective.retry_interrupted(study)
@@ -229,6 +253,9 @@ def _dry_build(spec: StudySpec, task: Any) -> None:
 
 
 def _load(spec: StudySpec, device: str) -> Any:
+    if spec.dataset == "nanobench" and spec.strategy is not None:
+        raise UserError("nanobench answers sampled trials from its table; a gradient strategy needs real data "
+                        "(dataset='digits', 'mnist1d', ...)")
     if spec.dataset == "nanobench":
         bench = nanobench.load()
         bench.check_space(spec.space)
@@ -242,9 +269,13 @@ def _load(spec: StudySpec, device: str) -> Any:
                      val_fraction=spec.val_fraction, seed=spec.seed, device=device, image_size=spec.image_size)
 
 
-def _stop_at_budget(n_trials: int) -> Any:
+def _stop_at_budget(n_trials: int, bar: _progress.Progress) -> Any:
+    """After each trial: count the finished trials once (all workers'), stop at the budget, update the bar."""
+
     def callback(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        if finished_count(study) >= n_trials:
+        done = finished_count(study)
+        if done >= n_trials:
             study.stop()
+        bar.on_trial(study, trial, done)
 
     return callback

@@ -1,0 +1,10 @@
+"""Gradient (one-shot) methods: each run is one trial of the study, beside the sampled trials.
+
+    study = nasopt.StudySpec(name="mnist1d", space=Conv1dSpace(), dataset="mnist1d",
+                             strategy=[nasopt.oneshot.DARTS(epochs=20), nasopt.oneshot.DARTS(partial_channels=4)])
+"""
+
+from nasopt.oneshot.darts import DARTS
+from nasopt.oneshot.mixed import MixedChooser, MixedOp, Supernet
+
+__all__ = ["DARTS", "MixedChooser", "MixedOp", "Supernet"]

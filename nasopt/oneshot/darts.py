@@ -1,0 +1,316 @@
+"""DARTS (Liu et al. 2019) and PC-DARTS (Xu et al. 2020): differentiable search as one strategy.
+
+The supernet is the space's own network with `MixedOp`s in its slots (`nasopt.oneshot.mixed`). The
+training split is halved: weights train on one half (SGD, cosine), architecture weights on the other
+(Adam), alternating per step. First order uses the architecture half's gradient as is; second order
+(`unrolled=True`) differentiates through one virtual SGD step of the weights, with the Hessian-vector
+product by central finite differences, as in the paper. PC-DARTS = `partial_channels=K` (channel
+sampling + shuffle in the mixed op) with edge normalisation. The TinyML seed's resource-aware penalty
+adds `penalty_weight` x expected params ("memory") or MACs ("compute") of the softmax-weighted choice.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import optuna
+import torch
+import torch.nn.functional as F
+from optuna.distributions import CategoricalDistribution
+from torch import nn
+
+from nasopt.errors import UserError
+from nasopt.oneshot.mixed import MixedChooser, Supernet, candidate_costs, expected_cost, record_spatial
+from nasopt.space import random_arch
+from nasopt.train import evaluate
+
+__all__ = ["DARTS", "build_supernet", "derive", "split_half"]
+
+SKIP_OPS = ("skip_connect", "skip")
+
+
+def build_supernet(space: Any, task: Any, chooser: MixedChooser, *, edge_normalization: bool = False,
+                   method: str = "DARTS") -> Supernet:
+    """The space's network with mixed ops: `space.supernet` when the space has one (cells whose sampled
+    form selects edges), else `space.build` of any architecture, which must then route every decision
+    through the chooser (op choices on a fixed edge set)."""
+    if hasattr(space, "supernet"):
+        net = space.supernet(task, chooser)
+    else:
+        net = space.build(random_arch(space, seed=0), task, chooser)
+        dists = space.distributions()
+        other = sorted(set(dists) - set(chooser.decisions))
+        non_op = [n for n, d in dists.items() if not isinstance(d, CategoricalDistribution)]
+        if other or non_op:
+            raise UserError(f"{method} needs a space whose decisions are all op choices on a fixed set of edges, "
+                            f"but {type(space).__name__} also decides {', '.join((other or non_op)[:3])} "
+                            "(depth, width, ...); use the nano, nb201, darts_cell or conv1d space")
+    if not chooser.decisions:
+        raise UserError(f"space {type(space).__name__} made no op decision through its chooser; {method} has "
+                        "nothing to search")
+    return Supernet(net, chooser, edge_normalization=edge_normalization)
+
+
+def derive(space: Any, supernet: Supernet) -> dict[str, Any]:
+    """The discrete architecture of the current weights: `space.derive` (e.g. DARTS' top-2 edges per node)
+    when the space defines it, else the most probable candidate of every decision."""
+    probs = supernet.probabilities()
+    if hasattr(space, "derive"):
+        return dict(space.derive(probs))
+    return {n: supernet.decisions[n][int(np.argmax(p))] for n, p in probs.items()}
+
+
+def split_half(split: Any, seed: int) -> tuple[Any, Any]:
+    """Two disjoint random halves of an in-memory split (weights train on one, alphas on the other)."""
+    import dataclasses
+
+    if not hasattr(split, "x"):
+        raise UserError("one-shot search needs a dataset held in memory (digits, mnist, cifar, mnist1d, ...); "
+                        "this one streams from disk")
+    order = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed)).to(split.x.device)
+    half = len(split) // 2
+    a, b = order[:half], order[half:]
+    return (dataclasses.replace(split, x=split.x.index_select(0, a), y=split.y.index_select(0, a)),
+            dataclasses.replace(split, x=split.x.index_select(0, b), y=split.y.index_select(0, b)))
+
+
+def _rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
+            "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]]}
+
+
+def _set_rng_state(state: Mapping[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate((3, tuple(state["python"]), None))
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
+
+
+@dataclass(frozen=True, kw_only=True)
+class DARTS:
+    """Differentiable architecture search as one trial of a study: `StudySpec(strategy=DARTS(...))`.
+
+    epochs, batch_size, lr, lr_min, momentum, weight_decay, grad_clip: the weights' SGD with a cosine
+    schedule (DARTS' defaults). arch_lr, arch_weight_decay: Adam on the architecture weights, betas
+    (0.5, 0.999). unrolled: second-order gradient. partial_channels: PC-DARTS' K (1 = DARTS);
+    edge_normalization: PC-DARTS' edge weights (default: on when K > 1). penalty: None, "memory"
+    (expected params) or "compute" (expected MACs), weighted by penalty_weight. max_skips: the guard
+    against DARTS' collapse into skip-connections: when the derived normal cell holds more,
+    skip_guard="stop" ends the search there, "penalize" adds skip_penalty x the skip weights to the
+    architecture loss from then on.
+    """
+
+    epochs: int = 50
+    batch_size: int = 64
+    lr: float = 0.025
+    lr_min: float = 0.001
+    momentum: float = 0.9
+    weight_decay: float = 3e-4
+    grad_clip: float = 5.0
+    arch_lr: float = 3e-4
+    arch_weight_decay: float = 1e-3
+    unrolled: bool = False
+    partial_channels: int = 1
+    edge_normalization: bool | None = None
+    penalty: str | None = None
+    penalty_weight: float = 0.1
+    max_skips: int | None = None
+    skip_guard: str = "stop"
+    skip_penalty: float = 1.0
+
+    def __post_init__(self) -> None:
+        rules = [
+            (isinstance(self.epochs, int) and self.epochs >= 1, f"`epochs >= 1` must hold, but got epochs={self.epochs!r}"),
+            (self.batch_size >= 2, f"`batch_size >= 2` must hold, but got batch_size={self.batch_size!r}"),
+            (self.lr > 0 and self.arch_lr > 0, f"learning rates must be > 0, but got lr={self.lr}, arch_lr={self.arch_lr}"),
+            (isinstance(self.partial_channels, int) and self.partial_channels >= 1,
+             f"`partial_channels >= 1` must hold, but got partial_channels={self.partial_channels!r}"),
+            (self.penalty in (None, "memory", "compute"),
+             f"unknown penalty {self.penalty!r}; use None, 'memory' (params) or 'compute' (MACs)"),
+            (self.skip_guard in ("stop", "penalize"), f"unknown skip_guard {self.skip_guard!r}; use 'stop' or 'penalize'"),
+            (self.max_skips is None or self.max_skips >= 0, f"`max_skips >= 0` must hold, but got {self.max_skips!r}"),
+        ]
+        for ok, message in rules:
+            if not ok:
+                raise UserError(message)
+
+    @property
+    def label(self) -> str:
+        name = "pc_darts" if self.partial_channels > 1 else "darts"
+        return f"{name}{'_2nd' if self.unrolled else ''}" + (f"_k{self.partial_channels}" if self.partial_channels > 1 else "")
+
+    @property
+    def normalize_edges(self) -> bool:
+        return self.partial_channels > 1 if self.edge_normalization is None else self.edge_normalization
+
+    def config(self) -> dict[str, Any]:
+        return {"method": type(self).__name__, "label": self.label, **asdict(self)}
+
+    # -------------------------------------------------------------------------------------------- search
+
+    def search(self, space: Any, task: Any, *, seed: int, resume: Mapping[str, Any] | None = None,
+               on_epoch: Callable[[dict[str, Any], Callable[[], dict[str, Any]]], None] | None = None,
+               progress: Callable[[int, int], None] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Run the search; returns (derived architecture, summary).
+
+        `on_epoch(record, state)` gets each epoch's record (supernet train/valid accuracy, alpha entropy,
+        skips in the derived normal cell, the softmax weights) and a function returning the full
+        checkpoint; `resume` is such a checkpoint, to continue after its epoch.
+        """
+        torch.manual_seed(seed)
+        chooser = MixedChooser(self.partial_channels)
+        supernet = build_supernet(space, task, chooser, edge_normalization=self.normalize_edges,
+                                  method=self.label).to(task.device)
+        w_opt = torch.optim.SGD(supernet.weight_parameters(), lr=self.lr, momentum=self.momentum,
+                                weight_decay=self.weight_decay)
+        a_opt = torch.optim.Adam(supernet.arch_parameters(), lr=self.arch_lr, betas=(0.5, 0.999),
+                                 weight_decay=self.arch_weight_decay)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(w_opt, self.epochs, eta_min=self.lr_min)
+        w_split, a_split = split_half(task.train, seed)
+        if min(len(w_split), len(a_split)) < 2:
+            raise UserError(f"{len(task.train)} training examples are too few for a one-shot search; use more data")
+        costs = None
+        if self.penalty is not None:
+            example = next(iter(task.val.batches(1)))[0]
+            spatial = record_spatial(supernet, example) if self.penalty == "compute" else None
+            costs = candidate_costs(chooser, self.penalty, spatial)
+        generator = torch.Generator().manual_seed(seed + 1)
+        history: list[dict[str, Any]] = []
+        start, skip_on = 1, False
+        if resume is not None:
+            supernet.load_state_dict(resume["model"])
+            w_opt.load_state_dict(resume["w_opt"])
+            a_opt.load_state_dict(resume["a_opt"])
+            sched.load_state_dict(resume["sched"])
+            generator.set_state(resume["generator"])
+            _set_rng_state(resume["rng"])
+            history, start, skip_on = list(resume["history"]), int(resume["epoch"]) + 1, bool(resume["skip_on"])
+        stopped = ""
+        for epoch in range(start, self.epochs + 1):
+            seen, correct, loss_sum = 0, 0, 0.0
+            a_batches = a_split.batches(self.batch_size, shuffle=True, generator=generator, drop_last=True)
+            for (xw, yw), (xa, ya) in zip(w_split.batches(self.batch_size, shuffle=True, generator=generator,
+                                                          drop_last=True), a_batches, strict=False):
+                a_opt.zero_grad(set_to_none=True)
+                if self.unrolled:
+                    self.unrolled_backward(supernet, w_opt, xw, yw, xa, ya, costs, skip_on)
+                else:
+                    self._arch_loss(supernet, xa, ya, costs, skip_on).backward()
+                a_opt.step()
+                w_opt.zero_grad(set_to_none=True)
+                logits = supernet(xw)
+                loss = F.cross_entropy(logits, yw)
+                loss.backward()
+                nn.utils.clip_grad_norm_(supernet.weight_parameters(), self.grad_clip)
+                w_opt.step()
+                seen += len(yw)
+                correct += int((logits.detach().argmax(1) == yw).sum())
+                loss_sum += float(loss.detach()) * len(yw)
+            sched.step()
+            if not math.isfinite(loss_sum):
+                raise optuna.TrialPruned(f"non-finite supernet loss in search epoch {epoch}")
+            arch = derive(space, supernet)
+            skips = skip_count(arch)
+            record = {"epoch": epoch, "train_acc": round(correct / max(seen, 1), 6),
+                      "train_loss": round(loss_sum / max(seen, 1), 6),
+                      "valid_acc": round(evaluate(supernet, task.val)["acc"], 6),
+                      "alpha_entropy": round(supernet.entropy(), 6), "skips": skips,
+                      "lr": round(sched.get_last_lr()[0], 6), "weights": supernet.probabilities(),
+                      "arch": arch}
+            if costs is not None:
+                with torch.no_grad():
+                    record["expected_cost"] = round(float(expected_cost(supernet, costs)), 6)
+            if self.max_skips is not None and skips > self.max_skips:
+                if self.skip_guard == "stop":
+                    stopped = f"stopped at epoch {epoch}: {skips} skip-connections > max_skips={self.max_skips}"
+                    record["guard"] = stopped
+                elif not skip_on:
+                    skip_on = True
+                    record["guard"] = f"skip penalty on from epoch {epoch}: {skips} skips > {self.max_skips}"
+            history.append({k: v for k, v in record.items() if k not in ("weights", "arch")})
+            if on_epoch is not None:
+                def state(epoch: int = epoch, skip_on: bool = skip_on) -> dict[str, Any]:
+                    return {"model": supernet.state_dict(), "w_opt": w_opt.state_dict(), "a_opt": a_opt.state_dict(),
+                            "sched": sched.state_dict(), "generator": generator.get_state(), "rng": _rng_state(),
+                            "history": history, "epoch": epoch, "skip_on": skip_on}
+                on_epoch(record, state)
+            if progress is not None:
+                progress(epoch, self.epochs)
+            if stopped:
+                break
+        arch = derive(space, supernet)
+        return arch, {"history": history, "stopped": stopped, "epochs_run": len(history)}
+
+    def _arch_loss(self, supernet: Supernet, x: torch.Tensor, y: torch.Tensor,
+                   costs: Mapping[str, Any] | None, skip_on: bool) -> torch.Tensor:
+        loss = F.cross_entropy(supernet(x), y)
+        if costs is not None:
+            loss = loss + self.penalty_weight * expected_cost(supernet, costs)
+        if skip_on:
+            loss = loss + self.skip_penalty * skip_weight(supernet)
+        return loss
+
+    def unrolled_backward(self, supernet: Supernet, w_opt: torch.optim.Optimizer, xw: torch.Tensor,
+                          yw: torch.Tensor, xa: torch.Tensor, ya: torch.Tensor,
+                          costs: Mapping[str, Any] | None = None, skip_on: bool = False) -> None:
+        """Set alpha.grad to the second-order DARTS gradient of L_val(w - eta * dL_train/dw, alpha).
+
+        d/dalpha = dL_val(w', alpha)/dalpha - eta * (d2 L_train / dalpha dw) . dL_val(w', alpha)/dw',
+        the Hessian-vector product by central differences at w +- eps * v, eps = 0.01 / |v|.
+        """
+        weights, alphas = supernet.weight_parameters(), supernet.arch_parameters()
+        eta = w_opt.param_groups[0]["lr"]
+        grads = torch.autograd.grad(F.cross_entropy(supernet(xw), yw), weights, allow_unused=True)
+        backup = [w.detach().clone() for w in weights]
+        with torch.no_grad():  # the virtual step w' = w - eta * (momentum * buffer + grad + wd * w)
+            for w, g in zip(weights, grads, strict=True):
+                step = (g if g is not None else torch.zeros_like(w)) + self.weight_decay * w
+                buffer = w_opt.state.get(w, {}).get("momentum_buffer")
+                if buffer is not None:
+                    step = step + self.momentum * buffer
+                w.sub_(eta * step)
+        loss = self._arch_loss(supernet, xa, ya, costs, skip_on)
+        out = torch.autograd.grad(loss, alphas + weights, allow_unused=True)
+        d_alpha = [g if g is not None else torch.zeros_like(a) for g, a in zip(out[:len(alphas)], alphas, strict=True)]
+        v = [g if g is not None else torch.zeros_like(w) for g, w in zip(out[len(alphas):], weights, strict=True)]
+        norm = torch.sqrt(sum((g * g).sum() for g in v))  # type: ignore[arg-type]
+        eps = 0.01 / float(norm) if float(norm) > 0 else 0.0
+
+        def alpha_grad_at(sign: float) -> list[torch.Tensor]:
+            with torch.no_grad():
+                for w, b, g in zip(weights, backup, v, strict=True):
+                    w.copy_(b + sign * eps * g)
+            g_alpha = torch.autograd.grad(F.cross_entropy(supernet(xw), yw), alphas, allow_unused=True)
+            return [g if g is not None else torch.zeros_like(a) for g, a in zip(g_alpha, alphas, strict=True)]
+
+        if eps > 0:
+            plus, minus = alpha_grad_at(1.0), alpha_grad_at(-1.0)
+            hvp = [(p - m) / (2 * eps) for p, m in zip(plus, minus, strict=True)]
+        else:
+            hvp = [torch.zeros_like(a) for a in alphas]
+        with torch.no_grad():
+            for w, b in zip(weights, backup, strict=True):
+                w.copy_(b)
+        for a, d, h in zip(alphas, d_alpha, hvp, strict=True):
+            a.grad = d - eta * h
+
+
+def skip_count(arch: Mapping[str, Any]) -> int:
+    """Skip-connections in the derived normal cell (all decisions for spaces without cell types)."""
+    normal = {k: v for k, v in arch.items() if k.startswith("normal.")}
+    return sum(1 for v in (normal or arch).values() if v in SKIP_OPS)
+
+
+def skip_weight(supernet: Supernet) -> torch.Tensor:
+    """The summed softmax weight of skip-connections over the normal cell's decisions."""
+    weights = supernet.op_weights()
+    names = [n for n in weights if n.startswith("normal.")] or list(weights)
+    terms = [weights[n][supernet.decisions[n].index(op)] for n in names for op in SKIP_OPS
+             if op in supernet.decisions[n]]
+    return torch.stack(terms).sum() if terms else torch.zeros(())

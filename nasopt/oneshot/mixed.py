@@ -1,0 +1,233 @@
+"""Mixed ops and the supernet: one-shot search through the space's own chooser.
+
+`MixedChooser` is a `nasopt.space.Chooser`: at every decision of `space.build` (or `space.supernet`)
+it returns a `MixedOp` holding every candidate op from the op table, and registers the decision's
+architecture weights (alphas). `Supernet` wraps the resulting network with those weights as
+`nn.Parameter`s, so the supernet IS the evaluation network with mixed ops in its slots.
+
+PC-DARTS is an option of the mixed op, not a copy: with `partial_channels=K` only C/K channels go
+through the candidates, the rest bypass them (max-pooled at stride 2), and the channels are shuffled;
+with K = 1 this is exactly DARTS' mixed op. Edges named `<node>.e<i>` (DARTS cells) belong to `<node>`;
+with `edge_normalization` each edge's output is scaled by a softmax over its node's edges (betas).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nasopt.errors import UserError
+from nasopt.ops import OPS, build_op
+
+__all__ = ["MixedOp", "MixedChooser", "Supernet", "channel_shuffle", "param_key"]
+
+_EDGE = re.compile(r"^(?P<node>.+)\.e(?P<index>\d+)$")
+
+
+def param_key(name: str) -> str:
+    """A decision name as a ParameterDict key ('.' is not allowed there)."""
+    return name.replace(".", "__")
+
+
+def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """(N, C, ...) -> the channels interleaved across `groups` (ShuffleNet), any spatial rank."""
+    if groups == 1:
+        return x
+    n, c = x.shape[:2]
+    return x.view(n, groups, c // groups, *x.shape[2:]).transpose(1, 2).reshape(x.shape)
+
+
+class MixedOp(nn.Module):
+    """sum_i w_i op_i(x) over the candidates of one decision, `w` given at forward time.
+
+    With `partial` = K > 1: op_i sees the first C/K channels only; the other channels pass by
+    (max-pooled when the op strides) and are shuffled back in (PC-DARTS).
+    """
+
+    def __init__(self, name: str, candidates: Sequence[str], C_in: int, C_out: int, stride: int,
+                 partial: int = 1, **options: Any) -> None:
+        super().__init__()
+        if partial > 1 and (C_in != C_out or C_in % partial):
+            raise UserError(f"partial_channels={partial} needs equal input/output channels divisible by it, but "
+                            f"decision {name!r} maps {C_in} -> {C_out}; use partial_channels=1 or a wider space")
+        self.name, self.candidates, self.stride, self.partial = name, tuple(candidates), stride, partial
+        c_in, c_out = C_in // partial, C_out // partial
+        self.ops = nn.ModuleList(build_op(op, c_in, c_out, stride, **options) for op in self.candidates)
+        self.weights: torch.Tensor | None = None  # set by the Supernet before every forward pass
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weights
+        assert w is not None, "MixedOp used outside its Supernet"
+        if self.partial == 1:
+            return sum(wi * op(x) for wi, op in zip(w, self.ops, strict=True))  # type: ignore[return-value]
+        k = x.shape[1] // self.partial
+        head, rest = x[:, :k], x[:, k:]
+        out = sum(wi * op(head) for wi, op in zip(w, self.ops, strict=True))
+        if self.stride > 1:
+            pool = F.max_pool2d if x.dim() == 4 else F.max_pool1d
+            rest = pool(rest, 2, 2, ceil_mode=True)
+        return channel_shuffle(torch.cat([out, rest], dim=1), self.partial)  # type: ignore[list-item]
+
+
+class MixedChooser:
+    """A Chooser that builds a MixedOp per call and records each decision's candidates.
+
+    Calls with the same `name` (e.g. the same edge in every cell of a type) share one set of alphas.
+    """
+
+    def __init__(self, partial_channels: int = 1) -> None:
+        if not isinstance(partial_channels, int) or partial_channels < 1:
+            raise UserError(f"`partial_channels >= 1` must hold, but got {partial_channels!r}")
+        self.partial = partial_channels
+        self.decisions: dict[str, tuple[str, ...]] = {}
+        self.ops: list[MixedOp] = []
+        self.full_width: dict[str, list[tuple[int, int, int, dict[str, Any]]]] = {}
+
+    def __call__(self, name: str, candidates: Sequence[str], chosen: Any, C_in: int, C_out: int, stride: int,
+                 **options: Any) -> nn.Module:
+        unknown = [op for op in candidates if op not in OPS]
+        if unknown:
+            raise UserError(f"op {unknown[0]!r} of decision {name!r} is not in the op table; known ops: "
+                            f"{', '.join(sorted(OPS))}")
+        previous = self.decisions.setdefault(name, tuple(candidates))
+        if previous != tuple(candidates):
+            raise UserError(f"decision {name!r} offers different candidates in different places: {previous} "
+                            f"and {tuple(candidates)}; a one-shot search needs one candidate list per name")
+        op = MixedOp(name, candidates, C_in, C_out, stride, self.partial, **options)
+        self.ops.append(op)
+        self.full_width.setdefault(name, []).append((C_in, C_out, stride, options))
+        return op
+
+
+class Supernet(nn.Module):
+    """The space's network with mixed ops, plus its architecture weights.
+
+    `alphas[param_key(name)]` holds one logit per candidate of decision `name`; `betas[param_key(node)]`
+    one logit per edge into `node` when edge normalisation is on. Both are `nn.Parameter`s in the state
+    dict; `arch_parameters()` and `weight_parameters()` split the two groups for their optimisers.
+    """
+
+    def __init__(self, net: nn.Module, chooser: MixedChooser, *, edge_normalization: bool = False,
+                 init_scale: float = 1e-3) -> None:
+        super().__init__()
+        self.net = net
+        self.decisions = dict(chooser.decisions)
+        self.alphas = nn.ParameterDict({param_key(n): nn.Parameter(init_scale * torch.randn(len(c)))
+                                        for n, c in self.decisions.items()})
+        self.edges: dict[str, tuple[str, int]] = {}  # decision -> (node, index among the node's edges)
+        if edge_normalization:
+            nodes: dict[str, list[str]] = {}
+            for name in self.decisions:
+                match = _EDGE.match(name)
+                if match:
+                    nodes.setdefault(match["node"], []).append(name)
+            for node, names in nodes.items():
+                for i, name in enumerate(names):
+                    self.edges[name] = (node, i)
+            self.betas = nn.ParameterDict({param_key(node): nn.Parameter(init_scale * torch.randn(len(names)))
+                                           for node, names in nodes.items()})
+        else:
+            self.betas = nn.ParameterDict()
+        self._mixed = list(chooser.ops)
+
+    def arch_parameters(self) -> list[nn.Parameter]:
+        return [*self.alphas.values(), *self.betas.values()]
+
+    def weight_parameters(self) -> list[nn.Parameter]:
+        return list(self.net.parameters())
+
+    def op_weights(self) -> dict[str, torch.Tensor]:
+        """softmax(alpha) per decision (times the edge's softmax(beta) under edge normalisation)."""
+        out = {n: F.softmax(self.alphas[param_key(n)], dim=-1) for n in self.decisions}
+        for name, (node, i) in self.edges.items():
+            out[name] = out[name] * F.softmax(self.betas[param_key(node)], dim=-1)[i]
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weights = self.op_weights()
+        for op in self._mixed:
+            op.weights = weights[op.name]
+        try:
+            return self.net(x)
+        finally:
+            for op in self._mixed:
+                op.weights = None
+
+    @torch.no_grad()
+    def probabilities(self) -> dict[str, list[float]]:
+        """The current softmax weights per decision, as plain lists in candidate order (for derive/history)."""
+        return {n: [round(float(v), 6) for v in w] for n, w in self.op_weights().items()}
+
+    @torch.no_grad()
+    def entropy(self) -> float:
+        """Mean entropy (nats) of softmax(alpha) over the decisions: ~log(#ops) at the start, 0 when decided."""
+        values = []
+        for n in self.decisions:
+            p = F.softmax(self.alphas[param_key(n)], dim=-1)
+            values.append(float(-(p * p.clamp_min(1e-12).log()).sum()))
+        return sum(values) / max(len(values), 1)
+
+
+def expected_cost(supernet: Supernet, costs: Mapping[str, Sequence[float]]) -> torch.Tensor:
+    """sum over decisions of E_softmax(alpha)[cost of the candidate], normalised by the largest choice's sum.
+
+    `costs[name][i]` is the cost (params or MACs) of candidate i of decision `name`, summed over every
+    place the decision is used. The result is in [0, 1]: the TinyML seed's resource-aware penalty.
+    """
+    total = sum(max(c) for c in costs.values()) or 1.0
+    terms = [(F.softmax(supernet.alphas[param_key(n)], dim=-1) * torch.tensor(c, dtype=torch.float32)).sum()
+             for n, c in costs.items()]
+    return torch.stack(terms).sum() / total if terms else torch.zeros(())
+
+
+def candidate_costs(chooser: MixedChooser, kind: str, spatial: Mapping[str, Sequence[int]] | None = None
+                    ) -> dict[str, list[float]]:
+    """Per decision and candidate: parameters ("memory") or MACs ("compute") of the full-width op.
+
+    MACs need the input's spatial size at each place (`spatial[name]`, recorded during one forward pass
+    by `record_spatial`); both sum over every place the decision is used.
+    """
+    from nasopt.metrics import count_params, flop_counter_macs
+
+    out: dict[str, list[float]] = {}
+    for name, places in chooser.full_width.items():
+        costs = [0.0] * len(chooser.decisions[name])
+        for place, (C_in, C_out, stride, options) in enumerate(places):
+            for i, op_name in enumerate(chooser.decisions[name]):
+                op = build_op(op_name, C_in, C_out, stride, **options)
+                if kind == "memory":
+                    costs[i] += count_params(op)
+                else:
+                    size = (spatial or {}).get(name, [])
+                    shape = (C_in, *size[place]) if place < len(size) else None
+                    costs[i] += flop_counter_macs(op, shape) if shape else 0.0
+        out[name] = costs
+    return out
+
+
+def record_spatial(supernet: Supernet, example: torch.Tensor) -> dict[str, list[tuple[int, ...]]]:
+    """Spatial input size of every MixedOp, per decision in build order, from one no-grad forward pass."""
+    sizes: dict[str, list[tuple[int, ...]]] = {}
+    hooks = [op.register_forward_pre_hook(
+        lambda m, args: sizes.setdefault(m.name, []).append(tuple(args[0].shape[2:]))) for op in supernet._mixed]
+    try:
+        with torch.no_grad():
+            was = supernet.training
+            supernet.eval()
+            supernet(example)
+            supernet.train(was)
+    finally:
+        for h in hooks:
+            h.remove()
+    return sizes
+
+
+def uniform_entropy(supernet: Supernet) -> float:
+    """The entropy of uniform weights, for scale: mean log(#candidates)."""
+    return sum(math.log(len(c)) for c in supernet.decisions.values()) / max(len(supernet.decisions), 1)
