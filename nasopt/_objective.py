@@ -124,7 +124,7 @@ class Objective:
         try:
             return self._run(trial)
         except optuna.TrialPruned as e:
-            attrs = {"pruned_reason": str(e) or "pruned"}
+            attrs: dict[str, Any] = {"pruned_reason": str(e) or "pruned"}
             if self._curve and len(self._curve) > len(trial.user_attrs.get("curve", [])):
                 attrs["curve"] = self._curve  # pruned after the last epoch, whose curve was not written yet
             set_user_attrs(trial, attrs)
@@ -196,7 +196,9 @@ class Objective:
         metrics: dict[str, float] = {"params": count_params(model), "macs": count_macs(model, task.input_shape),
                                      "latency_ms": round(latency.median_ms, 4),
                                      "memory_mb": round(memory / 2**20, 4)}
-        set_user_attrs(trial, {"arch": space.describe(arch), **metrics, "seed": seed,
+        # the sampler that proposed it (a gradient trial already names its method)
+        strategy = {} if "strategy" in trial.user_attrs else {"strategy": type(study.sampler).__name__}
+        set_user_attrs(trial, {"arch": space.describe(arch), **strategy, **metrics, "seed": seed,
                                "latency": {"median_ms": latency.median_ms, "iqr_ms": latency.iqr_ms,
                                            **latency.provenance}})
         violated = []

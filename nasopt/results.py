@@ -52,6 +52,8 @@ def _row(t: FrozenTrial, metric_names: list[str]) -> dict[str, Any]:
     row["accuracy"] = row.get("accuracy", t.user_attrs.get("accuracy"))
     row["feasible"] = _feasible(t)
     row["arch"] = t.user_attrs.get("arch")
+    strategy = t.user_attrs.get("strategy")  # the sampler's class, or a gradient method's config
+    row["strategy"] = strategy.get("label") if isinstance(strategy, dict) else strategy
     row["duration_s"] = t.duration.total_seconds() if t.duration is not None else None
     row["epochs"] = len(t.user_attrs.get("curve", []))
     row["reused_from"] = t.user_attrs.get("reused_from")

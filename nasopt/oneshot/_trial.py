@@ -130,6 +130,7 @@ class GradientObjective:
         alphas: list[dict[str, Any]] = list(trial.user_attrs.get("alphas", [])) if resume else []
         if resume is not None:
             alphas = alphas[: int(resume["epoch"])]
+            trial.set_user_attr("resumed_from_epoch", int(resume["epoch"]))
         seed = _objective.trial_seed(spec.seed, system.get("failed_trial", trial.number))
         bar = tqdm(total=strategy.epochs, initial=int(resume["epoch"]) if resume else 0, unit="epoch",
                    desc=f"{spec.name}: {label} search", disable=not self.progress, dynamic_ncols=True)

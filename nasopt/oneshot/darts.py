@@ -98,7 +98,8 @@ class DARTS:
 
     epochs, batch_size, lr, lr_min, momentum, weight_decay, grad_clip: the weights' SGD with a cosine
     schedule (DARTS' defaults). arch_lr, arch_weight_decay: Adam on the architecture weights, betas
-    (0.5, 0.999). unrolled: second-order gradient. partial_channels: PC-DARTS' K (1 = DARTS);
+    (0.5, 0.999). unrolled: second-order gradient, whose Hessian-vector product perturbs the weights
+    by a vector of norm hessian_eps (DARTS' 0.01). partial_channels: PC-DARTS' K (1 = DARTS);
     edge_normalization: PC-DARTS' edge weights (default: on when K > 1). penalty: None, "memory"
     (expected params) or "compute" (expected MACs), weighted by penalty_weight. max_skips: the guard
     against DARTS' collapse into skip-connections: when the derived normal cell holds more,
@@ -116,6 +117,7 @@ class DARTS:
     arch_lr: float = 3e-4
     arch_weight_decay: float = 1e-3
     unrolled: bool = False
+    hessian_eps: float = 0.01
     partial_channels: int = 1
     edge_normalization: bool | None = None
     penalty: str | None = None
@@ -262,7 +264,7 @@ class DARTS:
         """Set alpha.grad to the second-order DARTS gradient of L_val(w - eta * dL_train/dw, alpha).
 
         d/dalpha = dL_val(w', alpha)/dalpha - eta * (d2 L_train / dalpha dw) . dL_val(w', alpha)/dw',
-        the Hessian-vector product by central differences at w +- eps * v, eps = 0.01 / |v|.
+        the Hessian-vector product by central differences at w +- eps * v, eps = hessian_eps / |v|.
         """
         weights, alphas = supernet.weight_parameters(), supernet.arch_parameters()
         eta = w_opt.param_groups[0]["lr"]
@@ -280,7 +282,7 @@ class DARTS:
         d_alpha = [g if g is not None else torch.zeros_like(a) for g, a in zip(out[:len(alphas)], alphas, strict=True)]
         v = [g if g is not None else torch.zeros_like(w) for g, w in zip(out[len(alphas):], weights, strict=True)]
         norm = torch.sqrt(sum((g * g).sum() for g in v))  # type: ignore[arg-type]
-        eps = 0.01 / float(norm) if float(norm) > 0 else 0.0
+        eps = self.hessian_eps / float(norm) if float(norm) > 0 else 0.0
 
         def alpha_grad_at(sign: float) -> list[torch.Tensor]:
             with torch.no_grad():
