@@ -21,6 +21,9 @@ SPACES = {
     "nano": "nasopt.search_spaces.nano:NanoSpace",
     "mobile": "nasopt.search_spaces.mobile:MobileSpace",
     "layers": "nasopt.search_spaces.layers:LayersSpace",
+    "nb201": "nasopt.search_spaces.nb201:NB201Space",
+    "darts_cell": "nasopt.search_spaces.darts_cell:DartsCellSpace",
+    "conv1d": "nasopt.search_spaces.conv1d:Conv1dSpace",
 }
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 

@@ -14,7 +14,7 @@ import statistics
 import time
 import warnings
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +25,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from nasopt.errors import UserError
 
 __all__ = ["MeasureConfig", "count_params", "count_macs", "flop_counter_macs", "Latency", "measure_latency",
-           "peak_memory", "device_name"]
+           "peak_memory", "peak_live_bytes", "device_name"]
 
 # fvcore op names that are multiply-adds in the papers' sense (conv, linear, matmul family)
 _MAC_OPS = ("conv", "linear", "matmul", "bmm", "einsum", "addmm", "scaled_dot_product_attention")
@@ -256,3 +256,13 @@ def peak_memory(model: nn.Module, input_shape: Sequence[int], *, batch_size: int
     total = static + x.numel() * x.element_size() + activations
     return int(total), {"method": method, "device": device.type, "batch_size": batch_size,
                         "input_shape": [batch_size, *input_shape], "torch": torch.__version__}
+
+
+def peak_live_bytes(step: Callable[[], Any]) -> int:
+    """Peak bytes of tensors created by `step()` and alive at the same time (activations kept for
+    backward, gradients, temporaries): the live-tensor tracking of `peak_memory`, for any computation
+    such as a training step. On the CPU; for CUDA use the allocator's own peak statistics."""
+    tracker = _LiveBytes()
+    with tracker:
+        step()
+    return tracker.peak

@@ -4,11 +4,16 @@
 `(N, C_out, ceil(H / stride), ceil(W / stride))`. Discrete trials, supernets and exported models
 all build their ops here, so an op means the same thing on every path. Nothing here touches a
 device: modules are created on the CPU and moved with `.to(device)` by the caller.
+
+The ops in `ND_OPS` also build for 1-D signals: `build_op(name, C_in, C_out, stride, dim=1)` maps
+`(N, C_in, L)` to `(N, C_out, ceil(L / stride))` with the same layers in their 1-D form (the 1-D
+TinyML space uses them); every other op is 2-D only.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -16,7 +21,8 @@ from torch import nn
 
 from nasopt.errors import UserError
 
-__all__ = ["OPS", "ACTIVATIONS", "build_op", "activation", "InvertedResidual", "SqueezeExcite"]
+__all__ = ["OPS", "ND_OPS", "ACTIVATIONS", "build_op", "activation", "layers_nd", "InvertedResidual",
+           "SqueezeExcite"]
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": lambda: nn.ReLU(inplace=False),
@@ -37,14 +43,33 @@ def _pad(kernel: int, dilation: int = 1) -> int:
     return dilation * (kernel - 1) // 2
 
 
+class NdLayers(NamedTuple):
+    conv: type[nn.Module]
+    bn: type[nn.Module]
+    max_pool: type[nn.Module]
+    avg_pool: type[nn.Module]
+
+
+_LAYERS = {1: NdLayers(nn.Conv1d, nn.BatchNorm1d, nn.MaxPool1d, nn.AvgPool1d),
+           2: NdLayers(nn.Conv2d, nn.BatchNorm2d, nn.MaxPool2d, nn.AvgPool2d)}
+
+
+def layers_nd(dim: int) -> NdLayers:
+    """The torch layer classes of a `dim`-D network (1: signals (N, C, L), 2: images (N, C, H, W))."""
+    if dim not in _LAYERS:
+        raise ValueError(f"`dim in (1, 2)` must hold, but got {dim=}")
+    return _LAYERS[dim]
+
+
 class ConvBNAct(nn.Sequential):
     """conv -> BN -> activation (the nano/mobile ordering)."""
 
     def __init__(self, C_in: int, C_out: int, kernel: int, stride: int = 1, groups: int = 1,
-                 dilation: int = 1, act: str | None = "relu") -> None:
+                 dilation: int = 1, act: str | None = "relu", dim: int = 2) -> None:
+        nd = layers_nd(dim)
         layers: list[nn.Module] = [
-            nn.Conv2d(C_in, C_out, kernel, stride, _pad(kernel, dilation), dilation, groups, bias=False),
-            nn.BatchNorm2d(C_out),
+            nd.conv(C_in, C_out, kernel, stride, _pad(kernel, dilation), dilation, groups, bias=False),
+            nd.bn(C_out),
         ]
         if act is not None:
             layers.append(activation(act))
@@ -54,30 +79,44 @@ class ConvBNAct(nn.Sequential):
 class ReLUConvBN(nn.Sequential):
     """ReLU -> conv -> BN (the DARTS ordering, used by its cell preprocessing)."""
 
-    def __init__(self, C_in: int, C_out: int, kernel: int, stride: int, padding: int, affine: bool = True) -> None:
-        super().__init__(nn.ReLU(inplace=False), nn.Conv2d(C_in, C_out, kernel, stride, padding, bias=False),
-                         nn.BatchNorm2d(C_out, affine=affine))
+    def __init__(self, C_in: int, C_out: int, kernel: int, stride: int, padding: int, affine: bool = True,
+                 dim: int = 2) -> None:
+        nd = layers_nd(dim)
+        super().__init__(nn.ReLU(inplace=False), nd.conv(C_in, C_out, kernel, stride, padding, bias=False),
+                         nd.bn(C_out, affine=affine))
 
 
 class DilConv(nn.Sequential):
     """ReLU -> depthwise (dilated) conv -> pointwise conv -> BN, as in DARTS."""
 
     def __init__(self, C_in: int, C_out: int, kernel: int, stride: int, padding: int, dilation: int,
-                 affine: bool = True) -> None:
+                 affine: bool = True, dim: int = 2) -> None:
+        nd = layers_nd(dim)
         super().__init__(
             nn.ReLU(inplace=False),
-            nn.Conv2d(C_in, C_in, kernel, stride, padding, dilation=dilation, groups=C_in, bias=False),
-            nn.Conv2d(C_in, C_out, 1, bias=False),
-            nn.BatchNorm2d(C_out, affine=affine),
+            nd.conv(C_in, C_in, kernel, stride, padding, dilation=dilation, groups=C_in, bias=False),
+            nd.conv(C_in, C_out, 1, bias=False),
+            nd.bn(C_out, affine=affine),
         )
 
 
 class SepConv(nn.Sequential):
     """Two stacked DilConvs with dilation 1 (DARTS' separable conv); only the first one strides."""
 
-    def __init__(self, C_in: int, C_out: int, kernel: int, stride: int, padding: int, affine: bool = True) -> None:
-        super().__init__(DilConv(C_in, C_in, kernel, stride, padding, 1, affine),
-                         DilConv(C_in, C_out, kernel, 1, padding, 1, affine))
+    def __init__(self, C_in: int, C_out: int, kernel: int, stride: int, padding: int, affine: bool = True,
+                 dim: int = 2) -> None:
+        super().__init__(DilConv(C_in, C_in, kernel, stride, padding, 1, affine, dim),
+                         DilConv(C_in, C_out, kernel, 1, padding, 1, affine, dim))
+
+
+class Conv7x1_1x7(nn.Sequential):
+    """ReLU -> 1x7 conv -> 7x1 conv -> BN: the factorized 7x7 of AmoebaNet's reduction cell (DARTS' table)."""
+
+    def __init__(self, C_in: int, C_out: int, stride: int, affine: bool = True) -> None:
+        super().__init__(nn.ReLU(inplace=False),
+                         nn.Conv2d(C_in, C_out, (1, 7), (1, stride), (0, 3), bias=False),
+                         nn.Conv2d(C_out, C_out, (7, 1), (stride, 1), (3, 0), bias=False),
+                         nn.BatchNorm2d(C_out, affine=affine))
 
 
 class Zero(nn.Module):
@@ -88,7 +127,7 @@ class Zero(nn.Module):
         self.C_out, self.stride = C_out, stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x[..., :: self.stride, :: self.stride]
+        x = x[(slice(None), slice(None)) + (slice(None, None, self.stride),) * (x.dim() - 2)]  # every spatial dim
         if x.shape[1] != self.C_out:
             x = x.new_zeros(x.shape[0], self.C_out, *x.shape[2:])
         return x.mul(0.0)
@@ -97,19 +136,22 @@ class Zero(nn.Module):
 class FactorizedReduce(nn.Module):
     """Stride-2 'identity': two offset 1x1 convs with stride 2 concatenated (DARTS)."""
 
-    def __init__(self, C_in: int, C_out: int, affine: bool = True) -> None:
+    def __init__(self, C_in: int, C_out: int, affine: bool = True, dim: int = 2) -> None:
         super().__init__()
+        nd = layers_nd(dim)
         self.relu = nn.ReLU(inplace=False)
-        self.conv_1 = nn.Conv2d(C_in, C_out // 2, 1, stride=2, bias=False)
-        self.conv_2 = nn.Conv2d(C_in, C_out - C_out // 2, 1, stride=2, bias=False)
-        self.bn = nn.BatchNorm2d(C_out, affine=affine)
+        self.conv_1 = nd.conv(C_in, C_out // 2, 1, stride=2, bias=False)
+        self.conv_2 = nd.conv(C_in, C_out - C_out // 2, 1, stride=2, bias=False)
+        self.bn = nd.bn(C_out, affine=affine)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.relu(x)
-        # pad so odd sizes give ceil(H/2) from both branches: shapes (N, C/2, ceil(H/2), ceil(W/2))
-        y = F.pad(x, (0, x.shape[-1] % 2, 0, x.shape[-2] % 2))
-        out = torch.cat([self.conv_1(x), self.conv_2(y[:, :, 1:, 1:])], dim=1)
-        return self.bn(out)
+        # pad the far end of odd sizes so both branches give ceil(size/2): (N, C/2, ceil(H/2), ceil(W/2))
+        pad: list[int] = []
+        for size in reversed(x.shape[2:]):
+            pad += [0, size % 2]
+        y = F.pad(x, pad)[(slice(None), slice(None)) + (slice(1, None),) * (x.dim() - 2)]
+        return self.bn(torch.cat([self.conv_1(x), self.conv_2(y)], dim=1))
 
 
 def _identity(C_in: int, C_out: int, stride: int) -> nn.Module:
@@ -120,14 +162,24 @@ def _identity(C_in: int, C_out: int, stride: int) -> nn.Module:
     return FactorizedReduce(C_in, C_out)
 
 
+def _skip_connect(C_in: int, C_out: int, stride: int, affine: bool = True, dim: int = 2) -> nn.Module:
+    """DARTS' skip: the identity, a 1x1 ReLU-conv-BN for a channel change, FactorizedReduce when strided."""
+    if stride == 1 and C_in == C_out:
+        return nn.Identity()
+    if stride == 1:
+        return ReLUConvBN(C_in, C_out, 1, 1, 0, affine, dim)
+    return FactorizedReduce(C_in, C_out, affine, dim)
+
+
 class _Pool(nn.Module):
     """A 3x3 pool, followed by a 1x1 conv-BN when the channel count changes."""
 
-    def __init__(self, kind: str, C_in: int, C_out: int, stride: int, kernel: int = 3) -> None:
+    def __init__(self, kind: str, C_in: int, C_out: int, stride: int, kernel: int = 3, dim: int = 2) -> None:
         super().__init__()
-        self.pool: nn.Module = (nn.MaxPool2d(kernel, stride, kernel // 2) if kind == "max"
-                                else nn.AvgPool2d(kernel, stride, kernel // 2, count_include_pad=False))
-        self.proj = nn.Identity() if C_in == C_out else ConvBNAct(C_in, C_out, 1, act=None)
+        nd = layers_nd(dim)
+        self.pool: nn.Module = (nd.max_pool(kernel, stride, kernel // 2) if kind == "max"
+                                else nd.avg_pool(kernel, stride, kernel // 2, count_include_pad=False))
+        self.proj = nn.Identity() if C_in == C_out else ConvBNAct(C_in, C_out, 1, act=None, dim=dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(self.pool(x))
@@ -205,9 +257,8 @@ OPS: dict[str, OpFactory] = {
     "zero": lambda C_in, C_out, stride, **_: Zero(C_in, C_out, stride),
     # DARTS' primitives under their paper names (ReLU-conv-BN ordering, affine switchable)
     "none": lambda C_in, C_out, stride, **_: Zero(C_in, C_out, stride),
-    "skip_connect": lambda C_in, C_out, stride, affine=True, **_: (
-        nn.Identity() if stride == 1 and C_in == C_out
-        else ReLUConvBN(C_in, C_out, 1, 1, 0, affine) if stride == 1 else FactorizedReduce(C_in, C_out, affine)),
+    "skip_connect": lambda C_in, C_out, stride, affine=True, dim=2, **_: _skip_connect(C_in, C_out, stride,
+                                                                                      affine, dim),
     "max_pool_3x3": lambda C_in, C_out, stride, **_: _Pool("max", C_in, C_out, stride),
     "avg_pool_3x3": lambda C_in, C_out, stride, **_: _Pool("avg", C_in, C_out, stride),
     "sep_conv_3x3": lambda C_in, C_out, stride, affine=True, **_: SepConv(C_in, C_out, 3, stride, 1, affine),
@@ -215,6 +266,7 @@ OPS: dict[str, OpFactory] = {
     "sep_conv_7x7": lambda C_in, C_out, stride, affine=True, **_: SepConv(C_in, C_out, 7, stride, 3, affine),
     "dil_conv_3x3": lambda C_in, C_out, stride, affine=True, **_: DilConv(C_in, C_out, 3, stride, 2, 2, affine),
     "dil_conv_5x5": lambda C_in, C_out, stride, affine=True, **_: DilConv(C_in, C_out, 5, stride, 4, 2, affine),
+    "conv_7x1_1x7": lambda C_in, C_out, stride, affine=True, **_: Conv7x1_1x7(C_in, C_out, stride, affine),
     # plain layers of the layer-genome space (shape-preserving; a channel change gets a 1x1 projection)
     "batchnorm": lambda C_in, C_out, stride, **_: nn.Sequential(_identity(C_in, C_out, stride), nn.BatchNorm2d(C_out)),
     "dropout": lambda C_in, C_out, stride, rate=0.5, **_: nn.Sequential(_identity(C_in, C_out, stride),
@@ -224,6 +276,22 @@ OPS: dict[str, OpFactory] = {
         _identity(C_in, C_out, stride), SqueezeExcite(C_out, act=act)),
     "attention": lambda C_in, C_out, stride, **_: SelfAttention2d(C_in, C_out, stride),
 }
+# Dimension-generic ops (1-D TinyML signals and 2-D images) for the conv1d space, named by their kernel
+# length: conv-BN-ReLU (the TinyML ordering), its dilated (dilation 2) and depthwise-separable
+# (depthwise conv-BN-ReLU -> pointwise conv-BN-ReLU) forms, and the pools.
+for _k in (3, 5, 7):
+    OPS[f"conv_bn_relu_k{_k}"] = lambda C_in, C_out, stride, dim=2, _k=_k, **_: ConvBNAct(
+        C_in, C_out, _k, stride, dim=dim)
+    OPS[f"dil_conv_bn_relu_k{_k}"] = lambda C_in, C_out, stride, dim=2, _k=_k, **_: ConvBNAct(
+        C_in, C_out, _k, stride, dilation=2, dim=dim)
+    OPS[f"sep_conv_bn_relu_k{_k}"] = lambda C_in, C_out, stride, dim=2, _k=_k, **_: nn.Sequential(
+        ConvBNAct(C_in, C_in, _k, stride, groups=C_in, dim=dim), ConvBNAct(C_in, C_out, 1, dim=dim))
+OPS["max_pool_k3"] = lambda C_in, C_out, stride, dim=2, **_: _Pool("max", C_in, C_out, stride, dim=dim)
+OPS["avg_pool_k3"] = lambda C_in, C_out, stride, dim=2, **_: _Pool("avg", C_in, C_out, stride, dim=dim)
+# the ops that take `dim`: the ones above plus the zero and DARTS' skip (which the cell spaces share)
+ND_OPS = frozenset({"none", "zero", "skip_connect", "max_pool_k3", "avg_pool_k3"} | {
+    f"{kind}_k{k}" for kind in ("conv_bn_relu", "dil_conv_bn_relu", "sep_conv_bn_relu") for k in (3, 5, 7)})
+
 # MobileNetV2 / ProxylessNAS inverted-residual blocks: mbconv_k{kernel}_e{expand}
 for _k in (3, 5, 7):
     for _e in (1, 3, 4, 6):
@@ -235,10 +303,28 @@ for _k in (3, 5, 7):
 def build_op(name: str, C_in: int, C_out: int, stride: int = 1, **options: object) -> nn.Module:
     """Build op `name` for `(N, C_in, H, W) -> (N, C_out, H/stride, W/stride)`.
 
-    `options` are passed to ops that take them (`act`, `se`, `affine`) and ignored by the others.
+    `options` are passed to ops that take them (`act`, `se`, `affine`) and ignored by the others;
+    `dim=1` builds an op of `ND_OPS` for signals `(N, C_in, L) -> (N, C_out, L/stride)`.
     """
     if name not in OPS:
         raise UserError(f"unknown op {name!r}; known ops: {', '.join(sorted(OPS))}")
     if stride not in (1, 2):
         raise ValueError(f"`stride in (1, 2)` must hold, but got {stride=}")
+    dim = options.pop("dim", 2)
+    if dim != 2:
+        if dim != 1:
+            raise ValueError(f"`dim in (1, 2)` must hold, but got {dim=}")
+        if name not in ND_OPS:
+            raise UserError(f"op {name!r} is 2-D only and cannot run on 1-D signals; "
+                            f"ops with a 1-D form: {', '.join(sorted(ND_OPS))}")
+        options["dim"] = dim
     return OPS[name](C_in, C_out, stride, **options)
+
+
+# NAS-Bench-201's cell ops (Dong & Yang, 2020): ReLU-conv-BN under its names. Its other three ops are the
+# entries above, which on NB201's C -> C stride-1 edges are exactly NB201's: `none` (x * 0), `skip_connect`
+# (identity) and `avg_pool_3x3` (3x3 average, stride 1, padding 1, count_include_pad=False).
+OPS.update({
+    "nor_conv_1x1": lambda C_in, C_out, stride, affine=True, **_: ReLUConvBN(C_in, C_out, 1, stride, 0, affine),
+    "nor_conv_3x3": lambda C_in, C_out, stride, affine=True, **_: ReLUConvBN(C_in, C_out, 3, stride, 1, affine),
+})

@@ -27,16 +27,19 @@ class Chooser(Protocol):
     """Returns the module for one decision of a network.
 
     `name` is the decision's parameter name, `candidates` the op names it can take, `chosen` the
-    op the architecture picked, `(C_in, C_out, stride)` the shape contract of the slot.
+    op the architecture picked (None when a supernet builds every candidate edge), `(C_in, C_out,
+    stride)` the shape contract of the slot.
     """
 
-    def __call__(self, name: str, candidates: Sequence[str], chosen: str, C_in: int, C_out: int,
+    def __call__(self, name: str, candidates: Sequence[str], chosen: str | None, C_in: int, C_out: int,
                  stride: int, **options: Any) -> nn.Module: ...
 
 
-def fixed(name: str, candidates: Sequence[str], chosen: str, C_in: int, C_out: int, stride: int,
+def fixed(name: str, candidates: Sequence[str], chosen: str | None, C_in: int, C_out: int, stride: int,
           **options: Any) -> nn.Module:
     """The default chooser: build exactly the chosen op."""
+    if chosen is None:
+        raise ValueError(f"decision {name!r} has no chosen op; the fixed chooser builds architectures, not supernets")
     return build_op(chosen, C_in, C_out, stride, **options)
 
 

@@ -80,9 +80,9 @@ def split_half(split: Any, seed: int) -> tuple[Any, Any]:
 
 
 def _rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()  # type: ignore[misc]
     return {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
-            "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]]}
+            "numpy": [kind, torch.from_numpy(np.asarray(keys).astype(np.int64)), pos, has_gauss, cached]}
 
 
 def _set_rng_state(state: Mapping[str, Any]) -> None:
@@ -169,10 +169,7 @@ class DARTS:
         chooser = MixedChooser(self.partial_channels)
         supernet = build_supernet(space, task, chooser, edge_normalization=self.normalize_edges,
                                   method=self.label).to(task.device)
-        w_opt = torch.optim.SGD(supernet.weight_parameters(), lr=self.lr, momentum=self.momentum,
-                                weight_decay=self.weight_decay)
-        a_opt = torch.optim.Adam(supernet.arch_parameters(), lr=self.arch_lr, betas=(0.5, 0.999),
-                                 weight_decay=self.arch_weight_decay)
+        w_opt, a_opt = self.optimizers(supernet)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(w_opt, self.epochs, eta_min=self.lr_min)
         w_split, a_split = split_half(task.train, seed)
         if min(len(w_split), len(a_split)) < 2:
@@ -180,7 +177,7 @@ class DARTS:
         costs = None
         if self.penalty is not None:
             example = next(iter(task.val.batches(1)))[0]
-            spatial = record_spatial(supernet, example) if self.penalty == "compute" else None
+            spatial: Any = record_spatial(supernet, example) if self.penalty == "compute" else None
             costs = candidate_costs(chooser, self.penalty, spatial)
         generator = torch.Generator().manual_seed(seed + 1)
         history: list[dict[str, Any]] = []
@@ -199,18 +196,7 @@ class DARTS:
             a_batches = a_split.batches(self.batch_size, shuffle=True, generator=generator, drop_last=True)
             for (xw, yw), (xa, ya) in zip(w_split.batches(self.batch_size, shuffle=True, generator=generator,
                                                           drop_last=True), a_batches, strict=False):
-                a_opt.zero_grad(set_to_none=True)
-                if self.unrolled:
-                    self.unrolled_backward(supernet, w_opt, xw, yw, xa, ya, costs, skip_on)
-                else:
-                    self._arch_loss(supernet, xa, ya, costs, skip_on).backward()
-                a_opt.step()
-                w_opt.zero_grad(set_to_none=True)
-                logits = supernet(xw)
-                loss = F.cross_entropy(logits, yw)
-                loss.backward()
-                nn.utils.clip_grad_norm_(supernet.weight_parameters(), self.grad_clip)
-                w_opt.step()
+                logits, loss = self.step(supernet, w_opt, a_opt, (xw, yw), (xa, ya), costs, skip_on)
                 seen += len(yw)
                 correct += int((logits.detach().argmax(1) == yw).sum())
                 loss_sum += float(loss.detach()) * len(yw)
@@ -220,10 +206,10 @@ class DARTS:
             arch = derive(space, supernet)
             skips = skip_count(arch)
             record = {"epoch": epoch, "train_acc": round(correct / max(seen, 1), 6),
-                      "train_loss": round(loss_sum / max(seen, 1), 6),
+                      "train_loss": round(float(loss_sum) / max(seen, 1), 6),
                       "valid_acc": round(evaluate(supernet, task.val)["acc"], 6),
                       "alpha_entropy": round(supernet.entropy(), 6), "skips": skips,
-                      "lr": round(sched.get_last_lr()[0], 6), "weights": supernet.probabilities(),
+                      "lr": round(float(sched.get_last_lr()[0]), 6), "weights": supernet.probabilities(),
                       "arch": arch}
             if costs is not None:
                 with torch.no_grad():
@@ -248,6 +234,34 @@ class DARTS:
                 break
         arch = derive(space, supernet)
         return arch, {"history": history, "stopped": stopped, "epochs_run": len(history)}
+
+    def step(self, supernet: Supernet, w_opt: torch.optim.Optimizer, a_opt: torch.optim.Optimizer,
+             w_batch: tuple[torch.Tensor, torch.Tensor], a_batch: tuple[torch.Tensor, torch.Tensor],
+             costs: Mapping[str, Any] | None = None, skip_on: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """One search step: the architecture update on `a_batch`, then the weight update on `w_batch`.
+        Returns the weight step's logits and loss."""
+        (xw, yw), (xa, ya) = w_batch, a_batch
+        a_opt.zero_grad(set_to_none=True)
+        if self.unrolled:
+            self.unrolled_backward(supernet, w_opt, xw, yw, xa, ya, costs, skip_on)
+        else:
+            self._arch_loss(supernet, xa, ya, costs, skip_on).backward()
+        a_opt.step()
+        w_opt.zero_grad(set_to_none=True)
+        logits = supernet(xw)
+        loss = F.cross_entropy(logits, yw)
+        loss.backward()
+        nn.utils.clip_grad_norm_(supernet.weight_parameters(), self.grad_clip)
+        w_opt.step()
+        return logits, loss
+
+    def optimizers(self, supernet: Supernet) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
+        """SGD on the weights, Adam on the architecture weights (DARTS' settings)."""
+        w_opt = torch.optim.SGD(supernet.weight_parameters(), lr=self.lr, momentum=self.momentum,
+                                weight_decay=self.weight_decay)
+        a_opt = torch.optim.Adam(supernet.arch_parameters(), lr=self.arch_lr, betas=(0.5, 0.999),
+                                 weight_decay=self.arch_weight_decay)
+        return w_opt, a_opt
 
     def _arch_loss(self, supernet: Supernet, x: torch.Tensor, y: torch.Tensor,
                    costs: Mapping[str, Any] | None, skip_on: bool) -> torch.Tensor:

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nasopt.errors import UserError
-from nasopt.ops import OPS, build_op
+from nasopt.ops import OPS, build_op, layers_nd
 
 __all__ = ["MixedOp", "MixedChooser", "Supernet", "channel_shuffle", "param_key"]
 
@@ -58,8 +58,17 @@ class MixedOp(nn.Module):
                             f"decision {name!r} maps {C_in} -> {C_out}; use partial_channels=1 or a wider space")
         self.name, self.candidates, self.stride, self.partial = name, tuple(candidates), stride, partial
         c_in, c_out = C_in // partial, C_out // partial
-        self.ops = nn.ModuleList(build_op(op, c_in, c_out, stride, **options) for op in self.candidates)
+        self.ops = nn.ModuleList(self._candidate(op, c_in, c_out, stride, **options) for op in self.candidates)
         self.weights: torch.Tensor | None = None  # set by the Supernet before every forward pass
+
+    @staticmethod
+    def _candidate(op: str, C_in: int, C_out: int, stride: int, **options: Any) -> nn.Module:
+        """The op from the table; in an affine-free (search) cell a pool gets an affine-free BatchNorm
+        after it, as in DARTS' search network, so its scale matches the parametric ops'."""
+        module = build_op(op, C_in, C_out, stride, **options)
+        if "pool" in op and options.get("affine") is False:
+            module = nn.Sequential(module, layers_nd(int(options.get("dim", 2))).bn(C_out, affine=False))
+        return module
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weights
@@ -186,8 +195,8 @@ def expected_cost(supernet: Supernet, costs: Mapping[str, Sequence[float]]) -> t
     return torch.stack(terms).sum() / total if terms else torch.zeros(())
 
 
-def candidate_costs(chooser: MixedChooser, kind: str, spatial: Mapping[str, Sequence[int]] | None = None
-                    ) -> dict[str, list[float]]:
+def candidate_costs(chooser: MixedChooser, kind: str,
+                    spatial: Mapping[str, Sequence[tuple[int, ...]]] | None = None) -> dict[str, list[float]]:
     """Per decision and candidate: parameters ("memory") or MACs ("compute") of the full-width op.
 
     MACs need the input's spatial size at each place (`spatial[name]`, recorded during one forward pass
