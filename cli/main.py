@@ -104,13 +104,31 @@ def apply_sets(spec: Any, sets: Sequence[str]) -> Any:
     scalar = [f.name for f in dataclasses.fields(spec) if f.name not in ("objectives", "constraints")
               and f.name not in nested]
     known = scalar + [f"{n}.{f.name}" for n, obj in nested.items() for f in dataclasses.fields(obj)]
+    known += list(dict.fromkeys(f"strategy.{f.name}" for cls in _strategy_classes() for f in dataclasses.fields(cls)))
     top: dict[str, Any] = {}
     samplers = []
     for item in sets:
         key, sep, raw = item.partition("=")
         if not sep or key not in known:
             raise UserError(f"unknown --set key {key!r}; known keys: {', '.join(known)}")
-        if "." in key:
+        if key.startswith("strategy."):  # applies to every gradient method of the study file
+            name = key.split(".", 1)[1]
+            strategies = top.get("strategy", spec.strategy)
+            if strategies is None:
+                raise UserError(f"--set {key} needs a study with a `strategy` (or --set strategy=darts first)")
+            many = isinstance(strategies, (list, tuple))
+            changed = []
+            for st in strategies if many else [strategies]:
+                fields = {f.name: f for f in dataclasses.fields(st)}
+                if name not in fields:
+                    raise UserError(f"--set {key}: {type(st).__name__} has no field {name!r}; its fields: "
+                                    f"{', '.join(fields)}")
+                changed.append(dataclasses.replace(st, **{name: _parse(key, raw, getattr(st, name), fields[name].type)}))
+            top["strategy"] = changed if many else changed[0]
+        elif key == "strategy":
+            top["strategy"] = make_strategy(raw)
+            top["sampler"] = None
+        elif "." in key:
             group, name = key.split(".", 1)
             field = {f.name: f for f in dataclasses.fields(nested[group])}[name]
             value = _parse(key, raw, getattr(nested[group], name), field.type)
@@ -127,8 +145,35 @@ def apply_sets(spec: Any, sets: Sequence[str]) -> Any:
     spec = dataclasses.replace(spec, **top, **nested)
     for name in samplers:
         sampler = make_sampler(name, seed=spec.seed, n_objectives=len(spec.objectives), space=spec.space)
-        spec = dataclasses.replace(spec, sampler=sampler)
+        spec = dataclasses.replace(spec, sampler=sampler, strategy=None)
     return spec
+
+
+# gradient methods by name (`--set strategy=NAME`): "module:Class" and the settings that make the variant
+STRATEGIES: dict[str, tuple[str, dict[str, Any]]] = {
+    "darts": ("nasopt.oneshot.darts:DARTS", {}),
+    "darts_2nd": ("nasopt.oneshot.darts:DARTS", {"unrolled": True}),
+    "pc_darts": ("nasopt.oneshot.darts:DARTS", {"partial_channels": 4}),
+}
+
+
+def _strategy_classes() -> list[Any]:
+    import importlib
+
+    paths = dict.fromkeys(path for path, _ in STRATEGIES.values())
+    return [getattr(importlib.import_module(p.split(":")[0]), p.split(":")[1]) for p in paths]
+
+
+def make_strategy(name: str) -> Any:
+    """A gradient method by name with its default settings (`--set strategy=NAME`)."""
+    import importlib
+
+    if name not in STRATEGIES:
+        raise UserError(f"unknown strategy {name!r}; gradient methods: {', '.join(STRATEGIES)} "
+                        "(samplers go in --sampler)")
+    path, kwargs = STRATEGIES[name]
+    module, cls = path.split(":")
+    return getattr(importlib.import_module(module), cls)(**kwargs)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -147,8 +192,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("\ninterrupted: the running trial will be retried; run the same command to resume",
               file=sys.stderr)
         return 130
-    print(f"study {spec.name!r}: {finished_count(study)} trials finished "
-          f"(storage {mask_url(args.storage or spec.storage or DEFAULT_STORAGE)})")
+    where = f"(storage {mask_url(args.storage or spec.storage or DEFAULT_STORAGE)})"
+    if spec.strategy is not None:
+        from nasopt.oneshot._trial import STRATEGY_KEY
+
+        gradient = [t for t in study.get_trials(deepcopy=False) if STRATEGY_KEY in t.system_attrs and t.state.is_finished()]
+        print(f"study {spec.name!r}: {len(gradient)} gradient trial(s) finished, "
+              f"{finished_count(study)} sampled {where}")
+    else:
+        print(f"study {spec.name!r}: {finished_count(study)} trials finished {where}")
     print(_table(study, top=5))
     return 0
 
@@ -165,7 +217,7 @@ def _table(study: Any, top: int) -> str:
         frame = frame.sort_values(frame.columns[2], ascending=study.direction.name == "MINIMIZE").head(top)
     if frame.empty:
         return "no finished trials yet"
-    columns = ["number", *study.metric_names, "params", "macs", "latency_ms", "arch"]
+    columns = ["number", "strategy", *study.metric_names, "params", "macs", "latency_ms", "arch"]
     columns = list(dict.fromkeys(c for c in columns if c in frame.columns))
     title = "Pareto set" if multi else f"top {top} trials"
     with pd.option_context("display.max_colwidth", 80, "display.width", 200):

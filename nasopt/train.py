@@ -40,6 +40,9 @@ class TrainConfig:
     # NHWC makes depthwise convs 2-3x faster on CPU (oneDNN) but dense small convs slower;
     # None picks it when the model has grouped/depthwise convolutions
     channels_last: bool | None = None
+    # networks with an auxiliary head (DARTS cells with auxiliary=True) leave `aux_logits` after a
+    # training forward pass; their loss is added with this weight (DARTS: 0.4)
+    aux_weight: float = 0.4
 
     def __post_init__(self) -> None:
         rules = [
@@ -47,6 +50,7 @@ class TrainConfig:
             (self.batch_size >= 1, f"`batch_size >= 1` must hold, but got batch_size={self.batch_size}"),
             (self.lr > 0, f"`lr > 0` must hold, but got lr={self.lr}"),
             (self.weight_decay >= 0, f"`weight_decay >= 0` must hold, but got weight_decay={self.weight_decay}"),
+            (self.aux_weight >= 0, f"`aux_weight >= 0` must hold, but got aux_weight={self.aux_weight}"),
             (0 <= self.label_smoothing < 1, f"`0 <= label_smoothing < 1` must hold, but got {self.label_smoothing}"),
             (self.optimizer in OPTIMIZERS, f"unknown optimizer {self.optimizer!r}; choose one of {list(OPTIMIZERS)}"),
         ]
@@ -132,8 +136,11 @@ def train(model: nn.Module, task: Any, config: TrainConfig, *, seed: int = 0,
     result = TrainResult()
     start = time.perf_counter()
     model.train()
+    epoch_start = getattr(model, "on_epoch_start", None)  # e.g. DARTS' linearly growing drop-path rate
     for epoch in range(1, config.epochs + 1):
         t0 = time.perf_counter()
+        if callable(epoch_start):
+            epoch_start(epoch - 1, config.epochs)
         loss_sum = torch.zeros((), device=task.device)
         correct = torch.zeros((), device=task.device, dtype=torch.long)
         seen = 0
@@ -141,6 +148,9 @@ def train(model: nn.Module, task: Any, config: TrainConfig, *, seed: int = 0,
                                                                drop_last=len(task.train) % config.batch_size == 1)):
             logits = model(x.contiguous(memory_format=fmt))
             loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
+            aux = getattr(model, "aux_logits", None)
+            if aux is not None:
+                loss = loss + config.aux_weight * F.cross_entropy(aux, y, label_smoothing=config.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if config.grad_clip is not None:

@@ -35,12 +35,13 @@ class Conv1dSpace(DartsCellSpace):
     def __init__(self, *, in_channels: int | None = None, C: int = 8, layers: int = 3, nodes: int = 4,
                  multiplier: int | None = None, stem_multiplier: int = 3, input_bn: bool = False,
                  auxiliary: bool = False, drop_path: float = 0.0, genotype: str | Genotype | None = None,
-                 ops: Sequence[str] = CONV1D_OPS) -> None:
+                 ops: Sequence[str] = CONV1D_OPS, search_C: int | None = None,
+                 search_layers: int | None = None) -> None:
         if in_channels is not None and in_channels < 1:
             raise ValueError(f"`in_channels >= 1` must hold, but got {in_channels=}")
         super().__init__(C=C, layers=layers, nodes=nodes, multiplier=multiplier, stem_multiplier=stem_multiplier,
                          auxiliary=auxiliary, drop_path=drop_path, skeleton="cifar", genotype=genotype, ops=ops,
-                         input_bn=input_bn)
+                         input_bn=input_bn, search_C=search_C, search_layers=search_layers)
         self.in_channels = in_channels
 
     def _in_channels(self, task: Any) -> int:

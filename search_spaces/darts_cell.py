@@ -183,7 +183,8 @@ class DartsCellSpace:
 
     Small defaults train on 8x8 digits in seconds; the paper's evaluation network is
     `DartsCellSpace(C=36, layers=20, auxiliary=True, drop_path=0.2)`, its search network
-    `supernet` of `DartsCellSpace(C=16, layers=8)`. `genotype` (a bundled name such as "DARTS_V2", a
+    `supernet` of `DartsCellSpace(C=16, layers=8)`; `search_C`/`search_layers` give the supernet its own
+    size, so one space serves both: `DartsCellSpace(C=36, layers=20, search_C=16, search_layers=8, ...)`. `genotype` (a bundled name such as "DARTS_V2", a
     printed Genotype or a Genotype) fixes the cells: every decision then has the genotype's value as its
     one choice, and nodes and concat come from the genotype. `skeleton` "auto" takes the ImageNet
     skeleton for 2-D inputs of at least 128 pixels a side, else the CIFAR one.
@@ -194,7 +195,8 @@ class DartsCellSpace:
 
     def __init__(self, *, C: int = 8, layers: int = 5, nodes: int = 4, multiplier: int | None = None,
                  stem_multiplier: int = 3, auxiliary: bool = False, drop_path: float = 0.0, skeleton: str = "auto",
-                 genotype: str | Genotype | None = None, ops: Sequence[str] = PRIMITIVES, input_bn: bool = False) -> None:
+                 genotype: str | Genotype | None = None, ops: Sequence[str] = PRIMITIVES, input_bn: bool = False,
+                 search_C: int | None = None, search_layers: int | None = None) -> None:
         multiplier = nodes if multiplier is None else multiplier
         for rule, ok in [("C >= 1", C >= 1), ("layers >= 1", layers >= 1), ("nodes >= 1", nodes >= 1),
                          ("1 <= multiplier <= nodes", 1 <= multiplier <= nodes),
@@ -209,6 +211,8 @@ class DartsCellSpace:
             raise UserError(f"{type(self).__name__}(ops=...) cannot use {bad[0] if bad else 'no ops'!r}; "
                             f"choose among: {', '.join(known)}")
         self.C, self.layers, self.stem_multiplier, self.ops = C, layers, stem_multiplier, tuple(ops)
+        # the supernet may be smaller than the evaluation network (DARTS: 8 cells of C=16 vs 20 of C=36)
+        self.search_C, self.search_layers = search_C or C, search_layers or layers
         self.auxiliary, self.drop_path, self.skeleton, self.input_bn = auxiliary, drop_path, skeleton, input_bn
         self.candidates = ("none", *self.ops)  # the supernet's per-edge candidates, in `derive`'s order
         self.genotype = None if genotype is None else parse_genotype(genotype)
@@ -256,7 +260,9 @@ class DartsCellSpace:
         return f"{self.prefix}:" + ";".join(cells)
 
     # -- networks ----------------------------------------------------------------------------
-    def _network(self, task: Any, make_cell: Any, auxiliary: bool, drop_path: float) -> DartsNetwork:
+    def _network(self, task: Any, make_cell: Any, auxiliary: bool, drop_path: float,
+                 size: tuple[int, int] | None = None) -> DartsNetwork:
+        C, layers = size or (self.C, self.layers)
         shape = tuple(task.input_shape)
         if len(shape) != 1 + self.dim:
             want = "(channels, length) signals" if self.dim == 1 else "(channels, height, width) images"
@@ -265,8 +271,8 @@ class DartsCellSpace:
         skeleton = self.skeleton
         if skeleton == "auto":
             skeleton = "imagenet" if self.dim == 2 and min(shape[1:]) >= 128 else "cifar"
-        return DartsNetwork(in_channels=self._in_channels(task), num_classes=task.num_classes, C=self.C,
-                            layers=self.layers, make_cell=make_cell, skeleton=skeleton,
+        return DartsNetwork(in_channels=self._in_channels(task), num_classes=task.num_classes, C=C,
+                            layers=layers, make_cell=make_cell, skeleton=skeleton,
                             stem_multiplier=self.stem_multiplier, auxiliary=auxiliary, drop_path=drop_path,
                             input_bn=self.input_bn, dim=self.dim)
 
@@ -311,7 +317,8 @@ class DartsCellSpace:
                      for k in range(self.nodes[t]) for i in range(k + 2)]
             return Cell(edges, self.concat[t], C_pp, C_p, C, reduction, reduction_prev, False, self.dim)
 
-        return self._network(task, make_cell, auxiliary=False, drop_path=0.0)
+        return self._network(task, make_cell, auxiliary=False, drop_path=0.0,
+                             size=(self.search_C, self.search_layers))
 
     def derive(self, weights: Mapping[str, Sequence[float]]) -> dict[str, Any]:
         """Decisions from per-edge weights over `self.candidates` (DARTS' rule): each node keeps the two
