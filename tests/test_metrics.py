@@ -10,7 +10,6 @@ import textwrap
 import warnings
 from types import SimpleNamespace
 
-import optuna
 import pytest
 import torch
 import torchvision
@@ -31,14 +30,6 @@ PROVENANCE = {"device", "device_name", "threads", "batch_size", "input_shape", "
 
 def close(a: float, b: float, rel: float = 0.01) -> bool:
     return abs(a - b) <= rel * abs(b)
-
-
-@pytest.fixture(autouse=True)
-def _quiet_optuna():
-    verbosity = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    yield
-    optuna.logging.set_verbosity(verbosity)
 
 
 @pytest.fixture(scope="module")

@@ -16,14 +16,6 @@ from nasopt.samplers import SAMPLERS, REASampler, make_sampler
 from nasopt.samplers._rea import CHILD_KEY, _fitness, _mutate_value
 
 
-@pytest.fixture(autouse=True)
-def _quiet_optuna():
-    verbosity = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    yield
-    optuna.logging.set_verbosity(verbosity)
-
-
 class TestREASampler(BasicSamplerTestCase, MultiObjectiveSamplerTestCase):
     # a small population, so the evolution (not only the random warm-up) runs in these tests
     @pytest.fixture

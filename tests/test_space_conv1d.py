@@ -30,14 +30,6 @@ def n_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-@pytest.fixture(autouse=True)
-def _quiet_optuna():
-    verbosity = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    yield
-    optuna.logging.set_verbosity(verbosity)
-
-
 # ----------------------------------------------------------------------------------------- 1-D ops
 
 @pytest.mark.parametrize("name", ["none", *CONV1D_OPS])

@@ -33,14 +33,6 @@ def task(shape, num_classes=10):
     return SimpleNamespace(input_shape=shape, num_classes=num_classes)
 
 
-@pytest.fixture(autouse=True)
-def _quiet_optuna():
-    verbosity = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    yield
-    optuna.logging.set_verbosity(verbosity)
-
-
 def expected_names(arch) -> set[str]:
     names = {"n_layers", "dense.units"}
     for i in range(arch["n_layers"]):

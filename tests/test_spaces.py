@@ -59,14 +59,6 @@ def many_archs(space, n: int = 20) -> list[dict]:
     return [space.suggest(study.ask()) for _ in range(n)]
 
 
-@pytest.fixture(autouse=True)
-def _quiet_optuna():
-    verbosity = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    yield
-    optuna.logging.set_verbosity(verbosity)
-
-
 # ------------------------------------------------------------------------------------------- contract
 
 @pytest.mark.parametrize("name", list(SPACES))
