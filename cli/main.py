@@ -154,6 +154,8 @@ STRATEGIES: dict[str, tuple[str, dict[str, Any]]] = {
     "darts": ("nasopt.oneshot.darts:DARTS", {}),
     "darts_2nd": ("nasopt.oneshot.darts:DARTS", {"unrolled": True}),
     "pc_darts": ("nasopt.oneshot.darts:DARTS", {"partial_channels": 4}),
+    "proxyless": ("nasopt.oneshot.proxyless:ProxylessNAS", {}),
+    "enas": ("nasopt.oneshot.enas:ENAS", {}),
 }
 
 
@@ -217,7 +219,7 @@ def _table(study: Any, top: int) -> str:
         frame = frame.sort_values(frame.columns[2], ascending=study.direction.name == "MINIMIZE").head(top)
     if frame.empty:
         return "no finished trials yet"
-    columns = ["number", "strategy", *study.metric_names, "params", "macs", "latency_ms", "arch"]
+    columns = ["number", *study.metric_names, "params", "macs", "latency_ms", "strategy", "arch"]
     columns = list(dict.fromkeys(c for c in columns if c in frame.columns))
     title = "Pareto set" if multi else f"top {top} trials"
     with pd.option_context("display.max_colwidth", 80, "display.width", 200):
@@ -344,6 +346,10 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--port", type=int, default=8080)
     d.add_argument("--host", default="127.0.0.1")
     d.set_defaults(func=cmd_dashboard)
+
+    from nasopt.cli.latency import add_parser as add_latency_table
+
+    add_latency_table(sub)
     return p
 
 

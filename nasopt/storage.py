@@ -106,6 +106,7 @@ def set_user_attrs(trial: optuna.Trial, attrs: Mapping[str, Any]) -> None:
 def close_storage(storage: object) -> None:
     """Close pooled connections; an SQLite file goes back to its ordinary rollback journal, so later
     reading commands (ls, show, pandas) open it without creating -wal/-shm files beside it."""
+    storage = getattr(storage, "_backend", storage)  # a study's storage is Optuna's cache around the RDB one
     engine = getattr(storage, "engine", None)
     if engine is None:
         return

@@ -13,6 +13,7 @@ import runpy
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -88,6 +89,9 @@ def test_run_creates_default_storage_and_prints_pareto_set(mobile_run):
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     assert sorted(p.name for p in cwd.iterdir()) == ["nasopt.db"]
+    # the run used WAL; at its end the file is back in SQLite's rollback journal (readers add no files)
+    with sqlite3.connect(cwd / "nasopt.db") as connection:
+        assert connection.execute("PRAGMA journal_mode").fetchone() == ("delete",)
     study = load(cwd / "nasopt.db", "tiny_mobile")
     assert study.metric_names == ["accuracy", "latency_ms", "params"]
     assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE", "MINIMIZE"]
