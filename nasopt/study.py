@@ -190,6 +190,9 @@ def run(spec: StudySpec, *, storage: str | optuna.storages.BaseStorage | None = 
     dev = _device(spec.device)
     task = _load(spec, dev)
     _dry_build(spec, task)
+    for strategy in (spec.strategy if isinstance(spec.strategy, (list, tuple)) else [spec.strategy]):
+        if strategy is not None and hasattr(strategy, "check"):
+            strategy.check(spec.space, task)  # e.g. DARTS on a space with depth choices: refused, nothing written
     level = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # the progress bar and our messages say it all
     with warnings.catch_warnings():

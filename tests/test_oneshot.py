@@ -20,7 +20,7 @@ import nasopt
 from nasopt.oneshot import DARTS, MixedChooser, MixedOp, Supernet
 from nasopt.oneshot.darts import build_supernet, derive
 from nasopt.oneshot.mixed import candidate_costs, channel_shuffle, expected_cost, record_spatial
-from nasopt.search_spaces.mobile import MobileSpace
+from nasopt.search_spaces.layers import LayersSpace
 from nasopt.search_spaces.nano import NanoSpace
 from nasopt.space import random_arch
 
@@ -160,7 +160,7 @@ def test_resource_penalty_ranks_candidates_by_cost(digits_task):
 
 def test_darts_needs_a_fixed_edge_set(digits_task):
     with pytest.raises(nasopt.UserError, match="fixed set of edges"):
-        build_supernet(MobileSpace(), digits_task, MixedChooser())
+        build_supernet(LayersSpace(), digits_task, MixedChooser())
 
 
 def test_a_darts_run_is_one_complete_trial_like_a_sampled_one(tmp_path):
@@ -260,12 +260,21 @@ def test_bad_strategy_inputs(tmp_path):
     with pytest.raises(nasopt.UserError, match="penalty"):
         DARTS(penalty="energy")
     study = tmp_path / "mobile_darts.py"
-    study.write_text("import nasopt\nfrom nasopt.oneshot import DARTS\nfrom nasopt.search_spaces.mobile import "
-                     "MobileSpace\nstudy = nasopt.StudySpec(name='m', space=MobileSpace(), strategy=DARTS(epochs=1))\n")
+    study.write_text("import nasopt\nfrom nasopt.oneshot import DARTS\nfrom nasopt.search_spaces.layers import "
+                     "LayersSpace\nstudy = nasopt.StudySpec(name='m', space=LayersSpace(), strategy=DARTS(epochs=1))\n")
     out = subprocess.run([sys.executable, "-m", "nasopt.cli", "run", str(study), "-q"], cwd=tmp_path, env=ENV,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "fixed set of edges" in out.stderr and len(out.stderr.strip().splitlines()) == 1
-    assert not (tmp_path / "nasopt.db").exists() or read_trials(tmp_path / "nasopt.db") == []
+    assert not (tmp_path / "nasopt.db").exists()
+    for space, words in [("DartsCellSpace(genotype='DARTS_V9')", "DARTS_V2"),
+                         ("DartsCellSpace(genotype=\"Genotype(normal=[('sep_conv_3x3', 0)\")", "genotype"),
+                         ("DartsCellSpace(ops=('sep_conv_3x3', 'warp_conv'))", "warp_conv")]:
+        study.write_text("import nasopt\nfrom nasopt.oneshot import DARTS\nfrom nasopt.search_spaces.darts_cell import "
+                         f"DartsCellSpace\nstudy = nasopt.StudySpec(name='m', space={space}, strategy=DARTS(epochs=1))\n")
+        out = subprocess.run([sys.executable, "-m", "nasopt.cli", "run", str(study), "-q"], cwd=tmp_path, env=ENV,
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 2 and words in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+        assert not (tmp_path / "nasopt.db").exists()
 
 
 def test_random_arch_of_the_space_is_a_valid_supernet_path(digits_task):

@@ -154,6 +154,12 @@ class DARTS:
     def config(self) -> dict[str, Any]:
         return {"method": type(self).__name__, "label": self.label, **asdict(self)}
 
+    def check(self, space: Any, task: Any) -> None:
+        """Raise UserError before anything is stored when this method cannot search `space` on `task`."""
+        build_supernet(space, task, MixedChooser(self.partial_channels), edge_normalization=self.normalize_edges,
+                       method=self.label)
+        split_half(task.train, 0)
+
     # -------------------------------------------------------------------------------------------- search
 
     def search(self, space: Any, task: Any, *, seed: int, resume: Mapping[str, Any] | None = None,
