@@ -128,7 +128,8 @@ def run(name: str, seed: int, n_trials: int) -> dict[str, float]:
         last = range(max(10, len(study.trials) - 5), len(study.trials)) or range(len(study.trials))
         print(f"  {name:20s} seed {seed}  trials {len(study.trials):4d}  "
               f"{statistics.fmean(sampler.wall[i] for i in last):6.2f} s/trial (last 5)  "
-              f"elapsed {time.perf_counter() - started:7.1f} s", flush=True)
+              f"elapsed {time.perf_counter() - started:7.1f} s  "
+              f"hypervolume so far {hypervolume([t.values for t in study.trials]):.4f}", flush=True)
     bo = range(10, n_trials)  # after the random startup
     end = range(max(10, n_trials - 10), n_trials)
     def mean(times: dict[int, float], trials: range) -> float:
