@@ -9,7 +9,9 @@ Decisions (parameter names):
 - `stage{s}.block{b}.expand` expansion ratio of block b (only for b < depth), one of `expands`
 
 A stage's first block changes channels and may stride; blocks past the depth are identities (the
-`skip` candidate of their slot), which is how a supernet expresses the same depth choice.
+`skip` candidate of their slot), which is how a supernet expresses the same depth choice:
+`supernet(task, choose)` builds every block with all candidates (at one width) and `derive(weights)`
+maps per-block weights back to these decisions (ProxylessNAS).
 The stem and stage strides adapt to the input size: an 8x8 digit ends at 2x2, a 32x32 CIFAR image
 at 4x4 and a 224x224 image at 7x7 (with enough stages).
 """
@@ -17,7 +19,7 @@ at 4x4 and a 224x224 image at 7x7 (with enough stages).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -113,21 +115,64 @@ class MobileSpace:
 
     # -- network -----------------------------------------------------------------------------
     def build(self, arch: Mapping[str, Any], task: Any, choose: Chooser = fixed) -> nn.Module:
+        def chosen(s: int, b: int) -> str:
+            name = f"stage{s}.block{b}"
+            if b >= int(arch[f"stage{s}.depth"]):
+                return "skip"
+            return f"mbconv_k{arch[f'{name}.kernel']}_e{arch[f'{name}.expand']}"
+
+        return self._network(task, float(arch["width"]), choose, chosen)
+
+    def supernet(self, task: Any, choose: Chooser, *, width: float | None = None) -> nn.Module:
+        """Every block up to `max_depth`, one `choose(f"stage{s}.block{b}", candidates, None, ...)` each:
+        the mbconv candidates, plus `skip` for the blocks a shallower stage drops (b >= 1). The width is not
+        relaxed: the supernet is built at one `width` (default the largest of `widths`)."""
+        return self._network(task, self._search_width(width), choose, lambda s, b: None)
+
+    def derive(self, weights: Mapping[str, Sequence[float]], *, width: float | None = None) -> dict[str, Any]:
+        """The architecture of the most probable candidate per block of `supernet`: a stage keeps its
+        non-`skip` blocks in order (dropping a block is the identity), so its depth is their number."""
+        ops = {f"mbconv_k{k}_e{e}": (k, e) for k in self.kernels for e in self.expands}
+        arch: dict[str, Any] = {"width": self._search_width(width)}
+        for s in range(1, self.stages + 1):
+            kept = []
+            for b in range(self.max_depth):
+                name = f"stage{s}.block{b}"
+                candidates = self.candidates + (["skip"] if b > 0 else [])
+                if name not in weights or len(weights[name]) != len(candidates):
+                    raise ValueError(f"`derive` needs {len(candidates)} weights for {name!r} (candidates "
+                                     f"{candidates}), but got {weights.get(name)!r}")
+                best = candidates[int(np.argmax(np.asarray(weights[name], dtype=np.float64)))]
+                if best != "skip":
+                    kept.append(ops[best])
+            arch[f"stage{s}.depth"] = len(kept)
+            for b, (k, e) in enumerate(kept):
+                arch[f"stage{s}.block{b}.kernel"], arch[f"stage{s}.block{b}.expand"] = k, e
+        return arch
+
+    def _search_width(self, width: float | None) -> float:
+        """`width` as the space's own choice (the largest when None)."""
+        if width is None:
+            return max(self.widths)
+        if width not in self.widths:
+            raise UserError(f"width {width} is not one of the space's widths {self.widths}; pick one of them")
+        return self.widths[self.widths.index(width)]
+
+    def _network(self, task: Any, width: float, choose: Chooser,
+                 chosen: Callable[[int, int], str | None]) -> nn.Module:
+        """stem -> stages of `choose`n blocks -> head; `chosen(s, b)` names block b's op (None: supernet)."""
         in_channels, size = task.input_shape[0], min(task.input_shape[1:])
-        width = float(arch["width"])
         stem_stride, strides = strides_for(size, self.stages)
         C_in = _round8(self.stem_channels * width)
         stem = ConvBNAct(in_channels, C_in, 3, stem_stride, act=self.act)
         blocks: list[nn.Module] = []
         for s in range(1, self.stages + 1):
             C_out = _round8(self.channels[s - 1] * width)
-            depth = int(arch[f"stage{s}.depth"])
             for b in range(self.max_depth):
                 name = f"stage{s}.block{b}"
-                chosen = (f"mbconv_k{arch[f'{name}.kernel']}_e{arch[f'{name}.expand']}" if b < depth else "skip")
                 candidates = self.candidates + (["skip"] if b > 0 else [])
                 stride = strides[s - 1] if b == 0 else 1
-                op = choose(name, candidates, chosen, C_in, C_out, stride, act=self.act, se=self.se)
+                op = choose(name, candidates, chosen(s, b), C_in, C_out, stride, act=self.act, se=self.se)
                 if not isinstance(op, nn.Identity):
                     blocks.append(op)
                 C_in = C_out

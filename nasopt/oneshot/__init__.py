@@ -4,7 +4,10 @@
                              strategy=[nasopt.oneshot.DARTS(epochs=20), nasopt.oneshot.DARTS(partial_channels=4)])
 """
 
+from nasopt.oneshot.controller import Controller
 from nasopt.oneshot.darts import DARTS
+from nasopt.oneshot.enas import ENAS
 from nasopt.oneshot.mixed import MixedChooser, MixedOp, Supernet
+from nasopt.oneshot.proxyless import ProxylessNAS
 
-__all__ = ["DARTS", "MixedChooser", "MixedOp", "Supernet"]
+__all__ = ["DARTS", "ProxylessNAS", "ENAS", "Controller", "MixedChooser", "MixedOp", "Supernet"]

@@ -60,6 +60,9 @@ class MixedOp(nn.Module):
         c_in, c_out = C_in // partial, C_out // partial
         self.ops = nn.ModuleList(self._candidate(op, c_in, c_out, stride, **options) for op in self.candidates)
         self.weights: torch.Tensor | None = None  # set by the Supernet before every forward pass
+        # single-path mode (ENAS): the indices of the candidates a controller picked, their outputs summed;
+        # only those run, so each step trains only its path's share of the weights
+        self.path: tuple[int, ...] | None = None
 
     @staticmethod
     def _candidate(op: str, C_in: int, C_out: int, stride: int, **options: Any) -> nn.Module:
@@ -71,6 +74,9 @@ class MixedOp(nn.Module):
         return module
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.path is not None:
+            outs = [self.ops[i](x) for i in self.path]
+            return outs[0] if len(outs) == 1 else torch.stack(outs).sum(0)
         w = self.weights
         assert w is not None, "MixedOp used outside its Supernet"
         if self.partial == 1:
@@ -88,7 +94,10 @@ class MixedChooser:
     """A Chooser that builds a MixedOp per call and records each decision's candidates.
 
     Calls with the same `name` (e.g. the same edge in every cell of a type) share one set of alphas.
+    A subclass may set `op_class` to a MixedOp subclass (ProxylessNAS' binary-gated op).
     """
+
+    op_class: type[MixedOp] = MixedOp
 
     def __init__(self, partial_channels: int = 1) -> None:
         if not isinstance(partial_channels, int) or partial_channels < 1:
@@ -108,7 +117,7 @@ class MixedChooser:
         if previous != tuple(candidates):
             raise UserError(f"decision {name!r} offers different candidates in different places: {previous} "
                             f"and {tuple(candidates)}; a one-shot search needs one candidate list per name")
-        op = MixedOp(name, candidates, C_in, C_out, stride, self.partial, **options)
+        op = self.op_class(name, candidates, C_in, C_out, stride, self.partial, **options)
         self.ops.append(op)
         self.full_width.setdefault(name, []).append((C_in, C_out, stride, options))
         return op

@@ -15,8 +15,9 @@ import optuna
 from nasopt.errors import UserError
 from nasopt.samplers._pnas import PNASSampler
 from nasopt.samplers._rea import REASampler
+from nasopt.samplers._rl import RLSampler
 
-__all__ = ["SAMPLERS", "make_sampler", "REASampler", "PNASSampler", "BoTorchPoolSampler"]
+__all__ = ["SAMPLERS", "make_sampler", "REASampler", "PNASSampler", "RLSampler", "BoTorchPoolSampler"]
 
 
 def __getattr__(name: str) -> Any:
@@ -76,6 +77,10 @@ def _pnas(*, seed: int | None = None, space: Any = None, **_: Any) -> optuna.sam
     return PNASSampler(space, seed=seed)
 
 
+def _rl(*, seed: int | None = None, space: Any = None, **_: Any) -> optuna.samplers.BaseSampler:
+    return RLSampler(space, seed=seed)
+
+
 def _botorch(*, seed: int | None = None, space: Any = None, **_: Any) -> optuna.samplers.BaseSampler:
     try:
         from nasopt.samplers._botorch import BoTorchPoolSampler
@@ -104,6 +109,7 @@ SAMPLERS: dict[str, SamplerFactory] = {
     "gp": _gp,
     "rea": _rea,
     "pnas": _pnas,
+    "rl": _rl,
     "botorch": _botorch,
 }
 

@@ -50,6 +50,7 @@ from optuna.trial import FrozenTrial, TrialState
 from threadpoolctl import threadpool_limits
 from torch.special import log_ndtr
 
+from nasopt.samplers._standin import StandInTrial
 from nasopt.space import SearchSpace, encode_params
 
 __all__ = ["BoTorchPoolSampler"]
@@ -72,35 +73,6 @@ def _draw(dist: BaseDistribution, rng: random.Random) -> Any:
         value = low + step * rng.randrange(int(round((high - low) / step)) + 1)
         return int(value) if isinstance(low, int) else float(min(value, high))
     return float(rng.uniform(low, high))
-
-
-class _PoolTrial:
-    """A stand-in for `optuna.Trial` that lets a space's `suggest` run thousands of times a second.
-
-    Decisions listed in `fixed` are replayed, the others drawn at random; `params` records what the
-    space actually asked for, so a conditional space yields a consistent architecture.
-    """
-
-    def __init__(self, rng: random.Random, fixed: Mapping[str, Any] | None = None) -> None:
-        self.rng, self.fixed = rng, fixed or {}
-        self.params: Arch = {}
-
-    def _suggest(self, name: str, dist: BaseDistribution) -> Any:
-        value = self.fixed[name] if name in self.fixed else _draw(dist, self.rng)
-        self.params[name] = value
-        return value
-
-    def suggest_categorical(self, name: str, choices: Any) -> Any:
-        value = self.fixed[name] if name in self.fixed else choices[self.rng.randrange(len(choices))]
-        self.params[name] = value
-        return value
-
-    def suggest_int(self, name: str, low: int, high: int, *, step: int = 1, log: bool = False) -> int:
-        return self._suggest(name, optuna.distributions.IntDistribution(low, high, step=step, log=log))
-
-    def suggest_float(self, name: str, low: float, high: float, *, step: float | None = None,
-                      log: bool = False) -> float:
-        return self._suggest(name, FloatDistribution(low, high, step=step, log=log))
 
 
 def _encode(archs: list[Arch], dists: Mapping[str, BaseDistribution]) -> torch.Tensor:
@@ -201,6 +173,7 @@ class BoTorchPoolSampler(BaseSampler):
         self._n_candidates, self._n_mutations, self._max_fit_iter = n_candidates, n_mutations, max_fit_iter
         self._independent_sampler = independent_sampler or RandomSampler(seed=seed)
         self._rng = random.Random(seed)
+        self._dists: dict[tuple[Any, ...], BaseDistribution] = {}  # built for the space's suggest, reused
         self._intersection = optuna.search_space.IntersectionSearchSpace()
         self._warm: dict[str, dict[str, torch.Tensor]] = {}  # GP hyperparameters of the last fit, per model
         self._refit_at: dict[str, int] = {}  # re-optimise them once this many trials are observed
@@ -364,6 +337,9 @@ class BoTorchPoolSampler(BaseSampler):
         """An architecture that keeps `fixed` where the space still asks for it and draws the rest."""
         if self._space is None:
             return {n: fixed[n] if n in fixed else _draw(d, self._rng) for n, d in space.items()}
-        trial = _PoolTrial(self._rng, fixed)
+        # decisions in `fixed` are replayed, the others drawn; `params` records what the space actually
+        # asked for, so a conditional space yields a consistent architecture
+        trial = StandInTrial(lambda name, dist: fixed[name] if name in fixed else _draw(dist, self._rng),
+                             self._dists)
         self._space.suggest(trial)  # type: ignore[arg-type]
         return self._restrict(trial.params, space)

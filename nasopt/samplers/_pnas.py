@@ -34,22 +34,22 @@ random.
 from __future__ import annotations
 
 import math
-import threading
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-from optuna._hypervolume import compute_hypervolume  # Optuna's own exact (WFG) hypervolume
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
-from optuna.samplers import BaseSampler, RandomSampler
 from optuna.study import Study, StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from nasopt.errors import UserError
 from nasopt.metrics import count_macs, count_params
+from nasopt.samplers._base import MISSING, ArchSampler, fit_value
+from nasopt.samplers._standin import StandInTrial
+from nasopt.samplers._surrogate import best_hv, ensemble_predict, pareto_mask, ranked, ridge
 from nasopt.space import encode_params
 
 __all__ = ["PNASSampler"]
@@ -57,19 +57,9 @@ __all__ = ["PNASSampler"]
 ARCH_KEY, INFO_KEY = "pnas:arch", "pnas:info"
 _COSTS = ("params", "macs", "latency_ms", "memory_mb")  # positive metrics, modelled on log scale
 _REFERENCE_SHAPE = (3, 32, 32)
-_MISSING: Any = object()
 
 
-def _fit(dist: BaseDistribution, value: Any) -> Any:
-    """`value` in the type of `dist` if `dist` contains it, else `_MISSING`."""
-    try:
-        internal = dist.to_internal_repr(value)
-        return dist.to_external_repr(internal) if dist._contains(internal) else _MISSING
-    except (ValueError, TypeError):
-        return _MISSING
-
-
-def _draw(dist: BaseDistribution, rng: np.random.Generator, avoid: Any = _MISSING) -> Any:
+def _draw(dist: BaseDistribution, rng: np.random.Generator, avoid: Any = MISSING) -> Any:
     """A random value of `dist` (uniform, on log scale for log distributions), unequal to `avoid` if possible."""
     for _ in range(8):
         u = rng.random()  # one uniform per draw: `rng.integers` costs ten times more per call
@@ -88,7 +78,7 @@ def _draw(dist: BaseDistribution, rng: np.random.Generator, avoid: Any = _MISSIN
             else:
                 x = low + u * (high - low)
             value = int(min(max(round(x), low), high)) if isinstance(dist, IntDistribution) else float(min(max(x, low), high))
-        if avoid is _MISSING or value != avoid:
+        if avoid is MISSING or value != avoid:
             break
     return value
 
@@ -98,133 +88,21 @@ def _key(arch: Mapping[str, Any]) -> tuple[Any, ...]:
     return tuple(sorted(arch.items()))
 
 
-class _DrawTrial:
-    """Stands in for `optuna.Trial` inside `space.suggest` (which only calls `suggest_*`): a decision
-    comes from `pinned`, else from `base` (except the one to `redraw`), else is drawn at random."""
+def _chooser(rng: np.random.Generator, pinned: Mapping[str, Any], base: Mapping[str, Any] | None = None,
+             redraw: str | None = None) -> Callable[[str, BaseDistribution], Any]:
+    """The drawing rule of a `StandInTrial`: a decision comes from `pinned`, else from `base` (except the one
+    to `redraw`, drawn unequal to its base value if possible), else is drawn at random."""
+    base = base or {}
 
-    def __init__(self, rng: np.random.Generator, base: Mapping[str, Any] | None = None,
-                 redraw: str | None = None, pinned: Mapping[str, Any] | None = None,
-                 dists: dict[tuple[Any, ...], BaseDistribution] | None = None) -> None:
-        self.rng, self.base, self.redraw, self.pinned = rng, base or {}, redraw, pinned or {}
-        self.dists = {} if dists is None else dists  # shared across draws: building a distribution is slow
-        self.params: dict[str, Any] = {}
+    def choose(name: str, dist: BaseDistribution) -> Any:
+        value = fit_value(dist, pinned[name]) if name in pinned else MISSING
+        if value is MISSING and name != redraw and name in base:
+            value = fit_value(dist, base[name])
+        if value is MISSING:
+            value = _draw(dist, rng, base.get(name, MISSING) if name == redraw else MISSING)
+        return value
 
-    def _dist(self, kind: type[BaseDistribution], *args: Any) -> BaseDistribution:
-        key = (kind, *args)
-        dist = self.dists.get(key)
-        if dist is None:
-            dist = self.dists[key] = kind(*args)
-        return dist
-
-    def take(self, name: str, dist: BaseDistribution) -> Any:
-        if name not in self.params:
-            value = _fit(dist, self.pinned[name]) if name in self.pinned else _MISSING
-            if value is _MISSING and name != self.redraw and name in self.base:
-                value = _fit(dist, self.base[name])
-            if value is _MISSING:
-                value = _draw(dist, self.rng, self.base.get(name, _MISSING) if name == self.redraw else _MISSING)
-            self.params[name] = value
-        return self.params[name]
-
-    def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any:
-        return self.take(name, self._dist(CategoricalDistribution, tuple(choices)))
-
-    def suggest_int(self, name: str, low: int, high: int, *, step: int = 1, log: bool = False) -> int:
-        return int(self.take(name, self._dist(IntDistribution, low, high, log, step)))
-
-    def suggest_float(self, name: str, low: float, high: float, *, step: float | None = None,
-                      log: bool = False) -> float:
-        return float(self.take(name, self._dist(FloatDistribution, low, high, log, step)))
-
-
-def _ensemble(X: np.ndarray, Y: np.ndarray, Xq: np.ndarray, *, members: int, steps: int, seed: int,
-              hidden: int = 64, lr: float = 1e-2, decay: float = 1e-3) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and std over `members` MLPs (d -> hidden -> K, ReLU) of their predictions at Xq.
-
-    The members are trained at once as batched matrices, each on its own bootstrap resample, by full-batch
-    Adam. Gradients are written out by hand: for these tiny tensors autograd's overhead is several times
-    the arithmetic, and the sampler runs this once per trial.
-    """
-    g = torch.Generator().manual_seed(seed)
-    y_mean, y_std = Y.mean(0), np.where(Y.std(0) > 0, Y.std(0), 1.0)
-    (n, d), K, E = X.shape, Y.shape[1], members
-    ones = np.ones((n, 1), dtype=np.float32)
-    x = torch.as_tensor(np.hstack([X, ones]), dtype=torch.float32).expand(E, n, d + 1)  # bias folded in W1
-    y = torch.as_tensor((Y - y_mean) / y_std, dtype=torch.float32)  # (n, K)
-    picks = torch.randint(n, (E, n), generator=g)  # bootstrap: member e counts sample i w[e, i] times
-    w = torch.zeros(E, n).scatter_add_(1, picks, torch.ones(E, n)).mul_(2.0 / (n * K)).unsqueeze(2)
-    shapes = [(E, d + 1, hidden), (E, hidden, K), (E, 1, K)]
-    sizes = [math.prod(s) for s in shapes]
-    theta, grad = torch.zeros(sum(sizes)), torch.zeros(sum(sizes))
-    W1, W2, b2 = (t.view(s) for t, s in zip(theta.split(sizes), shapes, strict=True))
-    gW1, gW2, gb2 = (t.view(s) for t, s in zip(grad.split(sizes), shapes, strict=True))
-    W1[:, :d].normal_(0.0, math.sqrt(2.0 / max(d, 1)), generator=g)
-    W2.normal_(0.0, math.sqrt(1.0 / hidden), generator=g)
-    m, v = torch.zeros_like(theta), torch.zeros_like(theta)
-    with torch.no_grad():
-        for t in range(1, steps + 1):
-            a = torch.bmm(x, W1).clamp_min_(0.0)  # (E, n, hidden)
-            g_out = torch.baddbmm(b2, a, W2).sub_(y).mul_(w)  # d(weighted mean squared error)/d(out), (E, n, K)
-            torch.bmm(a.transpose(1, 2), g_out, out=gW2)
-            torch.sum(g_out, 1, keepdim=True, out=gb2)
-            g_a = torch.bmm(g_out, W2.transpose(1, 2)).mul_(a > 0)
-            torch.bmm(x.transpose(1, 2), g_a, out=gW1)
-            grad.add_(theta, alpha=decay)  # L2 weight decay
-            m.lerp_(grad, 0.1)  # Adam, betas (0.9, 0.999), bias corrections folded into the step size
-            v.mul_(0.999).addcmul_(grad, grad, value=0.001)
-            root = math.sqrt(1 - 0.999**t)
-            theta.addcdiv_(m, v.sqrt().add_(1e-8 * root), value=-lr * root / (1 - 0.9**t))
-        xq = torch.as_tensor(np.hstack([Xq, np.ones((len(Xq), 1))]), dtype=torch.float32).expand(E, len(Xq), d + 1)
-        out = torch.baddbmm(b2, torch.bmm(xq, W1).clamp_min_(0.0), W2).numpy()  # (E, N, K)
-    out = out * y_std + y_mean
-    return out.mean(0), out.std(0)
-
-
-def _ridge(F: np.ndarray, y: np.ndarray, Fq: np.ndarray, alpha: float = 1e-2) -> np.ndarray:
-    """Ridge regression on standardised features; the prediction at Fq."""
-    mu, sd = F.mean(0), F.std(0)
-    sd = np.where(sd > 1e-12, sd, 1.0)  # a constant feature stays zero
-    A, Aq = (F - mu) / sd, (Fq - mu) / sd
-    w = np.linalg.solve(A.T @ A + alpha * len(F) * np.eye(A.shape[1]), A.T @ (y - y.mean()))
-    return Aq @ w + y.mean()
-
-
-def _pareto(Z: np.ndarray) -> np.ndarray:
-    """Mask of the rows of Z (losses) that no other row dominates."""
-    le = (Z[None, :, :] <= Z[:, None, :]).all(2)  # le[i, j]: row j is nowhere worse than row i
-    lt = (Z[None, :, :] < Z[:, None, :]).any(2)
-    return ~np.any(le & lt, axis=1)
-
-
-def _ranked(Z: np.ndarray, n: int) -> list[int]:
-    """The first `n` rows of Z by non-dominated front, then by the first column."""
-    order: list[int] = []
-    rest = np.arange(len(Z))
-    while len(order) < n and len(rest):
-        on = _pareto(Z[rest])
-        front = rest[on]
-        order += front[np.argsort(Z[front, 0], kind="stable")].tolist()
-        rest = rest[~on]
-    return order[:n]
-
-
-def _best_hv(Z_obs: np.ndarray, Z_cand: np.ndarray) -> int:
-    """Index of the candidate with the largest hypervolume improvement over the observed front."""
-    if Z_cand.shape[1] == 1:
-        return int(np.argmin(Z_cand[:, 0]))
-    both = np.vstack([Z_obs, Z_cand])
-    lo, span = both.min(0), np.ptp(both, 0)
-    span = np.where(span > 0, span, 1.0)
-    front, cand = (Z_obs - lo) / span, (Z_cand - lo) / span
-    front = front[_pareto(front)]
-    ref = np.full(Z_cand.shape[1], 1.1)
-    base = compute_hypervolume(front, ref)
-    gain = np.array([compute_hypervolume(np.vstack([front, c]), ref) - base for c in cand])
-    if gain.max() > 1e-12:
-        return int(np.argmax(gain))
-    # all predicted dominated: the smallest shift in every objective that would put one on the front
-    depth = np.max(np.min(cand[:, None, :] - front[None, :, :], axis=2), axis=1)
-    return int(np.argmin(depth))
+    return choose
 
 
 @dataclass(frozen=True)
@@ -252,7 +130,7 @@ class _Objectives:
         return float(math.expm1(self.signs[k] * loss) if self.logs[k] else self.signs[k] * loss)
 
 
-class PNASSampler(BaseSampler):
+class PNASSampler(ArchSampler):
     """Predictor-guided progressive architecture search (the algorithm is in the module docstring).
 
     Args:
@@ -266,6 +144,8 @@ class PNASSampler(BaseSampler):
         n_shortlist: candidates built, counted and compared by hypervolume with several objectives.
         seed: seeds the candidates, the predictor and the random fallback.
     """
+
+    attr_key = ARCH_KEY
 
     def __init__(self, space: Any = None, *, n_startup_trials: int = 10, n_candidates: int = 1000,
                  ensemble: int = 5, input_shape: Sequence[int] | None = None, num_classes: int = 10,
@@ -291,51 +171,19 @@ class PNASSampler(BaseSampler):
         self._task = _Task(tuple(int(s) for s in input_shape or _REFERENCE_SHAPE), num_classes)
         self._can_count = space is not None
         self._decisions = set(space.distributions()) if space is not None and hasattr(space, "distributions") else set()
+        super().__init__(fallback_seed=None if seed is None else seed + 1)
         self._rng = np.random.default_rng(seed)
-        self._random = RandomSampler(seed=None if seed is None else seed + 1)
-        self._lock = threading.Lock()
-        self._decided: dict[int, tuple[Any, dict[str, Any]]] = {}  # trial id -> (storage, arch)
         self._built: dict[Any, dict[str, Any]] = {}  # arch key -> {"x": encoding, "params": n, "macs": n}
         self._encoded: dict[Any, np.ndarray] = {}  # arch key -> space.encode(arch)
         self._dists: dict[tuple[Any, ...], BaseDistribution] = {}
 
     def reseed_rng(self) -> None:
         self._rng = np.random.default_rng()
-        self._random.reseed_rng()
-
-    def infer_relative_search_space(self, study: Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
-        return {}
-
-    def sample_relative(self, study: Study, trial: FrozenTrial,
-                        search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
-        return {}
-
-    def sample_independent(self, study: Study, trial: FrozenTrial, param_name: str,
-                           param_distribution: BaseDistribution) -> Any:
-        arch = self._arch(study, trial)
-        value = _fit(param_distribution, arch[param_name]) if param_name in arch else _MISSING
-        if value is _MISSING:
-            return self._random.sample_independent(study, trial, param_name, param_distribution)
-        return value
-
-    def _arch(self, study: Study, trial: FrozenTrial) -> dict[str, Any]:
-        """The trial's architecture: decided at its first parameter, then read back (memory, else storage)."""
-        with self._lock:
-            storage, arch = self._decided.get(trial._trial_id, (None, None))
-            if storage is study._storage and arch is not None:
-                return arch
-            arch = study._storage.get_trial_system_attrs(trial._trial_id).get(ARCH_KEY)
-            if arch is None:
-                arch, info = self._decide(study, trial)
-                study._storage.set_trial_system_attr(trial._trial_id, ARCH_KEY, arch)
-                study._storage.set_trial_system_attr(trial._trial_id, INFO_KEY, info)
-            if len(self._decided) > 1024:
-                self._decided.clear()
-            self._decided[trial._trial_id] = (study._storage, arch)
-            return arch
+        super().reseed_rng()
 
     # -- one decision ----------------------------------------------------------------------------
-    def _decide(self, study: Study, trial: FrozenTrial) -> tuple[dict[str, Any], dict[str, Any]]:
+    def decide(self, study: Study, trial: FrozenTrial) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The trial's architecture (stored under `pnas:arch`) and how it was chosen (under `pnas:info`)."""
         trials = study.get_trials(deepcopy=False)
         complete = [t for t in trials if t.state == TrialState.COMPLETE and t.values is not None
                     and all(math.isfinite(v) for v in t.values)]
@@ -343,15 +191,12 @@ class PNASSampler(BaseSampler):
         startup = len(complete) < max(self._n_startup, 2)
         fraction = self._fraction(n_done)
         if self._space is None and startup:
-            return {}, {"stage": "startup"}  # every parameter drawn at random
+            return {}, {INFO_KEY: {"stage": "startup"}}  # every parameter drawn at random
         pinned = {**trial.system_attrs.get("fixed_params", {}), **trial.params}
         union: dict[str, BaseDistribution] = {}
         for t in trials:
             union.update(t.distributions)
-        if self._space is None:
-            draws = [self._draw_union(union, pinned) for _ in range(self._n_candidates)]
-        else:
-            draws = [self._draw_space(_DrawTrial(self._rng, pinned=pinned, dists=self._dists)) for _ in range(self._n_candidates)]
+        draws = [self._new_arch(union, pinned) for _ in range(self._n_candidates)]
         obj = self._objectives(study)
         losses = np.array([[obj.loss(k, v) for k, v in enumerate(t.values)] for t in complete])
         losses = losses.reshape(len(complete), len(obj.kinds))
@@ -377,7 +222,7 @@ class PNASSampler(BaseSampler):
             chosen, info["predicted"] = self._propose(obj, complete, losses, archs, keys, X, complexity, index, union)
         if complexity is not None:
             self._count(archs[chosen], keys[chosen])  # one more exact point for the size estimate
-        return archs[chosen], info
+        return archs[chosen], {INFO_KEY: info}
 
     def _fraction(self, n_done: int) -> float:
         """The allowed lowest-complexity share of the pool after `n_done` finished trials."""
@@ -388,32 +233,28 @@ class PNASSampler(BaseSampler):
             return 1.0
         return self._start + (1 - self._start) * max(0, grown) / self._grow
 
-    def _draw_space(self, t: _DrawTrial) -> dict[str, Any]:
-        self._space.suggest(t)
-        return t.params
-
-    def _draw_union(self, union: Mapping[str, BaseDistribution], pinned: Mapping[str, Any],
-                    base: Mapping[str, Any] | None = None, redraw: str | None = None) -> dict[str, Any]:
-        t = _DrawTrial(self._rng, base=base, redraw=redraw, pinned=pinned, dists=self._dists)
-        for name in sorted(union):
-            t.take(name, union[name])
-        return t.params
+    def _new_arch(self, union: Mapping[str, BaseDistribution], pinned: Mapping[str, Any],
+                  base: Mapping[str, Any] | None = None, redraw: str | None = None) -> dict[str, Any]:
+        """An architecture by `_chooser`'s rule, through the space's `suggest` (else over `union` by name)."""
+        trial = StandInTrial(_chooser(self._rng, pinned, base, redraw), self._dists)
+        if self._space is None:
+            for name in sorted(union):
+                trial.take(name, union[name])
+        else:
+            self._space.suggest(trial)
+        return trial.params
 
     def _mutations(self, complete: list[FrozenTrial], losses: np.ndarray, union: Mapping[str, BaseDistribution],
                    pinned: Mapping[str, Any]) -> list[dict[str, Any]]:
         """One-decision mutations of the incumbents (the best trial; the Pareto front with several objectives)."""
         parents = ([complete[int(np.argmin(losses[:, 0]))]] if losses.shape[1] == 1
-                   else [complete[i] for i in np.flatnonzero(_pareto(losses))])
+                   else [complete[i] for i in np.flatnonzero(pareto_mask(losses))])
         out = []
         for _ in range(max(1, self._n_candidates // 4)):
             parent = parents[int(self._rng.integers(len(parents)))].params
             names = sorted(n for n in parent if n in (self._decisions or union)) or sorted(parent)
             redraw = names[int(self._rng.integers(len(names)))]
-            if self._space is None:
-                out.append(self._draw_union(union, pinned, base=parent, redraw=redraw))
-            else:
-                out.append(self._draw_space(_DrawTrial(self._rng, base=parent, redraw=redraw, pinned=pinned,
-                                                             dists=self._dists)))
+            out.append(self._new_arch(union, pinned, base=parent, redraw=redraw))
         return out
 
     def _encode(self, arch: Mapping[str, Any], key: Any, union: Mapping[str, BaseDistribution]) -> np.ndarray:
@@ -425,7 +266,7 @@ class PNASSampler(BaseSampler):
                 x = self._encoded[key] = np.asarray(self._space.encode(arch), dtype=np.float32)
             return x
         # keep only values the current distributions contain (a study's ranges may change)
-        return encode_params({n: v for n, v in arch.items() if n in union and _fit(union[n], v) is not _MISSING},
+        return encode_params({n: v for n, v in arch.items() if n in union and fit_value(union[n], v) is not MISSING},
                              union)
 
     # -- exact counts and complexity ---------------------------------------------------------------
@@ -466,7 +307,7 @@ class PNASSampler(BaseSampler):
             return active
         F = np.stack([e["x"] for e in self._built.values()])
         y = np.log(np.array([e["params"] for e in self._built.values()], dtype=float) + 1.0)
-        size = _ridge(F, y, X, alpha=1e-3)
+        size = ridge(F, y, X, alpha=1e-3)
         return active + 0.99 * (size - size.min()) / (np.ptp(size) + 1e-12)
 
     # -- prediction and choice -------------------------------------------------------------------
@@ -491,7 +332,7 @@ class PNASSampler(BaseSampler):
         X_obs = np.stack([self._encode(t.params, _key(t.params), union) for t in complete])
         mean = score = np.zeros((len(index), 0))
         if learned:
-            mean, std = _ensemble(X_obs, losses[:, learned], X[index], members=self._members, steps=self._steps,
+            mean, std = ensemble_predict(X_obs, losses[:, learned], X[index], members=self._members, steps=self._steps,
                                   seed=int(self._rng.integers(2**31)))
             score = mean - self._kappa * std  # optimistic: lower loss where the members disagree
         if len(obj.kinds) == 1 and learned:
@@ -502,7 +343,7 @@ class PNASSampler(BaseSampler):
             ranking = np.column_stack([score, complexity[index]])
         if ranking.shape[1] == 0:
             ranking = self._rng.random((len(index), 1))
-        short = _ranked(ranking, self._n_shortlist)
+        short = ranked(ranking, self._n_shortlist)
         cand = np.zeros((len(short), len(obj.kinds)))
         shown: list[dict[str, Any]] = [{} for _ in short]
         for j, k in enumerate(learned):
@@ -524,10 +365,10 @@ class PNASSampler(BaseSampler):
                         shown[s][obj.names[k]] = int(entry[obj.names[k]])  # type: ignore[index]
                 if kind == "cost":
                     assert F_obs is not None and F_new is not None
-                    cand[:, k] = _ridge(F_obs, losses[:, k], F_new, alpha=1e-1)
+                    cand[:, k] = ridge(F_obs, losses[:, k], F_new, alpha=1e-1)
                     for s in range(len(short)):
                         shown[s][obj.names[k]] = obj.value(k, float(cand[s, k]))
-        best = _best_hv(losses, cand)
+        best = best_hv(losses, cand)
         return int(index[short[best]]), shown[best]
 
     @staticmethod

@@ -41,20 +41,19 @@ from optuna.distributions import (
     FloatDistribution,
     IntDistribution,
 )
-from optuna.samplers import BaseSampler, RandomSampler
 from optuna.study import Study, StudyDirection
 from optuna.study._multi_objective import _fast_non_domination_rank
 from optuna.trial import FrozenTrial, TrialState
 
 from nasopt.errors import UserError
+from nasopt.samplers._base import ArchSampler
 
 __all__ = ["REASampler"]
 
 CHILD_KEY = "rea:child"  # system attr: {"params": {...}, "parents": [numbers], "mutated": name | None}
-_MAX_CACHED = 256
 
 
-class REASampler(BaseSampler):
+class REASampler(ArchSampler):
     """Regularized evolution over the params of define-by-run trials, single- or multi-objective.
 
     Args:
@@ -64,6 +63,8 @@ class REASampler(BaseSampler):
             before its mutation (0 gives the paper's pure mutation).
         seed: seed of the evolution and of the random fallback.
     """
+
+    attr_key = CHILD_KEY
 
     def __init__(self, *, population_size: int = 20, sample_size: int = 5, crossover_prob: float = 0.5,
                  seed: int | None = None) -> None:
@@ -76,49 +77,15 @@ class REASampler(BaseSampler):
         if not 0.0 <= crossover_prob <= 1.0:
             raise UserError(f"`0 <= crossover_prob <= 1` must hold, but got {crossover_prob=}")
         self.population_size, self.sample_size, self.crossover_prob = population_size, sample_size, crossover_prob
+        super().__init__(fallback_seed=seed)
         self._rng = np.random.RandomState(seed)
-        self._random = RandomSampler(seed=seed)
-        self._children: dict[int, dict[str, Any]] = {}  # trial id -> child record (saves storage reads)
 
     def reseed_rng(self) -> None:
         self._rng.seed()
-        self._random.reseed_rng()
+        super().reseed_rng()
 
-    # -- the sampler protocol: everything goes through sample_independent -------------------------
-    def infer_relative_search_space(self, study: Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
-        return {}
-
-    def sample_relative(self, study: Study, trial: FrozenTrial,
-                        search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
-        return {}
-
-    def sample_independent(self, study: Study, trial: FrozenTrial, param_name: str,
-                           param_distribution: BaseDistribution) -> Any:
-        params = self._child(study, trial)["params"]
-        if param_name in params and _contains(param_distribution, params[param_name]):
-            return params[param_name]
-        return self._random.sample_independent(study, trial, param_name, param_distribution)
-
-    def before_trial(self, study: Study, trial: FrozenTrial) -> None:
-        self._random.before_trial(study, trial)
-
-    def after_trial(self, study: Study, trial: FrozenTrial, state: TrialState,
-                    values: Sequence[float] | None) -> None:
-        self._children.pop(trial._trial_id, None)
-        self._random.after_trial(study, trial, state, values)
-
-    # -- one child per trial ---------------------------------------------------------------------
-    def _child(self, study: Study, trial: FrozenTrial) -> dict[str, Any]:
-        record = self._children.get(trial._trial_id)
-        if record is None:
-            record = trial.system_attrs.get(CHILD_KEY)
-        if record is None:
-            record = self._make_child(study)
-            study._storage.set_trial_system_attr(trial._trial_id, CHILD_KEY, record)
-        if len(self._children) >= _MAX_CACHED:  # trials that never reach after_trial must not pile up
-            self._children.pop(next(iter(self._children)))
-        self._children[trial._trial_id] = record
-        return record
+    def arch_of(self, decision: Any) -> Mapping[str, Any]:
+        return decision["params"]  # type: ignore[no-any-return]
 
     def population(self, study: Study) -> list[FrozenTrial]:
         """The last `population_size` COMPLETE trials in the order they finished (oldest first)."""
@@ -126,6 +93,11 @@ class REASampler(BaseSampler):
         complete.sort(key=lambda t: (t.datetime_complete.timestamp() if t.datetime_complete else -math.inf,
                                      t.number))
         return complete[-self.population_size:]
+
+    # -- one child per trial ---------------------------------------------------------------------
+    def decide(self, study: Study, trial: FrozenTrial) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The trial's child record (stored under `rea:child`); nothing else is stored."""
+        return self._make_child(study), {}
 
     def _make_child(self, study: Study) -> dict[str, Any]:
         population = self.population(study)
@@ -174,13 +146,6 @@ class REASampler(BaseSampler):
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-
-def _contains(distribution: BaseDistribution, value: Any) -> bool:
-    try:
-        return bool(distribution._contains(distribution.to_internal_repr(value)))
-    except (ValueError, TypeError):
-        return False
-
 
 def _fitness(population: Sequence[FrozenTrial], directions: Sequence[StudyDirection]
              ) -> list[tuple[float, float]]:
