@@ -39,7 +39,10 @@ def read_trials(db: Path) -> list[FrozenTrial] | None:
 
 def start_and_wait_mid_trial(cwd: Path) -> subprocess.Popen[str]:
     """Start the run; return once a trial has finished and the next one is RUNNING mid-training."""
-    proc = subprocess.Popen(COMMAND, cwd=cwd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # a shell without job control starts background jobs with SIGINT ignored, and children inherit that:
+    # give the run Python's usual Ctrl-C handling whatever started the test suite
+    proc = subprocess.Popen(COMMAND, cwd=cwd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         if proc.poll() is not None:

@@ -56,6 +56,11 @@ def test_every_strategy_proposes_valid_architectures_of_every_space(strategy, sp
             make_sampler(strategy, seed=0, n_objectives=n_objectives, space=space)
         return
     sampler = make_sampler(strategy, seed=0, n_objectives=n_objectives, space=space)
+    if strategy == "pnas":  # the contract, not the search quality: a small pool keeps the cell spaces quick
+        from nasopt.samplers._pnas import PNASSampler
+
+        assert isinstance(sampler, PNASSampler)
+        sampler = PNASSampler(space, seed=0, n_candidates=200, n_shortlist=4, train_steps=50, ensemble=2)
     study = optuna.create_study(sampler=sampler, directions=["maximize"] * n_objectives)
     study.optimize(_objective(space, n_objectives), n_trials=N_TRIALS)
     trials = study.get_trials()
