@@ -46,6 +46,10 @@ def load_study_file(path: str) -> Any:
     if not file.is_file():
         raise UserError(f"study file {path} not found; give the path of a .py file that defines `study = "
                         "nasopt.StudySpec(...)` (examples in studies/)")
+    if file.suffix.lower() in (".yaml", ".yml"):  # the same fields as StudySpec, names for objects
+        from nasopt.cli.yamlstudy import load_yaml_study
+
+        return load_yaml_study(str(file))
     try:
         namespace = runpy.run_path(str(file), run_name="__nasopt_study__")
     except UserError as e:
@@ -187,9 +191,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     sets += [f"sampler={args.sampler}"] if args.sampler else []
     sets += [f"pruner={args.pruner}"] if args.pruner else []
     spec = apply_sets(load_study_file(args.file), sets)
+    from nasopt.workers import Terminated
+
     try:
         study = nasopt.run(spec, storage=args.storage, n_trials=args.n_trials, timeout=args.timeout,
-                           device=args.device, progress=not args.quiet)
+                           device=args.device, progress=not args.quiet, workers=args.workers,
+                           trial_timeout=args.trial_timeout)
+    except Terminated:
+        print("\nterminated (SIGTERM): the running trial was marked failed and will be retried; run the same "
+              "command to resume", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("\ninterrupted: the running trial will be retried; run the same command to resume",
               file=sys.stderr)
@@ -266,9 +277,12 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
         warnings.simplefilter("ignore", FutureWarning)
         from optuna_dashboard import run_server
 
+    from nasopt.dashboard import FeasibilityView, artifact_folder
+
+    store = artifact_folder(args.storage, args.artifacts)  # trial pictures and kept weights, if the study has any
     print(f"optuna-dashboard on http://{args.host}:{args.port}/ (Ctrl-C to stop)", file=sys.stderr)
     try:
-        run_server(storage, host=args.host, port=args.port)
+        run_server(FeasibilityView(storage), host=args.host, port=args.port, artifact_store=store)
     except KeyboardInterrupt:
         pass
     except OSError as e:
@@ -309,7 +323,7 @@ def parser() -> argparse.ArgumentParser:
     storage_help = "storage URL (default sqlite:///nasopt.db in the working directory)"
 
     r = sub.add_parser("run", help="run or resume the study defined in a study file")
-    r.add_argument("file", help="a .py study file defining `study = nasopt.StudySpec(...)`")
+    r.add_argument("file", help="a .py study file defining `study = nasopt.StudySpec(...)`, or a .yaml one")
     r.add_argument("--storage", help=storage_help)
     r.add_argument("--n-trials", type=int, help="finished trials to reach in total (overrides the file)")
     r.add_argument("--timeout", type=float, help="stop starting new trials after this many seconds")
@@ -318,6 +332,10 @@ def parser() -> argparse.ArgumentParser:
                    help="override a study field, e.g. --set train.epochs=3 --set sampler=tpe")
     r.add_argument("--sampler", metavar="NAME", help="search strategy by name (same as --set sampler=NAME)")
     r.add_argument("--pruner", metavar="NAME", help="pruner by name (same as --set pruner=NAME)")
+    r.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="worker processes on this machine (needs journal:/// or postgresql:// storage); the same "
+                        "command on another machine joins the study; n_trials stays the total")
+    r.add_argument("--trial-timeout", type=float, metavar="S", help="fail a trial that runs longer than S seconds")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=cmd_run)
 
@@ -345,11 +363,18 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--storage", help=storage_help)
     d.add_argument("--port", type=int, default=8080)
     d.add_argument("--host", default="127.0.0.1")
+    d.add_argument("--artifacts", metavar="DIR", help="artifact folder (default <db>.artifacts beside an SQLite file)")
     d.set_defaults(func=cmd_dashboard)
 
     from nasopt.cli.latency import add_parser as add_latency_table
 
     add_latency_table(sub)
+    from nasopt.cli import export, profile, retrain  # export, train, profile: each module adds its subcommand
+    for module in (export, retrain, profile):
+        module.add_parser(sub)
+    from nasopt.cli import report
+
+    report.add_parser(sub)
     return p
 
 

@@ -5,6 +5,7 @@ one Optuna study, so optuna-dashboard, pandas and SQL see them all.
 """
 
 from nasopt.errors import UserError
+from nasopt.export import load_model
 from nasopt.metrics import MeasureConfig
 from nasopt.results import pareto_front, trials_frame
 from nasopt.study import StudySpec, run
@@ -12,7 +13,7 @@ from nasopt.train import TrainConfig
 
 __version__ = "0.1.0"
 
-__all__ = ["StudySpec", "TrainConfig", "MeasureConfig", "UserError", "run", "trials_frame", "pareto_front",
+__all__ = ["StudySpec", "TrainConfig", "MeasureConfig", "UserError", "run", "trials_frame", "pareto_front", "load_model",
            "nano_nas", "search", "benchmark", "__version__"]
 
 _ONE_LINE = ("nano_nas", "search", "benchmark")

@@ -6,6 +6,7 @@ objectives in the study's metric order. Reasons for PRUNED and FAIL states are u
 
 from __future__ import annotations
 
+import datetime
 import os
 import socket
 import time
@@ -13,41 +14,49 @@ from typing import TYPE_CHECKING, Any
 
 import optuna
 import torch
-from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from nasopt.inherit import DECISIONS_ATTR, Recorder, inherit, save_weights
 from nasopt.metrics import count_macs, count_params, measure_latency, peak_memory
 from nasopt.nanobench import NanoBench
+from nasopt.pictures import keep_weights, save_picture
 from nasopt.pruners import CurvePruner
 from nasopt.space import fixed
-from nasopt.storage import MAX_RETRY, set_user_attrs
+from nasopt.storage import MAX_RETRY, retry_callback, set_user_attrs  # noqa: F401  (MAX_RETRY: oneshot._trial)
 from nasopt.train import train
 
 if TYPE_CHECKING:
     from nasopt.study import StudySpec
 
-__all__ = ["Objective", "CATCH", "recover_dead_local_trials", "retry_interrupted", "trial_seed"]
+__all__ = ["Objective", "CATCH", "recover_dead_local_trials", "retry_interrupted", "retry_own_running", "trial_seed"]
 
 # out-of-memory ends a trial as FAIL (reason stored) and the study goes on; other errors are bugs
 CATCH: tuple[type[Exception], ...] = tuple(
     {getattr(torch, "OutOfMemoryError", MemoryError), torch.cuda.OutOfMemoryError, MemoryError})
 
-WORKER_KEY = "nasopt:worker"
+WORKER_KEY = "nasopt:worker"  # system attr: host, pid, start time (and worker index and seed) of the runner
 INTERRUPTED_KEY = "nasopt:interrupted"
+ORPHAN_AFTER = 120.0  # seconds a RUNNING trial may go without a worker claiming it before it is retried
+WORKER_INFO: dict[str, Any] = {}  # this process's worker index and sampler seed (set by the runner)
 
 
-def _start_time(pid: int) -> str | None:
-    """The process start time from /proc (tells a live process from a reused pid), None if unknown."""
+def _stat(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (state first), None if unknown."""
     try:
         with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[19]
+            return f.read().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return None
 
 
+def _start_time(pid: int) -> str | None:
+    """The process start time from /proc (tells a live process from a reused pid), None if unknown."""
+    fields = _stat(pid)
+    return fields[19] if fields and len(fields) > 19 else None
+
+
 def _worker() -> dict[str, Any]:
-    return {"host": socket.gethostname(), "pid": os.getpid(), "start": _start_time(os.getpid())}
+    return {"host": socket.gethostname(), "pid": os.getpid(), "start": _start_time(os.getpid()), **WORKER_INFO}
 
 
 def _alive(worker: dict[str, Any]) -> bool:
@@ -58,36 +67,66 @@ def _alive(worker: dict[str, Any]) -> bool:
         return False
     except PermissionError:
         return True
-    started = _start_time(pid)
+    fields = _stat(pid)
+    if fields and fields[0] in ("Z", "X"):  # killed, not yet reaped by its parent: dead all the same
+        return False
+    started = fields[19] if fields and len(fields) > 19 else None
     return started is None or worker.get("start") is None or started == worker["start"]
 
 
-def _retry(study: optuna.Study, trial: FrozenTrial) -> None:
-    study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-    RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)(study, study._storage.get_trial(trial._trial_id))
+def _retry(study: optuna.Study, trial: FrozenTrial) -> bool:
+    """Fail a RUNNING trial and queue its retry (same params); False when another worker got there first."""
+    try:
+        study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return False
+    retry_callback()(study, study._storage.get_trial(trial._trial_id))
+    return True
 
 
-def recover_dead_local_trials(study: optuna.Study) -> list[int]:
-    """Fail-and-retry RUNNING trials whose worker process on this host is gone (no grace period)."""
+def recover_dead_local_trials(study: optuna.Study, trials: list[FrozenTrial] | None = None) -> list[int]:
+    """Fail-and-retry RUNNING trials whose worker process on this host is gone (no grace period), and
+    trials that no worker ever claimed (a worker died between Optuna's `ask` and the objective).
+    `trials`: the study's trials when the caller has just read them."""
     host, recovered = socket.gethostname(), []
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+    now = datetime.datetime.now()
+    running = [t for t in (study.get_trials(deepcopy=False) if trials is None else trials)
+               if t.state == TrialState.RUNNING]
+    for t in running:
         worker = t.system_attrs.get(WORKER_KEY)
-        if worker and worker.get("host") == host and worker.get("pid") != os.getpid() and not _alive(worker):
-            _retry(study, t)
+        if worker is None:
+            started = t.datetime_start
+            dead = started is not None and (now - started.replace(tzinfo=None)).total_seconds() > ORPHAN_AFTER
+        else:
+            dead = worker.get("host") == host and worker.get("pid") != os.getpid() and not _alive(worker)
+        if dead and _retry(study, t):
             recovered.append(t.number)
     return recovered
 
 
+def retry_own_running(study: optuna.Study) -> list[int]:
+    """After SIGTERM or Ctrl-C: fail this process's RUNNING trials and queue them again (same params)."""
+    return [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if _own(t) and _retry(study, t)]
+
+
+def _own(t: FrozenTrial) -> bool:
+    worker = t.system_attrs.get(WORKER_KEY) or {}
+    return worker.get("host") == socket.gethostname() and worker.get("pid") == os.getpid()
+
+
 def retry_interrupted(study: optuna.Study) -> None:
-    """After Ctrl-C: queue the interrupted trial again so the next run trains it (same params)."""
+    """After Ctrl-C or SIGTERM: queue this process's interrupted trial again so that a worker trains it
+    (same params). Other workers' trials are theirs to queue: two retries of one trial would run it twice."""
     trials = study.get_trials(deepcopy=False)
     retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
     for t in trials:
-        if t.system_attrs.get(INTERRUPTED_KEY) and t.number not in retried:
+        if t.system_attrs.get(INTERRUPTED_KEY) and t.number not in retried and _own(t):
             if t.state == TrialState.RUNNING:
                 _retry(study, t)
             elif t.state == TrialState.FAIL:
-                RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)(study, t)
+                retry_callback()(study, t)
+    retry_own_running(study)
 
 
 def trial_seed(base: int, number: int) -> int:
@@ -99,10 +138,16 @@ class Objective:
 
     def __init__(self, spec: StudySpec, task: Any, store: Any = None) -> None:
         self.spec, self.task, self.store = spec, task, store
+        # the study's trials as the runner read them just before this trial (saves one read per trial);
+        # used once, by the duplicate lookup, then dropped
+        self.known: list[FrozenTrial] | None = None
 
     def _evaluated(self, study: optuna.Study, params: dict[str, Any], number: int) -> FrozenTrial | None:
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
-            if t.number != number and t.params == params and "reused_from" not in t.user_attrs:
+        known, self.known = self.known, None
+        trials = known if known is not None else study.get_trials(deepcopy=False)
+        for t in trials:
+            if (t.state in (TrialState.COMPLETE, TrialState.PRUNED) and t.number != number and t.params == params
+                    and "reused_from" not in t.user_attrs):
                 return t
         return None
 
@@ -113,6 +158,7 @@ class Objective:
         for key, value in prev.system_attrs.items():
             if key.startswith("constraints:"):
                 trial.set_constraint(key.split(":", 1)[1], value)
+        save_picture(trial, self.spec.space, trial.params, self.store, task=self.task, directory=self.spec.artifacts)
         if prev.state == TrialState.PRUNED:
             raise optuna.TrialPruned(f"same architecture as trial {prev.number}: "
                                      f"{prev.user_attrs.get('pruned_reason', 'pruned')}")
@@ -133,6 +179,8 @@ class Objective:
             trial.set_user_attr("fail_reason", f"out of memory: {str(e).splitlines()[0] if str(e) else ''}")
             raise
         except KeyboardInterrupt:
+            if WORKER_KEY not in trial.storage.get_trial_system_attrs(trial._trial_id):  # stopped at once
+                trial.storage.set_trial_system_attr(trial._trial_id, WORKER_KEY, _worker())
             trial.storage.set_trial_system_attr(trial._trial_id, INTERRUPTED_KEY, True)
             raise
 
@@ -146,8 +194,8 @@ class Objective:
         """nano-bench: answer from the table, epoch by epoch so that pruners see the curve."""
         record = self.task.query(arch, seed)
         metrics = {"params": record["params"], "macs": record["macs"]}
-        for key, value in {**metrics, "seed": record["seed"], "benchmark": "nanobench"}.items():
-            trial.set_user_attr(key, value)
+        set_user_attrs(trial, {"arch": self.spec.space.describe(arch), **metrics, "seed": record["seed"],
+                               "benchmark": "nanobench"})
         for metric, limit in self.spec.constraints.items():
             trial.set_constraint(metric, metrics[metric] - limit)
             if metrics[metric] > limit:
@@ -161,9 +209,8 @@ class Objective:
                 if trial.should_prune():
                     trial.set_user_attr("curve", curve)
                     raise optuna.TrialPruned(f"pruned by {type(trial.study.pruner).__name__} at epoch {epoch}")
-        trial.set_user_attr("curve", curve)
-        trial.set_user_attr("accuracy", record["val_acc"])
-        trial.set_user_attr("timings", {"train_s": record["train_s"], "simulated": True})
+        set_user_attrs(trial, {"curve": curve, "accuracy": record["val_acc"],
+                               "timings": {"train_s": record["train_s"], "simulated": True}})
         metrics["accuracy"] = record["val_acc"]
         return [float(metrics[m]) for m in self.spec.objectives]
 
@@ -182,7 +229,6 @@ class Objective:
 
         seed = trial_seed(spec.seed, system.get("failed_trial", trial.number))
         if isinstance(task, NanoBench):
-            trial.set_user_attr("arch", space.describe(arch))
             return self._lookup(trial, arch, seed)
         torch.manual_seed(seed)
         recorder = Recorder() if self.store is not None else None
@@ -198,9 +244,18 @@ class Objective:
                                      "memory_mb": round(memory / 2**20, 4)}
         # the sampler that proposed it (a gradient trial already names its method)
         strategy = {} if "strategy" in trial.user_attrs else {"strategy": type(study.sampler).__name__}
-        set_user_attrs(trial, {"arch": space.describe(arch), **strategy, **metrics, "seed": seed,
+        extra: dict[str, Any] = {}
+        if "energy_mj" in spec.objectives or "energy_mj" in spec.constraints:
+            from nasopt.energy import energy_per_inference
+
+            joules, provenance = energy_per_inference(model, task.input_shape, task.device)
+            metrics["energy_mj"] = round(joules * 1e3, 9)
+            extra["energy"] = {"mj": metrics["energy_mj"], **provenance}
+        set_user_attrs(trial, {"arch": space.describe(arch), **strategy, **metrics, "seed": seed, **extra,
                                "latency": {"median_ms": latency.median_ms, "iqr_ms": latency.iqr_ms,
                                            **latency.provenance}})
+        # the architecture picture for the dashboard (infeasible ones too); never fails the trial
+        save_picture(trial, space, arch, self.store, task=task, directory=spec.artifacts)
         violated = []
         for metric, limit in spec.constraints.items():
             trial.set_constraint(metric, metrics[metric] - limit)
@@ -240,4 +295,6 @@ class Objective:
         set_user_attrs(trial, {"curve": curve, "accuracy": round(result.val_acc, 6),
                                "timings": {"build_s": round(t1 - t0, 4), "latency_s": round(t2 - t1, 4),
                                            "metrics_s": round(t3 - t2, 4), "train_s": round(result.seconds, 4)}})
-        return [float(metrics[m]) for m in spec.objectives]
+        values = [float(metrics[m]) for m in spec.objectives]
+        keep_weights(trial, model, values, self.store, directory=spec.artifacts)  # trials not dominated so far
+        return values

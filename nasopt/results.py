@@ -18,7 +18,7 @@ from nasopt.storage import mask_url, open_storage
 
 __all__ = ["load_study", "trials_frame", "pareto_front", "study_names"]
 
-_METRIC_ATTRS = ("params", "macs", "latency_ms", "memory_mb")
+_METRIC_ATTRS = ("params", "macs", "latency_ms", "memory_mb", "energy_mj")
 
 
 def study_names(storage: str | None = None) -> list[str]:

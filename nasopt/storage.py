@@ -1,37 +1,110 @@
-"""Opening Optuna storages safely: checked URLs, masked passwords, heartbeats and retry.
+"""Opening Optuna storages safely: checked URLs, masked passwords, heartbeats, retry through outages.
 
-Nothing is created on disk until every check passed, so a mistyped URL or a file that is not a
-database leaves the disk as it was.
+Three kinds of storage, by URL:
+
+- `sqlite:///FILE.db`: one process on one machine (the default, `sqlite:///nasopt.db`).
+- `journal:///FILE.log`: Optuna's journal file; several processes on one machine, no server.
+- `postgresql://USER@HOST/DB` (or `mysql://`): any number of workers on any number of machines.
+
+Nothing is created or changed until every check passed: a mistyped URL, a file that is not a
+database or journal, an unreachable server, wrong credentials or a schema written by another Optuna
+version leave everything as it was. Passwords never appear in a message: every error text goes
+through `scrub`. On a database server, an established worker rides out a short outage (a restart, a
+fail-over): each storage call is retried with back-off for up to `OUTAGE_TIMEOUT` seconds.
 """
 
 from __future__ import annotations
 
+import copy
 import os
+import random
 import re
+import sys
+import threading
+import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+from urllib.parse import unquote
 
 import optuna
-from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages import BaseStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 
 from nasopt.errors import UserError
 
-__all__ = ["DEFAULT_STORAGE", "open_storage", "close_storage", "fast_sqlite", "mask_url", "sqlite_path",
-           "set_user_attrs"]
+__all__ = ["DEFAULT_STORAGE", "open_storage", "close_storage", "fast_sqlite", "mask_url", "scrub", "sqlite_path",
+           "journal_path", "check_workers", "set_user_attrs", "storage_url", "StorageUnavailable", "retry_callback"]
 
 DEFAULT_STORAGE = "sqlite:///nasopt.db"
 HEARTBEAT_INTERVAL = 2  # seconds between a running trial's heartbeats
 GRACE_PERIOD = 20  # a RUNNING trial without a heartbeat for this long is failed and retried
 MAX_RETRY = 3
+OUTAGE_TIMEOUT = 120.0  # seconds a worker keeps retrying a lost database before it gives up
+CONNECT_TIMEOUT = 10  # seconds to wait for a database server to answer a new connection
 
-_SCHEMES = ("sqlite", "postgresql", "mysql")
+_SCHEMES = ("sqlite", "postgresql", "mysql", "journal")
+_JOURNAL_HEAD = b'{"op_code":'  # every line of an Optuna journal starts like this
+_SCHEMA_LOCK = 7_305_411_870_214  # pg_advisory_lock key: one process creates the tables at a time
 
+T = TypeVar("T")
+
+
+class RetryTrial(RetryHeartbeatStaleTrialCallback):
+    """Optuna's retry (a WAITING copy with the same params and attrs), minus the dead runner's identity:
+    a popped retry that still named its predecessor's (dead) process would look dead itself."""
+
+    DROP = ("nasopt:worker", "nasopt:interrupted")
+
+    def __call__(self, study: optuna.Study, trial: Any) -> None:
+        trial = copy.copy(trial)
+        trial.system_attrs = {k: v for k, v in trial.system_attrs.items() if k not in self.DROP}
+        super().__call__(study, trial)
+
+
+def retry_callback() -> RetryTrial:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return RetryTrial(max_retry=MAX_RETRY)
+
+
+class StorageUnavailable(UserError):
+    """The database stayed unreachable for longer than `OUTAGE_TIMEOUT`."""
+
+
+# -- URLs and secrets ------------------------------------------------------------------------------
 
 def mask_url(url: str) -> str:
     """The URL with any password replaced by ***: safe for messages and logs."""
-    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
+    url = re.sub(r"(://[^:/@?#\s]*:)[^\s]*@", r"\1***@", url)  # user:PASSWORD@host (up to the last @)
+    return re.sub(r"(?i)([?&](?:password|passwd)=)[^&\s]*", r"\1***", url)
+
+
+def _password(url: str) -> str | None:
+    match = re.match(r"[^:]+://[^:/@?#\s]*:([^\s]*)@", url)
+    if match:
+        return match.group(1)
+    match = re.search(r"(?i)[?&](?:password|passwd)=([^&\s]*)", url)
+    return match.group(1) if match else None
+
+
+def scrub(text: str, url: str | None = None) -> str:
+    """`text` with URL passwords masked, and the password of `url` (raw or decoded) removed anywhere."""
+    text = mask_url(text)
+    secret = _password(url) if url else None
+    if secret:
+        for form in {secret, unquote(secret)}:
+            if len(form) >= 3:  # shorter ones would garble the text; URLs are masked anyway
+                text = text.replace(form, "***")
+    return text
+
+
+def storage_url(storage: str | BaseStorage | None) -> str | None:
+    """The URL a storage was opened from (None when unknown)."""
+    if storage is None or isinstance(storage, str):
+        return storage
+    storage = getattr(storage, "_backend", storage)
+    return getattr(storage, "url", None)
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -42,9 +115,31 @@ def sqlite_path(url: str) -> Path | None:
     return None if path in ("", ":memory:") else Path(path)
 
 
-def _check_sqlite_file(path: Path, url: str) -> None:
+def journal_path(url: str) -> Path | None:
+    """The file of a `journal:///FILE` URL: relative like sqlite:///, absolute with four slashes."""
+    if not url.startswith("journal:///"):
+        return None
+    path = url[len("journal:///"):]
+    return Path(path) if path else None
+
+
+def _scheme(url: str) -> str:
+    return url.split(":", 1)[0].split("+", 1)[0].lower()
+
+
+def check_workers(url: str | None, workers: int) -> None:
+    """SQLite serves one process: several workers need a journal file or a database server."""
+    if workers > 1 and _scheme(url or DEFAULT_STORAGE) == "sqlite":
+        raise UserError(f"storage {mask_url(url or DEFAULT_STORAGE)} is SQLite, which serves one process; with "
+                        f"--workers {workers} use a journal file on this machine (--storage journal:///nasopt.log) "
+                        "or PostgreSQL for several machines (--storage postgresql://USER@HOST/DB)")
+
+
+# -- files -----------------------------------------------------------------------------------------
+
+def _check_file(path: Path, url: str, kind: str, example: str) -> None:
     if path.is_dir():
-        raise UserError(f"storage {url} points to a directory; give a file, e.g. sqlite:///{path / 'nasopt.db'}")
+        raise UserError(f"storage {url} points to a directory; give a file, e.g. {example.format(path=path)}")
     if not path.parent.exists():
         raise UserError(f"cannot open storage {url}: folder {path.parent} does not exist; create it or "
                         "choose another path")
@@ -54,9 +149,14 @@ def _check_sqlite_file(path: Path, url: str) -> None:
                 header = f.read(16)
         except OSError as e:
             raise UserError(f"cannot read storage file {path}: {e.strerror}; check its permissions") from None
-        if header and header != b"SQLite format 3\x00":
-            raise UserError(f"{path} is not an SQLite database; point --storage at an nasopt/Optuna "
+        if kind == "sqlite" and header and header != b"SQLite format 3\x00":
+            hint = " (it looks like a journal: use journal:///" + str(path) + ")" if header.startswith(_JOURNAL_HEAD) else ""
+            raise UserError(f"{path} is not an SQLite database{hint}; point --storage at an nasopt/Optuna "
                             "database or a new file name")
+        if kind == "journal" and header and not header.startswith(_JOURNAL_HEAD):
+            hint = " (it is an SQLite database: use sqlite:///" + str(path) + ")" if header.startswith(b"SQLite") else ""
+            raise UserError(f"{path} is not an Optuna journal file{hint}; point --storage at a journal written by "
+                            "nasopt/Optuna or a new file name")
     elif not os.access(path.parent, os.W_OK):
         raise UserError(f"cannot create storage file {path}: folder not writable; choose another --storage")
 
@@ -84,6 +184,290 @@ def fast_sqlite(storage: object) -> None:
     storage.engine.dispose()  # connections opened during set-up reconnect with the pragmas
 
 
+# -- riding out database outages ------------------------------------------------------------------
+
+def _transient(exc: BaseException) -> BaseException | None:
+    """The lost or refused connection, server shutting down or starting up, or deadlock behind `exc`
+    (worth a retry), else None."""
+    from sqlalchemy import exc as sa_exc
+
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, sa_exc.DBAPIError) and e.connection_invalidated:
+            return e
+        if isinstance(e, (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.DisconnectionError)):
+            return e
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def _first_line(error: BaseException) -> str:
+    """The first line of an error, without SQLAlchemy's "(driver.ErrorClass) " prefix."""
+    text = str(error).strip()
+    first = text.splitlines()[0] if text else type(error).__name__
+    return re.sub(r"^\([\w.]+\) ", "", first)
+
+
+class _Outage:
+    """Retry with exponential back-off (0.2 s doubling to 5 s, jittered) for up to OUTAGE_TIMEOUT."""
+
+    local = threading.local()  # depth > 0: a retry loop further up the stack handles errors
+
+    who = ""  # "worker 3: " in a forked worker
+
+    def __init__(self, url: str) -> None:
+        self.url, self.timeout = url, OUTAGE_TIMEOUT
+        self._lock = threading.Lock()
+        self.down_since: float | None = None
+
+    def _say(self, text: str) -> None:
+        print(f"nasopt: {self.who}{scrub(text, self.url)}", file=sys.stderr, flush=True)
+
+    def lost(self, error: BaseException) -> None:
+        with self._lock:
+            if self.down_since is None:
+                self.down_since = time.monotonic()
+                self._say(f"lost the database ({_first_line(error)}); retrying for up to {self.timeout:.0f} s")
+
+    def back(self) -> None:
+        with self._lock:
+            if self.down_since is not None:
+                self._say(f"database back after {time.monotonic() - self.down_since:.1f} s; carrying on")
+                self.down_since = None
+
+    def call(self, storage: RDBStorage, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        if getattr(self.local, "depth", 0):
+            return fn(*args, **kwargs)
+        self.local.depth = 1
+        try:
+            start, delay, attempt = time.monotonic(), 0.2, 0
+            while True:
+                try:
+                    result = fn(*args, **kwargs)
+                    self.back()
+                    return result
+                except optuna.exceptions.UpdateFinishedTrialError:
+                    if attempt and fn.__name__ == "set_trial_state_values":
+                        # the attempt that lost its connection had committed after all
+                        trial = RDBStorage.get_trial(storage, args[0])
+                        if trial.state == kwargs.get("state", args[1] if len(args) > 1 else None):
+                            self.back()
+                            return True  # type: ignore[return-value]
+                    raise
+                except Exception as e:
+                    cause = _transient(e)
+                    if cause is None:
+                        raise
+                    self.lost(cause)
+                    storage.scoped_session.remove()  # a session whose connection died is not reused
+                    if time.monotonic() - start > self.timeout:
+                        raise StorageUnavailable(
+                            f"the database {mask_url(self.url)} stayed unreachable for {self.timeout:.0f} s "
+                            f"({scrub(_first_line(cause), self.url)}); the running trial is retried when a "
+                            "worker runs again") from None
+                    time.sleep(delay * (0.5 + random.random()))
+                    delay, attempt = min(delay * 2, 5.0), attempt + 1
+        finally:
+            self.local.depth = 0
+
+
+class _ResilientRDBStorage(RDBStorage):
+    """Optuna's RDBStorage whose calls survive a short database outage (see `_Outage`).
+
+    A heartbeat that cannot reach the server is skipped (the next one, HEARTBEAT_INTERVAL later,
+    tries again) instead of killing the heartbeat thread; `set_trial_state_values` that committed
+    before its connection dropped is recognised on the retry.
+    """
+
+    def __init__(self, url: str, **kwargs: Any) -> None:
+        self._outage = _Outage(url)
+        super().__init__(url, **kwargs)
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        try:
+            super().record_heartbeat(trial_id)
+            self._outage.back()
+        except Exception as e:
+            cause = _transient(e)
+            if cause is None:
+                raise
+            self._outage.lost(cause)
+            self.scoped_session.remove()
+
+    def __getstate__(self) -> dict[Any, Any]:
+        state = super().__getstate__()
+        state.pop("_outage", None)
+        return state
+
+    def __setstate__(self, state: dict[Any, Any]) -> None:
+        super().__setstate__(state)
+        self._outage = _Outage(self.url)
+
+
+_RETRIED = ("create_new_study", "delete_study", "set_study_user_attr", "set_study_system_attr",
+            "get_study_id_from_name", "get_study_name_from_id", "get_study_directions", "get_study_user_attrs",
+            "get_study_system_attrs", "get_trial_user_attrs", "get_trial_system_attrs", "get_all_studies",
+            "create_new_trial", "_create_new_trial", "set_trial_param", "_set_trial_param", "get_trial_param",
+            "set_trial_state_values", "set_trial_intermediate_value", "set_trial_user_attr",
+            "set_trial_system_attr", "get_trial_id_from_study_id_trial_number", "get_trial", "get_all_trials",
+            "_get_trials", "get_best_trial", "_get_best_trial_id", "_get_stale_trial_ids")
+
+
+def _retrying(name: str) -> Callable[..., Any]:
+    original = getattr(RDBStorage, name)
+
+    def method(self: _ResilientRDBStorage, *args: Any, **kwargs: Any) -> Any:
+        return self._outage.call(self, original.__get__(self), *args, **kwargs)
+
+    method.__name__ = method.__qualname__ = name
+    method.__doc__ = original.__doc__
+    return method
+
+
+for _name in _RETRIED:
+    setattr(_ResilientRDBStorage, _name, _retrying(_name))
+
+
+# -- opening ---------------------------------------------------------------------------------------
+
+def _schema_state(connection: Any) -> tuple[str, str | None]:
+    """("fresh", None) for a database without Optuna tables, ("current", rev) or ("other", rev)."""
+    import sqlalchemy as sa
+
+    tables = set(sa.inspect(connection).get_table_names())
+    if "studies" not in tables and "alembic_version" not in tables:
+        return "fresh", None
+    revision = None
+    if "alembic_version" in tables:
+        revision = connection.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
+    return ("current" if revision == _head_revision() else "other"), revision
+
+
+def _alembic_script() -> Any:
+    from alembic.script import ScriptDirectory
+    from optuna.storages._rdb import storage as rdb_module
+
+    return ScriptDirectory(os.path.join(os.path.dirname(rdb_module.__file__), "alembic"))
+
+
+def _head_revision() -> str:
+    return str(_alembic_script().get_current_head())
+
+
+def _schema_error(url: str, revision: str | None) -> UserError:
+    where = mask_url(url)
+    known = [r.revision for r in _alembic_script().walk_revisions()]
+    if revision in known:
+        return UserError(f"storage {where} was written by an older Optuna (schema {revision}; Optuna "
+                         f"{optuna.__version__} needs {_head_revision()}); back it up, then upgrade it with "
+                         f"`optuna storage upgrade --storage '{where}'` (put your password in place of ***); "
+                         "nasopt never upgrades a schema by itself")
+    if revision is None:
+        return UserError(f"storage {where} has Optuna tables but no schema version; it is not a database "
+                         "nasopt can use; choose another database")
+    return UserError(f"storage {where} was written by a newer Optuna (schema {revision}); upgrade this "
+                     f"installation (pip install -U optuna; now {optuna.__version__}) or use another database")
+
+
+def _open_rdb(url: str, heartbeat: bool, create: bool = True) -> RDBStorage:
+    import sqlalchemy as sa
+    from sqlalchemy.pool import NullPool
+
+    scheme = _scheme(url)
+    engine_kwargs: dict[str, Any] = {}
+    if scheme == "sqlite":
+        engine_kwargs["connect_args"] = {"timeout": 60}
+    else:
+        engine_kwargs["pool_pre_ping"] = True  # a connection the server dropped (restart) is replaced
+        if scheme == "postgresql":
+            engine_kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT}
+    hb: dict[str, Any] = {}
+    if heartbeat:
+        hb = dict(heartbeat_interval=HEARTBEAT_INTERVAL, grace_period=GRACE_PERIOD,
+                  heartbeat_stale_trial_callback=retry_callback())
+    probe = sa.create_engine(url, poolclass=NullPool, connect_args=engine_kwargs.get("connect_args", {}))
+    try:
+        with probe.connect() as connection:  # unreachable server, wrong credentials: fails here
+            state, revision = _schema_state(connection)
+            # several workers starting at once on an empty database: one creates the tables (and stamps
+            # their version, in a later transaction); the others wait for it and look again
+            locked = state != "current" and scheme == "postgresql"
+            if locked:
+                connection.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": _SCHEMA_LOCK})
+                connection.commit()
+                state, revision = _schema_state(connection)
+                connection.commit()
+            try:
+                if state == "other":
+                    raise _schema_error(url, revision)
+                if state == "fresh" and not create:
+                    raise UserError(f"no studies in {mask_url(url)} (no Optuna tables); run a study there first "
+                                    "(nasopt run FILE --storage URL) or pass another --storage")
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    storage = _ResilientRDBStorage(url, engine_kwargs=engine_kwargs, skip_compatibility_check=True,
+                                                   skip_table_creation=state == "current", **hb)
+            finally:
+                if locked:
+                    connection.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": _SCHEMA_LOCK})
+                    connection.commit()
+    finally:
+        probe.dispose()
+    return storage
+
+
+def _open_journal(url: str, path: Path, create: bool) -> BaseStorage:
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    _check_file(path, url, "journal", "journal:///{path}/nasopt.log")
+    if not create and not path.exists():
+        raise UserError(f"no storage at {path}; run a study first (nasopt run FILE) or pass --storage")
+    try:
+        storage = JournalStorage(JournalFileBackend(str(path)))
+    except (ValueError, UnicodeDecodeError, KeyError, TypeError) as e:
+        raise UserError(f"{path} is not a readable Optuna journal ({type(e).__name__}: {e}); point --storage "
+                        "at a journal written by nasopt/Optuna or a new file name") from None
+    storage.url = url  # type: ignore[attr-defined]  # for messages and for workers that reopen it
+    return storage
+
+
+def open_storage(url: str | None = None, *, create: bool = True, heartbeat: bool = True) -> Any:
+    """Open (and with `create`, initialise) the storage at `url`.
+
+    RDB storages get heartbeats, stale-trial retry, pre-ping pools and outage retry; a journal file
+    gets none of these (its workers share one machine, where a dead worker is found by its pid).
+    Raises `UserError` with the password masked when the URL cannot be used. With `create=False` a
+    missing file is an error instead of a new, empty storage.
+    """
+    url = url or DEFAULT_STORAGE
+    scheme = _scheme(url)
+    if "://" not in url or scheme not in _SCHEMES:
+        raise UserError(f"storage URL {mask_url(url)!r} is not supported; use sqlite:///FILE.db, "
+                        "journal:///FILE.log, postgresql://USER@HOST/DB or mysql://USER@HOST/DB")
+    if scheme == "journal":
+        path = journal_path(url)
+        if path is None:
+            raise UserError(f"storage URL {url!r} names no file; use journal:///FILE.log (relative) or "
+                            "journal:////ABSOLUTE/PATH.log")
+        return _open_journal(url, path, create)
+    sqlite = sqlite_path(url)
+    if sqlite is not None:
+        _check_file(sqlite, url, "sqlite", "sqlite:///{path}/nasopt.db")
+        if not create and not sqlite.exists():
+            raise UserError(f"no storage at {sqlite}; run a study first (nasopt run FILE) or pass --storage")
+    try:
+        return _open_rdb(url, heartbeat, create)
+    except UserError:
+        raise
+    except Exception as e:  # driver missing, server down, wrong credentials, corrupt file: one line, masked
+        first = _first_line(e)
+        if "Failed to import DB access module" in first or isinstance(e, ModuleNotFoundError):
+            first = "its database driver is not installed; pip install 'nasopt[postgres]' (psycopg)"
+        raise UserError(f"cannot open storage {mask_url(url)}: {scrub(first, url)}") from None
+
+
 def set_user_attrs(trial: optuna.Trial, attrs: Mapping[str, Any]) -> None:
     """`trial.set_user_attr` for several keys in ONE transaction on an RDB storage (one commit instead
     of one per key: most of a short trial's storage time). Other storages, or an Optuna whose private
@@ -94,9 +478,13 @@ def set_user_attrs(trial: optuna.Trial, attrs: Mapping[str, Any]) -> None:
         from optuna.storages._rdb import models
         from optuna.storages._rdb.storage import _create_scoped_session
 
-        with _create_scoped_session(backend.scoped_session) as session:
-            for key, value in attrs.items():
-                write(session, models.TrialUserAttributeModel, trial._trial_id, key, value)
+        def commit() -> None:
+            with _create_scoped_session(backend.scoped_session) as session:
+                for key, value in attrs.items():
+                    write(session, models.TrialUserAttributeModel, trial._trial_id, key, value)
+
+        outage = getattr(backend, "_outage", None)
+        outage.call(backend, commit) if outage is not None else commit()
         trial._cached_frozen_trial.user_attrs.update(attrs)
         return
     for key, value in attrs.items():
@@ -125,40 +513,3 @@ def close_storage(storage: object) -> None:
             pass
     engine.dispose()
 
-
-def open_storage(url: str | None = None, *, create: bool = True, heartbeat: bool = True) -> RDBStorage:
-    """Open (and with `create`, initialise) the storage at `url` with heartbeat and stale-trial retry.
-
-    Raises `UserError` with the password masked when the URL cannot be used. With `create=False`
-    a missing SQLite file is an error instead of a new, empty database.
-    """
-    url = url or DEFAULT_STORAGE
-    scheme = url.split(":", 1)[0].split("+", 1)[0]
-    if "://" not in url or scheme not in _SCHEMES:
-        raise UserError(f"storage URL {mask_url(url)!r} is not supported; use sqlite:///FILE.db, "
-                        "postgresql://USER@HOST/DB or mysql://USER@HOST/DB")
-    path = sqlite_path(url)
-    if path is not None:
-        _check_sqlite_file(path, url)
-        if not create and not path.exists():
-            raise UserError(f"no storage at {path}; run a study first (nasopt run FILE) or pass --storage")
-    engine_kwargs: dict[str, object] = {}
-    if scheme == "sqlite":
-        engine_kwargs["connect_args"] = {"timeout": 60}
-    else:
-        engine_kwargs["pool_pre_ping"] = True
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            kwargs: dict[str, object] = {}
-            if heartbeat:
-                kwargs = dict(heartbeat_interval=HEARTBEAT_INTERVAL, grace_period=GRACE_PERIOD,
-                              heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY))
-            return RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)  # type: ignore[arg-type]
-    except UserError:
-        raise
-    except Exception as e:  # driver missing, server down, corrupt file: one line, password masked
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if "Failed to import DB access module" in first:
-            first = "its database driver is not installed; pip install 'nasopt[postgres]' (psycopg)"
-        raise UserError(f"cannot open storage {mask_url(url)}: {mask_url(first)}") from None

@@ -4,12 +4,16 @@ Resume is the same call again: the study is loaded by name and run until `n_tria
 finished in total. A trial left RUNNING by a killed process is failed and retried with the same
 params (at once when its process is known dead on this host, otherwise after the heartbeat grace
 period), so no finished trial is lost or run twice.
+
+`workers=N` forks N worker processes here; the same call on another machine (same storage URL)
+joins the study. `n_trials` stays a budget for the whole study (see `nasopt.workers`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
 import warnings
 from collections.abc import Mapping
@@ -17,15 +21,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
-from optuna.trial import TrialState
 
-from nasopt import _objective, _progress, nanobench
+from nasopt import nanobench, workers
 from nasopt.data import DATASETS, load_task
 from nasopt.errors import UserError
 from nasopt.inherit import artifact_store_for
 from nasopt.metrics import MeasureConfig
 from nasopt.pruners import CurvePruner
-from nasopt.storage import close_storage, fast_sqlite, mask_url, open_storage
+from nasopt.storage import (
+    DEFAULT_STORAGE,
+    check_workers,
+    close_storage,
+    fast_sqlite,
+    mask_url,
+    open_storage,
+    storage_url,
+)
 from nasopt.train import TrainConfig
 
 __all__ = ["StudySpec", "run", "METRICS", "finished_count"]
@@ -38,6 +49,8 @@ METRICS: dict[str, tuple[str, bool]] = {
     "macs": ("multiply-adds of one forward pass at batch 1", True),
     "latency_ms": ("median measured forward latency", True),
     "memory_mb": ("peak inference memory in MiB", True),
+    "energy_mj": ("energy per inference in mJ (RAPL/NVML counter where readable, else estimated from MACs and "
+                  "memory traffic; provenance stored)", True),
 }
 
 
@@ -134,39 +147,46 @@ def finished_count(study: optuna.Study) -> int:
 
     Gradient trials (a `strategy` run, which share the study) do not count: they have their own budget
     of one trial per strategy."""
-    from nasopt.oneshot._trial import STRATEGY_KEY
-
-    trials = study.get_trials(deepcopy=False)
-    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
-    return sum(1 for t in trials if STRATEGY_KEY not in t.system_attrs and (
-        t.state in (TrialState.COMPLETE, TrialState.PRUNED) or (t.state == TrialState.FAIL and t.number not in retried)))
+    return workers.budget(study)[0]
 
 
 def _open_study(spec: StudySpec, storage_url: str | optuna.storages.BaseStorage | None) -> optuna.Study:
+    return _open_or_create(spec, storage_url)[0]
+
+
+def _open_or_create(spec: StudySpec, storage_url: str | optuna.storages.BaseStorage | None, task: Any = None
+                    ) -> tuple[optuna.Study, bool]:
+    """The study, and whether this call created it (several workers may start at once: one creates)."""
     storage: Any = storage_url if isinstance(storage_url, optuna.storages.BaseStorage) else \
         open_storage(storage_url or spec.storage)
     sampler = spec.sampler if spec.sampler is not None else _default_sampler(spec)
     directions = [optuna.study.StudyDirection[d.upper()] for d in spec.directions]
-    # load_if_exists: several workers may create the same study at once; the first one wins
     # Optuna would default to a MedianPruner: no pruning unless the study asks for it
     pruner = spec.pruner if isinstance(spec.pruner, optuna.pruners.BasePruner) else optuna.pruners.NopPruner()
-    study = optuna.create_study(study_name=spec.name, storage=storage, sampler=sampler, pruner=pruner,
-                                directions=directions, load_if_exists=True)
+    created = False
+    try:
+        study = optuna.load_study(study_name=spec.name, storage=storage, sampler=sampler, pruner=pruner)
+    except KeyError:
+        try:
+            study = optuna.create_study(study_name=spec.name, storage=storage, sampler=sampler, pruner=pruner,
+                                        directions=directions)
+            created = True
+        except optuna.exceptions.DuplicatedStudyError:  # another worker was quicker
+            study = optuna.load_study(study_name=spec.name, storage=storage, sampler=sampler, pruner=pruner)
     if study.directions != directions or (study.metric_names or list(spec.objectives)) != list(spec.objectives):
         stored = [d.name.lower() for d in study.directions]
         raise UserError(f"study {spec.name!r} in {mask_url(getattr(storage, 'url', 'the storage'))} has objectives "
                         f"{study.metric_names} {stored}, but the study file asks for "
                         f"{dict(spec.objectives)}; give the study another `name`")
     fast_sqlite(storage)
-    if study.get_trials(deepcopy=False) and hasattr(sampler, "reseed_rng"):
-        # resuming: a seeded sampler would replay the proposals of the first run from its start
-        sampler.reseed_rng()
     if study.metric_names is None:
         study.set_metric_names(list(spec.objectives))
+        from nasopt.rebuild import study_record  # the space's settings etc.: export/train rebuild from them
+
         study.set_user_attr("nasopt", {"space": type(spec.space).__name__, "dataset": spec.dataset,
                                        "objectives": dict(spec.objectives), "constraints": dict(spec.constraints),
-                                       "train": dataclasses.asdict(spec.train)})
-    return study
+                                       "train": dataclasses.asdict(spec.train), **study_record(spec, task)})
+    return study, created
 
 
 def _default_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
@@ -178,15 +198,48 @@ def _default_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
 
 
 def run(spec: StudySpec, *, storage: str | optuna.storages.BaseStorage | None = None, n_trials: int | None = None,
-        timeout: float | None = None, device: str | None = None, progress: bool = True) -> optuna.Study:
-    """Run (or resume) the study `spec.name` until `n_trials` trials have finished in total.
+        timeout: float | None = None, device: str | None = None, progress: bool = True, workers: int = 1,
+        trial_timeout: float | None = None) -> optuna.Study:
+    """Run (or resume, or join) the study `spec.name` until `n_trials` trials have finished in total.
 
-    Everything the user could have got wrong is checked before the storage is touched. Returns the
-    Optuna study; Ctrl-C stops after marking the interrupted trial for a retry on the next run.
+    Everything the user could have got wrong is checked before the storage is touched. `workers > 1`
+    forks that many worker processes (Linux/macOS; call it before multi-threaded torch work in this
+    process) and needs a journal file or a database server; `trial_timeout` fails a trial that runs
+    longer. Returns the Optuna study; Ctrl-C and SIGTERM stop after marking the running trial(s) for a
+    retry (`KeyboardInterrupt` / `nasopt.workers.Terminated` propagate).
     """
     spec = spec.replace(n_trials=spec.n_trials if n_trials is None else n_trials,
                         timeout=spec.timeout if timeout is None else timeout,
                         device=device or spec.device)
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise UserError(f"`workers >= 1` must hold, but got workers={workers!r}")
+    if trial_timeout is not None and not trial_timeout > 0:
+        raise UserError(f"`trial_timeout > 0` must hold, but got trial_timeout={trial_timeout!r}")
+    url = storage_url(storage) or spec.storage or DEFAULT_STORAGE
+    if workers > 1 and storage is not None and storage_url(storage) is None:
+        raise UserError("with workers > 1, give the storage as a URL (journal:///FILE.log or postgresql://...): "
+                        "each worker opens its own connection to it")
+    check_workers(url, workers)
+    if workers > 1 and not hasattr(os, "fork"):
+        raise UserError("--workers needs os.fork (Linux or macOS); start one `nasopt run` per worker instead")
+    threads = None
+    if workers > 1:
+        import torch
+
+        # forked children hang in OpenMP if this process ran a parallel region first: keep it serial
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+    try:
+        return _run_checked(spec, storage, url, progress, workers, trial_timeout)
+    finally:
+        if threads is not None:
+            import torch
+
+            torch.set_num_threads(threads)
+
+
+def _run_checked(spec: StudySpec, storage: str | optuna.storages.BaseStorage | None, url: str, progress: bool,
+                 n_workers: int, trial_timeout: float | None) -> optuna.Study:
     dev = _device(spec.device)
     task = _load(spec, dev)
     _dry_build(spec, task)
@@ -195,47 +248,34 @@ def run(spec: StudySpec, *, storage: str | optuna.storages.BaseStorage | None = 
             strategy.check(spec.space, task)  # e.g. DARTS on a space with depth choices: refused, nothing written
     level = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # the progress bar and our messages say it all
+    deadline = time.monotonic() + spec.timeout if spec.timeout else math.inf
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study = None
         try:
-            study = _open_study(spec, storage)
+            study, created = _open_or_create(spec, storage, task)
+            workers.check_single_process(study, url)
             store = None
-            url = storage if isinstance(storage, str) else getattr(storage, "url", None)
-            if spec.strategy is not None:
-                from nasopt.oneshot._trial import run_strategies
+            if spec.strategy is not None or spec.inherit_weights:
+                store = artifact_store_for(url, spec.artifacts)
+            if spec.strategy is not None and n_workers > 1:
+                from nasopt.oneshot._trial import _done, labels
 
-                run_strategies(spec, study, task, artifact_store_for(url or spec.storage, spec.artifacts), progress)
+                strategies = spec.strategy if isinstance(spec.strategy, (list, tuple)) else [spec.strategy]
+                pending = [label for label in labels(strategies) if not _done(study, label)]
+                n_workers = max(1, min(n_workers, len(pending)))  # one gradient trial per worker
+            if n_workers == 1:
+                with workers.stop_signals():
+                    workers.run_worker(spec, study, task, store, progress=progress, trial_timeout=trial_timeout,
+                                       deadline=deadline, created=created)
                 return study
-            if spec.inherit_weights:
-                store = artifact_store_for(url or spec.storage, spec.artifacts)
-            return _run(spec, study, task, progress, store)
+            workers.supervise(spec, study, url, task, store, workers=n_workers, open_study=_open_study,
+                              progress=progress, trial_timeout=trial_timeout, deadline=deadline)
+            return study
         finally:
             optuna.logging.set_verbosity(level)
-            if "study" in locals():
+            if study is not None:
                 close_storage(study._storage)
-
-
-def _run(spec: StudySpec, study: optuna.Study, task: Any, progress: bool, store: Any) -> optuna.Study:
-    objective = _objective.Objective(spec, task, store)
-    deadline = time.monotonic() + spec.timeout if spec.timeout else math.inf
-    bar = _progress.Progress(study, spec, enabled=progress)
-    try:
-        while True:
-            _objective.recover_dead_local_trials(study)
-            remaining = spec.n_trials - finished_count(study)
-            left = deadline - time.monotonic()
-            if remaining <= 0 or left <= 0:
-                break
-            bar.refresh()
-            study.optimize(objective, n_trials=remaining, timeout=None if math.isinf(left) else left,
-                           callbacks=[_stop_at_budget(spec.n_trials, bar)],
-                           catch=_objective.CATCH, gc_after_trial=False)
-    except KeyboardInterrupt:
-        _objective.retry_interrupted(study)
-        raise
-    finally:
-        bar.close()
-    return study
 
 
 def _dry_build(spec: StudySpec, task: Any) -> None:
@@ -270,15 +310,3 @@ def _load(spec: StudySpec, device: str) -> Any:
         raise UserError(f"unknown dataset {spec.dataset!r}; known datasets: {', '.join((*DATASETS, 'nanobench'))}")
     return load_task(spec.dataset, data_dir=spec.data_dir, download=spec.download,
                      val_fraction=spec.val_fraction, seed=spec.seed, device=device, image_size=spec.image_size)
-
-
-def _stop_at_budget(n_trials: int, bar: _progress.Progress) -> Any:
-    """After each trial: count the finished trials once (all workers'), stop at the budget, update the bar."""
-
-    def callback(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        done = finished_count(study)
-        if done >= n_trials:
-            study.stop()
-        bar.on_trial(study, trial, done)
-
-    return callback

@@ -44,6 +44,10 @@ class Conv1dSpace(DartsCellSpace):
                          input_bn=input_bn, search_C=search_C, search_layers=search_layers)
         self.in_channels = in_channels
 
+    def config(self) -> dict[str, Any]:
+        out = {k: v for k, v in super().config().items() if k != "skeleton"}
+        return {**out, "in_channels": self.in_channels}
+
     def _in_channels(self, task: Any) -> int:
         channels = int(task.input_shape[0])
         if self.in_channels is not None and self.in_channels != channels:

@@ -223,6 +223,18 @@ class DartsCellSpace:
             self.nodes = {t: self.genotype.nodes(t) for t in CELL_TYPES}
             self.concat = {t: getattr(self.genotype, f"{t}_concat") for t in CELL_TYPES}
 
+    def config(self) -> dict[str, Any]:
+        """The constructor arguments that rebuild this space (`nasopt.rebuild.space_config`)."""
+        out: dict[str, Any] = {"C": self.C, "layers": self.layers, "stem_multiplier": self.stem_multiplier,
+                               "auxiliary": self.auxiliary, "drop_path": self.drop_path, "skeleton": self.skeleton,
+                               "ops": list(self.ops), "input_bn": self.input_bn, "search_C": self.search_C,
+                               "search_layers": self.search_layers}
+        if self.genotype is None:
+            out.update(nodes=self.nodes["normal"], multiplier=len(self.concat["normal"]))
+        else:
+            out["genotype"] = str(self.genotype)
+        return out
+
     # -- decisions ---------------------------------------------------------------------------
     def _choices(self) -> dict[str, tuple[Any, ...]]:
         fixed_arch = None if self.genotype is None else genotype_to_arch(self.genotype)

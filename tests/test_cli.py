@@ -88,7 +88,8 @@ def test_run_creates_default_storage_and_prints_pareto_set(mobile_run):
     cwd, result = mobile_run
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
-    assert sorted(p.name for p in cwd.iterdir()) == ["nasopt.db"]
+    # the database and, beside it, the artifact folder (architecture pictures, weights of the front)
+    assert sorted(p.name for p in cwd.iterdir()) == ["nasopt.artifacts", "nasopt.db"]
     # the run used WAL; at its end the file is back in SQLite's rollback journal (readers add no files)
     with sqlite3.connect(cwd / "nasopt.db") as connection:
         assert connection.execute("PRAGMA journal_mode").fetchone() == ("delete",)

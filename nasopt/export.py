@@ -1,0 +1,392 @@
+"""Export a trained architecture for use outside nasopt, and load it back.
+
+An export directory holds, for one architecture:
+
+- `arch.json`      the space config, the decisions (the trial's params), the printed form, the genotype
+                   for cell spaces, the input shape and the number of classes
+- `model.pt`       the state dict (tensors only; `torch.load(..., weights_only=True)` reads it)
+- `model.ts`       TorchScript (traced in eval mode): `torch.jit.load` runs it without nasopt
+- `model.onnx`     ONNX (opset 17, dynamic batch axis): onnxruntime runs it
+- `manifest.json`  objectives, params, MACs, latency with provenance, the weights' origin, input
+                   normalisation, the outputs check of the three formats, study, trial, versions, file hashes
+
+`load_model(DIR)` rebuilds the module from `arch.json` + `model.pt`. Exporting checks that the
+TorchScript and ONNX files give the module's outputs on a random batch before anything is kept, and a
+directory is written whole or not at all (a temporary sibling renamed into place).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import platform
+import shutil
+import tempfile
+import warnings
+from collections.abc import Iterator, Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from nasopt.errors import UserError
+from nasopt.rebuild import ShapeTask, space_from_config
+
+__all__ = ["FORMAT", "write_export", "load_model", "read_arch", "check_outputs", "versions", "prepare_trial",
+           "describe_export", "completed_trial", "check_params", "keep_front_weights", "DROPPED_ATTR"]
+
+DROPPED_ATTR = "weights_dropped"  # study user attr: trials whose weights left with the Pareto front
+
+FORMAT = "nasopt-export/1"
+FILES = ("arch.json", "model.pt", "model.ts", "model.onnx", "manifest.json")
+OPSET = 17
+# formats agree to float32 round-off: |a - b| <= ATOL + RTOL * |a|
+ATOL, RTOL = 1e-4, 1e-3
+
+
+def versions() -> dict[str, str | None]:
+    import nasopt
+
+    out: dict[str, str | None] = {"nasopt": nasopt.__version__, "torch": torch.__version__,
+                                  "python": platform.python_version()}
+    for name in ("onnx", "onnxruntime", "optuna"):
+        try:
+            out[name] = __import__(name).__version__
+        except ImportError:
+            out[name] = None
+    return out
+
+
+def _need_onnx() -> None:
+    for name in ("onnx", "onnxruntime"):
+        try:
+            __import__(name)
+        except ImportError:
+            raise UserError(f"exporting ONNX needs the `{name}` package: pip install 'nasopt[export]'") from None
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """torch.jit and the ONNX exporter warn about their own deprecation on every call."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def _example(input_shape: tuple[int, ...], batch: int = 2, seed: int = 0) -> torch.Tensor:
+    return torch.randn(batch, *input_shape, generator=torch.Generator().manual_seed(seed))
+
+
+def _onnx(model: nn.Module, x: torch.Tensor, path: Path) -> str:
+    """Write ONNX with a dynamic batch axis; returns which exporter wrote it."""
+    with _quiet():
+        try:  # the TorchScript-based exporter: fast and exact for CNNs while torch still ships it
+            torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=OPSET, input_names=["input"],
+                              output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+            return "torch.onnx (torchscript)"
+        except Exception:  # removed or failing: the torch.export-based one (needs onnxscript)
+            with contextlib.redirect_stdout(io.StringIO()):
+                torch.onnx.export(model, (x,), str(path), dynamo=True, opset_version=OPSET, input_names=["input"],
+                                  output_names=["logits"], dynamic_shapes=({0: torch.export.Dim("batch")},))
+            return "torch.onnx (dynamo)"
+
+
+def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max()) if a.numel() else 0.0
+
+
+def _close(ref: torch.Tensor, other: torch.Tensor) -> bool:
+    return ref.shape == other.shape and bool(((ref - other).abs() <= ATOL + RTOL * ref.abs()).all())
+
+
+def run_onnx(path: Path | str, x: torch.Tensor) -> torch.Tensor:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.cpu().numpy()})[0])
+
+
+def check_outputs(directory: Path | str, model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, float]:
+    """Max |difference| of the TorchScript and ONNX files' outputs from `model`'s on a random batch of 3
+    (a batch size the files were not traced with); raises when a format disagrees."""
+    directory = Path(directory)
+    x = _example(input_shape, batch=3, seed=1)
+    with torch.no_grad(), _quiet():
+        ref = model.eval()(x)
+        scripted = torch.jit.load(str(directory / "model.ts"), map_location="cpu")(x)
+    onnx_out = run_onnx(directory / "model.onnx", x)
+    result = {"torchscript_max_abs_diff": _max_diff(ref, scripted), "onnx_max_abs_diff": _max_diff(ref, onnx_out),
+              "batch": 3, "atol": ATOL, "rtol": RTOL}
+    for name, out in (("TorchScript", scripted), ("ONNX", onnx_out)):
+        if not _close(ref, out):
+            raise RuntimeError(f"the exported {name} file does not reproduce the model's outputs "
+                               f"(max |diff| {_max_diff(ref, out):.3g}); please report this architecture")
+    return result
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def write_files(folder: Path, model: nn.Module, arch: Mapping[str, Any], manifest: Mapping[str, Any]) -> None:
+    """Write the five files of one export into the (new, empty) `folder`."""
+    model = model.cpu().eval()
+    input_shape = tuple(int(v) for v in arch["input_shape"])
+    x = _example(input_shape)
+    _write_json(folder / "arch.json", {"format": FORMAT, **arch})
+    torch.save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, folder / "model.pt")
+    with torch.no_grad(), _quiet():
+        traced = torch.jit.trace(model, x, check_trace=False)
+        torch.jit.save(traced, str(folder / "model.ts"))
+    exporter = _onnx(model, x, folder / "model.onnx")
+    check = check_outputs(folder, model, input_shape)
+    files = {name: _sha256(folder / name) for name in FILES if name != "manifest.json"}
+    _write_json(folder / "manifest.json", {"format": FORMAT, **manifest, "check": check,
+                                           "formats": {"torchscript": "torch.jit.trace (eval mode)",
+                                                       "onnx": f"{exporter}, opset {OPSET}, dynamic batch"},
+                                           "files": files, "versions": versions(),
+                                           "created": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+
+
+def write_export(target: Path | str, items: Mapping[str, tuple[nn.Module, Mapping[str, Any], Mapping[str, Any]]],
+                 *, force: bool = False, index: Mapping[str, Any] | None = None) -> Path:
+    """Write exports atomically: `items` maps a subfolder name ("" = the target itself) to
+    (model, arch, manifest). An existing target is refused unless `force`, and it is replaced only
+    after every file has been written and checked; on any failure nothing is left behind."""
+    _need_onnx()
+    target = Path(target)
+    if target.exists() and not force:
+        raise UserError(f"{target} exists; pass --force to replace it, or choose another -o DIR")
+    if target.exists() and not target.is_dir():
+        raise UserError(f"{target} is a file, not an export directory; choose another -o DIR")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would survive the rename
+    try:
+        for sub, (model, arch, manifest) in items.items():
+            folder = tmp / sub if sub else tmp
+            folder.mkdir(parents=True, exist_ok=True)
+            write_files(folder, model, arch, manifest)
+        if index is not None:
+            _write_json(tmp / "index.json", {"format": FORMAT, **index})
+        old = None
+        if target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+            os.replace(target, old / "previous")
+        os.replace(tmp, target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def read_arch(directory: Path | str) -> dict[str, Any]:
+    """The `arch.json` of an export directory, checked."""
+    path = Path(directory) / "arch.json"
+    if not path.is_file():
+        raise UserError(f"{directory} is not a nasopt export (no arch.json); export one with `nasopt export`")
+    try:
+        arch = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{path} is corrupt ({type(e).__name__}); export the trial again") from None
+    missing = [k for k in ("space", "params", "input_shape", "num_classes") if k not in arch]
+    if not isinstance(arch, dict) or arch.get("format") != FORMAT or missing:
+        raise UserError(f"{path} is not a {FORMAT} arch file (missing {', '.join(missing) or 'format'}); "
+                        "export the trial again")
+    return arch
+
+
+def load_model(directory: Path | str, *, space: Any = None, device: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild the exported module from `arch.json` and `model.pt` (read with `weights_only=True`), in
+    eval mode on `device`. A space that is not one of nasopt's own is passed as `space=`."""
+    directory = Path(directory)
+    arch = read_arch(directory)
+    if space is None:
+        if not arch["space"]:
+            raise UserError(f"{directory}/arch.json names no rebuildable space; pass space=... (the study file's space)")
+        space = space_from_config(arch["space"])
+    task = ShapeTask("export", tuple(int(v) for v in arch["input_shape"]), int(arch["num_classes"]))
+    try:
+        model = space.build(dict(arch["params"]), task)
+    except UserError:
+        raise
+    except Exception as e:
+        raise UserError(f"{directory}: the space cannot build the exported architecture ({type(e).__name__}: {e})") from None
+    path = directory / "model.pt"
+    try:
+        with open(path, "rb") as f:
+            state = torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+    except FileNotFoundError:
+        raise UserError(f"{directory} has no model.pt; export the trial again") from None
+    except Exception as e:
+        raise UserError(f"{path} is corrupt or does not fit the architecture ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0][:160] if str(e) else ''}); export the trial again") from None
+    return model.to(device).eval()
+
+
+# ---------------------------------------------------------------------------------------------- trials
+
+def completed_trial(study: Any, number: int) -> Any:
+    """Trial `number` of `study`, which must exist and be COMPLETE."""
+    from optuna.trial import TrialState
+
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    if number not in trials:
+        raise UserError(f"study {study.study_name!r} has no trial {number} (trials 0..{max(trials, default=-1)}); "
+                        "see `nasopt show`")
+    t = trials[number]
+    if t.state != TrialState.COMPLETE:
+        why = t.user_attrs.get("fail_reason") or t.user_attrs.get("pruned_reason")
+        raise UserError(f"trial {number} of study {study.study_name!r} is {t.state.name}"
+                        f"{f' ({why})' if why else ''}; only COMPLETE trials can be exported (see `nasopt show`)")
+    return t
+
+
+def _weights(trial: Any, store: Any) -> tuple[dict[str, torch.Tensor], str]:
+    from nasopt.inherit import WEIGHTS_ATTR, load_weights
+
+    artifact = trial.user_attrs[WEIGHTS_ATTR]
+    try:
+        state = load_weights(artifact, store)
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise ValueError("not a state dict")
+        return state, artifact
+    except Exception as e:
+        first = str(e).splitlines()[0][:160] if str(e) else ""
+        raise UserError(f"the weights artifact {artifact} of trial {trial.number} cannot be read ({type(e).__name__}"
+                        f"{': ' + first if first else ''}); retrain it with `nasopt train` instead") from None
+
+
+def _genotype(space: Any, params: Mapping[str, Any]) -> str | None:
+    """The printed Genotype of cell spaces (darts_cell, conv1d); None for other spaces."""
+    to_genotype = getattr(space, "to_genotype", None)
+    return str(to_genotype(params)) if callable(to_genotype) else None
+
+
+def check_params(model: nn.Module, trial: Any, source: str) -> None:
+    """The rebuilt network must have the parameter count the study recorded for the trial."""
+    from nasopt.metrics import count_params
+
+    n_params, recorded = count_params(model), trial.user_attrs.get("params")
+    if recorded is not None and int(recorded) != n_params:
+        raise UserError(f"trial {trial.number} rebuilt from the {source} has {n_params} parameters, but the study "
+                        f"recorded {int(recorded)}: the space's settings differ from the run's; pass the study file "
+                        "that ran it (--study-file FILE)")
+
+
+def prepare_trial(study: Any, number: int, rebuilt: Any, *, store: Any = None, untrained: bool = False,
+                  storage: str | None = None) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
+    """(model, arch, manifest) of one COMPLETE trial, with its stored trained weights (or, with
+    `untrained`, fresh ones). Every check happens here, before anything is written."""
+    from nasopt.inherit import WEIGHTS_ATTR
+
+    trial = completed_trial(study, number)
+    has_weights = bool(trial.user_attrs.get(WEIGHTS_ATTR))
+    if has_weights and number in study.user_attrs.get(DROPPED_ATTR, []) and not untrained:
+        raise UserError(f"the weights of trial {number} were dropped when it left the Pareto front; retrain and "
+                        f"export it with `nasopt train {study.study_name} --trial {number} --epochs E -o DIR`")
+    has_weights = has_weights and number not in study.user_attrs.get(DROPPED_ATTR, [])
+    if not has_weights and not untrained:
+        raise UserError(f"trial {number} of study {study.study_name!r} has no stored weights (trials that were "
+                        f"dominated when they finished keep none, unless the study ran with inherit_weights); retrain and export it with `nasopt train {study.study_name} --trial {number} "
+                        "--epochs E -o DIR`, or pass --untrained to export the architecture with fresh weights")
+    space, task, params = rebuilt.space, rebuilt.task, dict(trial.params)
+    torch.manual_seed(int(trial.user_attrs.get("seed", 0)))
+    try:
+        model = space.build(params, task).cpu().eval()
+    except UserError:
+        raise
+    except Exception as e:
+        raise UserError(f"cannot rebuild trial {number} with {type(space).__name__} ({type(e).__name__}: {e}); "
+                        "pass the study file that ran it (--study-file FILE)") from None
+    check_params(model, trial, rebuilt.source)
+    if has_weights and store is not None:
+        state, artifact = _weights(trial, store)
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as e:
+            raise UserError(f"the weights artifact {artifact} of trial {number} does not fit the rebuilt network "
+                            f"({str(e).splitlines()[0][:160]}); pass the study file that ran it (--study-file FILE)") from None
+        weights = {"source": "trial artifact", "artifact": artifact, "trained": True}
+    else:
+        weights = {"source": "initialised", "trained": False,
+                   "note": "freshly initialised weights (--untrained): the architecture only; train it with `nasopt train`"}
+    names = study.metric_names or [f"value{i}" for i in range(len(study.directions))]
+    objectives = {n: {"value": v, "direction": d.name.lower()}
+                  for n, v, d in zip(names, trial.values, study.directions, strict=True)}
+    arch, manifest = describe_export(model, space, params, rebuilt.space_config, task, study=study.study_name,
+                                     storage=storage, trial=number, strategy=trial.user_attrs.get("strategy"),
+                                     objectives=objectives, search_latency=trial.user_attrs.get("latency"),
+                                     weights=weights, data=rebuilt.data, space_source=rebuilt.source,
+                                     normalisation=rebuilt.normalisation,
+                                     train=(study.user_attrs.get("nasopt") or {}).get("train"))
+    return model, arch, manifest
+
+
+def describe_export(model: nn.Module, space: Any, params: Mapping[str, Any], space_config: Any, task: Any,
+                    *, search_latency: Any = None, normalisation: Any = None, **manifest: Any) -> tuple[dict, dict]:
+    """arch.json's content and the manifest (params, MACs, latency and memory measured now on the CPU,
+    with provenance, plus `manifest`'s entries) of `model`, an architecture of `space`."""
+    from nasopt.metrics import count_macs, count_params, measure_latency, peak_memory
+
+    model = model.cpu().eval()
+    shape = tuple(int(v) for v in task.input_shape)
+    arch = {"space": space_config, "params": dict(params), "describe": space.describe(params),
+            "genotype": _genotype(space, params), "input_shape": list(shape), "num_classes": int(task.num_classes)}
+    latency = measure_latency(model, shape)
+    memory, memory_provenance = peak_memory(model, shape)
+    head = {k: manifest.pop(k) for k in ("study", "storage", "trial", "strategy", "objectives") if k in manifest}
+    return arch, {
+        **head, "params": count_params(model), "macs": count_macs(model, shape),
+        "latency": {"search": search_latency,
+                    "export": {"median_ms": latency.median_ms, "iqr_ms": latency.iqr_ms, **latency.provenance}},
+        "memory_mb": {"value": round(memory / 2**20, 4), **memory_provenance},
+        "input": {"shape": [1, *shape], "dtype": "float32", "normalisation": normalisation},
+        **manifest,
+    }
+
+
+def keep_front_weights(study: Any, store: Any) -> list[int]:
+    """Delete the stored weights of COMPLETE trials that are no longer Pareto-optimal (no longer the best,
+    for one objective), so a study keeps trained weights for exactly the trials worth exporting.
+    The dropped trial numbers are added to the study's `weights_dropped` attr (a finished trial's attrs
+    cannot change), so `export` can say why. Returns the numbers dropped now."""
+    from optuna.trial import TrialState
+
+    from nasopt.inherit import WEIGHTS_ATTR
+
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not complete:
+        return []
+    keep = {t.number for t in study.best_trials} if len(study.directions) > 1 else {study.best_trial.number}
+    dropped = set(study.user_attrs.get(DROPPED_ATTR, []))
+    now = []
+    for t in complete:
+        artifact = t.user_attrs.get(WEIGHTS_ATTR)
+        if artifact and t.number not in keep and t.number not in dropped:
+            try:
+                store.remove(artifact)
+            except Exception:  # already gone: nothing to free
+                pass
+            now.append(t.number)
+    if now:
+        study.set_user_attr(DROPPED_ATTR, sorted(dropped | set(now)))
+    return now
