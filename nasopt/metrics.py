@@ -33,12 +33,17 @@ _MAC_OPS = ("conv", "linear", "matmul", "bmm", "einsum", "addmm", "scaled_dot_pr
 
 @dataclass(frozen=True, kw_only=True)
 class MeasureConfig:
-    """How latency is measured: batch size, CPU threads (None = torch's current), warm-up and repeats."""
+    """How latency is measured: batch size, CPU threads (None = torch's current), warm-up and repeats.
+
+    `latency_table`: a table file from `nasopt latency-table`; the study's `latency_ms` is then PREDICTED
+    from it (the sum of the architecture's entries; provenance says "method": "predicted") instead of
+    timed per trial: cheap, and the same on every worker."""
 
     batch_size: int = 1
     threads: int | None = None
     warmup: int = 5
     repeats: int = 30
+    latency_table: str | None = None
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.repeats < 3 or self.warmup < 0:

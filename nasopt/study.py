@@ -246,6 +246,10 @@ def _run_checked(spec: StudySpec, storage: str | optuna.storages.BaseStorage | N
     for strategy in (spec.strategy if isinstance(spec.strategy, (list, tuple)) else [spec.strategy]):
         if strategy is not None and hasattr(strategy, "check"):
             strategy.check(spec.space, task)  # e.g. DARTS on a space with depth choices: refused, nothing written
+    if spec.measure.latency_table is not None and spec.dataset != "nanobench":  # missing or stale: before storage
+        from nasopt.latency_table import LatencyTable
+
+        LatencyTable.load(spec.measure.latency_table).check(spec.space, task, dev)
     level = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # the progress bar and our messages say it all
     deadline = time.monotonic() + spec.timeout if spec.timeout else math.inf

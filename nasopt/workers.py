@@ -87,9 +87,10 @@ def _fail_stale(study: optuna.Study) -> None:
 
 # -- seeds -----------------------------------------------------------------------------------------
 
-def worker_seed(base: int, index: int, host: str, trials_at_start: int) -> int:
-    """A worker's own sampler seed: the study seed, the host, the worker index, the trials so far."""
-    digest = hashlib.sha256(f"{base}:{host}:{index}:{trials_at_start}".encode()).digest()
+def worker_seed(base: int, index: int, host: str, trials_at_start: int, pid: int = 0) -> int:
+    """A worker's own sampler seed: the study seed, the host, the process, the worker index, the trials
+    so far (separate commands on one host, started together, differ by their pid)."""
+    digest = hashlib.sha256(f"{base}:{host}:{pid}:{index}:{trials_at_start}".encode()).digest()
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
@@ -139,7 +140,7 @@ def _seed_worker(spec: StudySpec, study: optuna.Study, index: int, workers: int,
     trials = len(study.get_trials(deepcopy=False))
     if workers == 1 and created and trials == 0:
         return None
-    seed = worker_seed(spec.seed, index, socket.gethostname(), trials)
+    seed = worker_seed(spec.seed, index, socket.gethostname(), trials, os.getpid())
     seed_sampler(study.sampler, seed)
     return seed
 

@@ -177,3 +177,26 @@ def test_cli_bad_inputs_are_one_line(tmp_path, monkeypatch, capsys, args, messag
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1, err
     assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_a_discrete_study_can_take_its_latency_from_the_table(digits_task, tmp_path):
+    """MeasureConfig(latency_table=...): latency_ms is the table's prediction, marked as predicted."""
+    import nasopt
+    from nasopt.latency_table import LatencyTable
+
+    space = MobileSpace(**TINY)
+    path = build_table(space, digits_task, repeats=3, warmup=0, threads=1).save(tmp_path / "t.json")
+    table = LatencyTable.load(path)
+    study = nasopt.run(nasopt.StudySpec(
+        name="predicted", space=space, dataset="digits", n_trials=2, train=nasopt.TrainConfig(epochs=1),
+        objectives={"accuracy": "maximize", "latency_ms": "minimize"},
+        measure=nasopt.MeasureConfig(latency_table=str(path))), storage=f"sqlite:///{tmp_path / 's.db'}", progress=False)
+    for t in study.get_trials():
+        assert t.user_attrs["latency"]["method"] == "predicted"
+        assert t.values[1] == pytest.approx(table.predict(space, t.params, digits_task), abs=1e-4)
+    # a table of another space setting is refused before the storage is touched
+    other = nasopt.StudySpec(name="other", space=MobileSpace(**{**TINY, "max_depth": 3}), dataset="digits",
+                             measure=nasopt.MeasureConfig(latency_table=str(path)))
+    with pytest.raises(nasopt.UserError, match="latency table"):
+        nasopt.run(other, storage=f"sqlite:///{tmp_path / 'o.db'}", progress=False)
+    assert not (tmp_path / "o.db").exists()

@@ -236,6 +236,7 @@ def test_worker_seeds_are_their_own_and_reproducible(make):
 
     a, b = worker_seed(0, 0, "host", 0), worker_seed(0, 1, "host", 0)
     assert a != b and a == worker_seed(0, 0, "host", 0) and worker_seed(0, 0, "other", 0) != a
+    assert worker_seed(0, 0, "host", 0, pid=1) != worker_seed(0, 0, "host", 0, pid=2)
     assert proposals(a) == proposals(a) != proposals(b)
 
 
