@@ -3,22 +3,12 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
 from typing import Any
 
 from nasopt.errors import UserError
+from nasopt.rebuild import ShapeTask
 
 __all__ = ["add_parser", "cmd_latency_table"]
-
-
-@dataclass(frozen=True)
-class ShapeTask:
-    """What a table needs of a task when only its shape is given (`--input-shape`)."""
-
-    name: str
-    input_shape: tuple[int, ...]
-    num_classes: int
-    device: str = "cpu"
 
 
 def _input_shape(text: str) -> tuple[int, ...]:

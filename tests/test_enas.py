@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import io
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import optuna
 import pytest
 import torch
+from gradient_resume import kill_mid_search_and_resume
 from optuna.trial import TrialState
 
 import nasopt
@@ -144,44 +143,8 @@ def test_an_enas_run_is_one_complete_trial_like_a_sampled_one(tmp_path):
     assert isinstance(make_strategy("enas"), ENAS)
 
 
-def read_trials(db: Path):
-    if not db.exists():
-        return []
-    try:
-        storage = optuna.storages.RDBStorage(f"sqlite:///{db}", skip_table_creation=True,
-                                             skip_compatibility_check=True)
-        return optuna.load_study(study_name="tiny_enas", storage=storage).get_trials()
-    except Exception:
-        return []
-
-
 def test_killed_search_resumes_from_its_last_epoch(tmp_path):
-    command = [sys.executable, "-m", "nasopt.cli", "run", str(ROOT / "studies" / "tiny_enas.py"), "-q"]
-    proc = subprocess.Popen(command, cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.communicate()
-        running = [t for t in read_trials(tmp_path / "nasopt.db") if t.state == TrialState.RUNNING]
-        if running and 2 <= len(running[0].user_attrs.get("search", [])) <= 4:
-            break
-        time.sleep(0.05)
-    else:
-        proc.kill()
-        pytest.fail("the search was not caught between epochs 2 and 4")
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate()
-    killed_at = len(running[0].user_attrs["search"])
-
-    done = subprocess.run(command, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    trials = read_trials(tmp_path / "nasopt.db")
-    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE], [(t.number, t.state) for t in trials]
-    failed, retry = trials
-    assert retry.system_attrs["failed_trial"] == failed.number
-    resumed = retry.user_attrs["resumed_from_epoch"]
-    assert killed_at <= resumed <= killed_at + 1  # the last checkpoint written before the kill
-    assert [r["epoch"] for r in retry.user_attrs["search"]] == list(range(1, 7))
-    assert [a["epoch"] for a in retry.user_attrs["alphas"]] == list(range(1, 7))
+    retry = kill_mid_search_and_resume(ROOT / "studies" / "tiny_enas.py", "tiny_enas", tmp_path, epochs=6)
     assert retry.params == {n: retry.params[n] for n in NanoSpace().distributions()}
 
 

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import optuna
 import pytest
 import torch
 import torch.nn.functional as F
+from gradient_resume import kill_mid_search_and_resume
 from optuna.trial import TrialState
 
 import nasopt
@@ -232,45 +231,10 @@ def run_cli(*args, cwd, timeout=300):
                           text=True, timeout=timeout)
 
 
-def read_trials(db: Path):
-    if not db.exists():
-        return []
-    try:
-        storage = optuna.storages.RDBStorage(f"sqlite:///{db}", skip_table_creation=True,
-                                             skip_compatibility_check=True)
-        return optuna.load_study(study_name="tiny_proxyless", storage=storage).get_trials()
-    except Exception:
-        return []
-
-
 def test_killed_search_resumes_from_its_last_epoch(tmp_path):
     out = run_cli("latency-table", "--study", str(STUDY), "--repeats", "2", "-q", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    command = [sys.executable, "-m", "nasopt.cli", "run", str(STUDY), "-q"]
-    proc = subprocess.Popen(command, cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.communicate()
-        running = [t for t in read_trials(tmp_path / "nasopt.db") if t.state == TrialState.RUNNING]
-        if running and 2 <= len(running[0].user_attrs.get("search", [])) <= 5:
-            break
-        time.sleep(0.05)
-    else:
-        proc.kill()
-        pytest.fail("the search was not caught between epochs 2 and 5")
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate()
-    killed_at = len(running[0].user_attrs["search"])
-
-    done = subprocess.run(command, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    trials = read_trials(tmp_path / "nasopt.db")
-    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE], [(t.number, t.state) for t in trials]
-    failed, retry = trials
-    assert retry.system_attrs["failed_trial"] == failed.number
-    assert killed_at <= retry.user_attrs["resumed_from_epoch"] <= killed_at + 1
-    assert [r["epoch"] for r in retry.user_attrs["search"]] == list(range(1, 9))
-    assert [a["epoch"] for a in retry.user_attrs["alphas"]] == list(range(1, 9))
+    retry = kill_mid_search_and_resume(STUDY, "tiny_proxyless", tmp_path, epochs=8, catch=(2, 5))
     assert retry.user_attrs["strategy"]["latency_target_ms"] == 1000.0
 
 
