@@ -397,8 +397,12 @@ def _open_rdb(url: str, heartbeat: bool, create: bool = True) -> RDBStorage:
             if locked:
                 connection.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": _SCHEMA_LOCK})
                 connection.commit()
-                state, revision = _schema_state(connection)
-                connection.commit()
+                for _ in range(20):  # tables without a version: a plain Optuna client may be stamping it now
+                    state, revision = _schema_state(connection)
+                    connection.commit()
+                    if state != "other" or revision is not None:
+                        break
+                    time.sleep(0.25)
             try:
                 if state == "other":
                     raise _schema_error(url, revision)

@@ -80,9 +80,22 @@ class Watcher:
     def __init__(self, url: str, name: str) -> None:
         self.url, self.name, self.storage = url, name, None
 
+    def _schema_ready(self) -> bool:
+        """Optuna's tables exist and carry their version: a plain Optuna client opening the database
+        earlier would stamp the version itself, racing the nasopt worker that is creating them."""
+        import psycopg
+
+        try:
+            with psycopg.connect(self.url, connect_timeout=5) as conn:
+                return conn.execute("SELECT count(*) FROM alembic_version").fetchone()[0] > 0
+        except Exception:
+            return False
+
     def trials(self) -> list[FrozenTrial]:
         try:
             if self.storage is None:
+                if not self._schema_ready():
+                    return []
                 self.storage = read_storage(self.url)
             return optuna.load_study(study_name=self.name, storage=self.storage).get_trials(deepcopy=False)
         except Exception:  # tables or study not created yet

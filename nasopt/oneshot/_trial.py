@@ -32,7 +32,7 @@ from nasopt.storage import set_user_attrs
 if TYPE_CHECKING:
     from nasopt.study import StudySpec
 
-__all__ = ["STRATEGY_KEY", "CHECKPOINT_KEY", "run_strategies", "strategy_trials"]
+__all__ = ["STRATEGY_KEY", "CHECKPOINT_KEY", "GradientObjective", "labels", "strategy_trials"]
 
 STRATEGY_KEY = "nasopt:strategy"  # system attr: the label of the gradient method that owns the trial
 CHECKPOINT_KEY = "nasopt:checkpoint"  # user attr: artifact id of the last epoch's checkpoint
@@ -153,21 +153,3 @@ class GradientObjective:
             bar.close()
         trial.set_user_attr("search_s", round(time.perf_counter() - t0, 3))
         return arch, summary
-
-
-def run_strategies(spec: StudySpec, study: optuna.Study, task: Any, store: Any, progress: bool) -> None:
-    """Run every strategy of the spec that has no finished trial in the study yet, one trial each."""
-    strategies = spec.strategy if isinstance(spec.strategy, (list, tuple)) else [spec.strategy]
-    named = dict(zip(labels(strategies), strategies, strict=True))
-    objective = GradientObjective(spec, task, store, named, progress)
-    objective.pending = [label for label in named if not _done(study, label)]
-    for _ in range(len(named) + 2 * _objective.MAX_RETRY + 2):  # retries of the last run included
-        _objective.recover_dead_local_trials(study)
-        objective.pending = [label for label in named if not _done(study, label)]
-        if not objective.pending:
-            return
-        try:
-            study.optimize(objective, n_trials=1, catch=_objective.CATCH, gc_after_trial=False)
-        except KeyboardInterrupt:
-            _objective.retry_interrupted(study)
-            raise
