@@ -153,7 +153,7 @@ def test_run_with_overrides_and_other_storage(tmp_path):
                     "--storage", "sqlite:///other.db", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""  # -q: no progress bar, and no warnings or log lines either
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.db"]  # no nasopt.db
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.artifacts", "other.db"]  # no nasopt.db
     assert "sqlite:///other.db" in result.stdout and "Pareto set" in result.stdout
     study = load(tmp_path / "other.db", "tiny_mobile")
     trials = study.get_trials()
