@@ -69,12 +69,16 @@ class Recorder:
 
 
 def artifact_store_for(storage_url: str | None, directory: str | None = None) -> FileSystemArtifactStore:
-    """The artifact store of a study: `directory`, else `<db name>.artifacts/` beside an SQLite file,
-    else `./nasopt-artifacts`."""
+    """The artifact store of a study: `directory`, else `<name>.artifacts/` beside an SQLite or journal
+    file, else `./nasopt-artifacts`."""
     if directory is None:
         url = storage_url or "sqlite:///nasopt.db"
         if url.startswith("sqlite:///") and url[len("sqlite:///"):] not in ("", ":memory:"):
             directory = str(Path(url[len("sqlite:///"):]).with_suffix(".artifacts"))
+        elif url.startswith("journal:///") and url[len("journal:///"):]:
+            from nasopt.storage import journal_path
+
+            directory = str(Path(journal_path(url) or "nasopt.log").with_suffix(".artifacts"))
         else:
             directory = "nasopt-artifacts"
     os.makedirs(directory, exist_ok=True)

@@ -28,6 +28,7 @@ import os
 import tempfile
 import uuid
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
 
@@ -251,8 +252,11 @@ def _store(storage: Any, store: Any, directory: str | None) -> Any:
     backend = getattr(storage, "_backend", storage)
     if directory is None and isinstance(backend, optuna.storages.InMemoryStorage):
         return None
-    # a storage without a URL (a journal file) is not SQLite: its artifacts live in ./nasopt-artifacts
-    return artifact_store_for(getattr(backend, "url", None) or "journal:", directory)
+    url = getattr(backend, "url", None)
+    if url is None:  # a journal storage has no URL: its file is its backend's (artifacts go beside it)
+        path = getattr(getattr(backend, "_backend", None), "_file_path", None)
+        url = f"journal:///{Path(path).resolve()}" if path else "journal:"
+    return artifact_store_for(url, directory)
 
 
 def _task_shape(task: Any) -> tuple[Sequence[int] | None, int]:
