@@ -34,6 +34,13 @@ from nasopt.search_spaces.nano import NanoSpace
 from nasopt.storage import mask_url, open_storage, scrub
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp_path(tmp_path, monkeypatch):
+    """Runs on PostgreSQL keep their artifacts in ./nasopt-artifacts: never in the checkout."""
+    monkeypatch.chdir(tmp_path)
+
 PG_ADMIN = os.environ.get("NASOPT_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 SECRET = "Sup3r-S3cret-pw"
 
