@@ -39,3 +39,15 @@ def _quiet_optuna():
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     yield
     optuna.logging.set_verbosity(verbosity)
+
+
+@pytest.fixture
+def pg_url():
+    """A fresh PostgreSQL database for one test (skipped with the reason when no server answers), dropped after."""
+    from test_workers import create_database, drop_database
+
+    url = create_database()
+    try:
+        yield url
+    finally:
+        drop_database(url)

@@ -16,6 +16,7 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
+from cli_errors import user_error
 from optuna.trial import TrialState
 
 from nasopt.cli.main import load_study_file, main
@@ -34,16 +35,6 @@ def cli(*args: object, cwd: Path) -> subprocess.CompletedProcess[str]:
 def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
     return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns)
             for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def user_error(capsys: pytest.CaptureFixture[str], argv: list[str], *words: str) -> str:
-    """Run `nasopt ARGV` in-process: exit 2 and exactly one error line containing `words`."""
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("nasopt: error: "), err
-    for word in words:
-        assert word in err[0], (word, err[0])
-    return err[0]
 
 
 @pytest.fixture(scope="module")

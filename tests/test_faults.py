@@ -59,15 +59,6 @@ study = nasopt.StudySpec(name={name!r}, space=NanoSpace(C=8), dataset="digits", 
 """
 
 
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    url = create_database()
-    try:
-        yield url
-    finally:
-        drop_database(url)
-
-
 def start(study: Path, url: str, cwd: Path, *extra: object) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-m", "nasopt.cli", "run", str(study), "--storage", url, "-q",
                              *map(str, extra)], cwd=cwd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

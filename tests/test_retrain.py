@@ -16,6 +16,7 @@ import numpy as np
 import optuna
 import pytest
 import torch
+from cli_errors import user_error
 
 from nasopt.cli.main import apply_sets, load_study_file, main
 
@@ -37,15 +38,6 @@ measure: {warmup: 1, repeats: 3}
 def cli(*args: object, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "nasopt.cli", *map(str, args)], cwd=cwd, env=ENV,
                           capture_output=True, text=True, timeout=300)
-
-
-def user_error(capsys: pytest.CaptureFixture[str], argv: list[str], *words: str) -> str:
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("nasopt: error: "), err
-    for word in words:
-        assert word in err[0], (word, err[0])
-    return err[0]
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,6 @@ import textwrap
 import time
 import traceback
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -82,15 +81,6 @@ def drop_database(url: str) -> None:
     base, name = url.rsplit("/", 1)
     with admin_connection(base + "/postgres") as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    url = create_database()
-    try:
-        yield url
-    finally:
-        drop_database(url)
 
 
 def write_study(folder: Path, name: str = "workers", n_trials: int = 20, text: str = NANO_STUDY) -> Path:
