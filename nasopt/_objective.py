@@ -16,6 +16,7 @@ import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
+from nasopt._buffer import flush, hold
 from nasopt.inherit import DECISIONS_ATTR, Recorder, inherit, save_weights
 from nasopt.metrics import count_macs, count_params, measure_latency, peak_memory
 from nasopt.nanobench import NanoBench
@@ -224,11 +225,13 @@ class Objective:
         spec, task, space = self.spec, self.task, self.spec.space
         study = trial.study
         system = trial.storage.get_trial_system_attrs(trial._trial_id)
+        hold(trial)  # writes go out together: after suggest, before training, per epoch, with the result
         trial.storage.set_trial_system_attr(trial._trial_id, WORKER_KEY, _worker())
         if system.get(INTERRUPTED_KEY):  # a retry inherits its original's attrs: this one is not interrupted
             trial.storage.set_trial_system_attr(trial._trial_id, INTERRUPTED_KEY, False)
         t0 = time.perf_counter()
         arch = space.suggest(trial)
+        flush(trial)  # the architecture and its worker are visible (and a killed trial is retried with them)
         prev = self._evaluated(study, trial.params, trial.number)
         if prev is not None:
             return self._reuse(trial, prev)
@@ -276,6 +279,7 @@ class Objective:
                 violated.append(f"{metric}={metrics[metric]:g} > {limit:g}")
         if violated:
             raise optuna.TrialPruned("constraint violated before training: " + ", ".join(violated))
+        flush(trial)  # the dashboard shows the metrics while the network trains
 
         single = len(spec.objectives) == 1
         curve: list[dict[str, float]] = []
@@ -291,6 +295,8 @@ class Objective:
                 if trial.should_prune():
                     raise optuna.TrialPruned(f"pruned by {type(study.pruner).__name__} at epoch {epoch} "
                                              f"(val_acc={record['val_acc']:.4f})")
+            if epoch < spec.train.epochs:
+                flush(trial)
 
         if recorder is not None:
             accuracy_index = list(spec.objectives).index("accuracy") if "accuracy" in spec.objectives else None

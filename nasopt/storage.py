@@ -34,7 +34,8 @@ from optuna.storages import BaseStorage, RDBStorage, RetryHeartbeatStaleTrialCal
 from nasopt.errors import UserError
 
 __all__ = ["DEFAULT_STORAGE", "open_storage", "close_storage", "fast_sqlite", "mask_url", "scrub", "sqlite_path",
-           "journal_path", "check_workers", "set_user_attrs", "storage_url", "StorageUnavailable", "retry_callback"]
+           "journal_path", "check_workers", "set_user_attrs", "storage_url", "StorageUnavailable",
+           "retry_callback"]
 
 DEFAULT_STORAGE = "sqlite:///nasopt.db"
 HEARTBEAT_INTERVAL = 2  # seconds between a running trial's heartbeats
@@ -169,6 +170,7 @@ def fast_sqlite(storage: object) -> None:
     database folds them back in (SQLite's own recovery)."""
     from sqlalchemy import event
 
+    storage = getattr(storage, "_backend", storage)  # Optuna's (or nasopt's buffering) cache around it
     if not isinstance(storage, RDBStorage) or not str(storage.engine.url).startswith("sqlite"):
         return
 
@@ -473,22 +475,13 @@ def open_storage(url: str | None = None, *, create: bool = True, heartbeat: bool
 
 
 def set_user_attrs(trial: optuna.Trial, attrs: Mapping[str, Any]) -> None:
-    """`trial.set_user_attr` for several keys in ONE transaction on an RDB storage (one commit instead
-    of one per key: most of a short trial's storage time). Other storages, or an Optuna whose private
-    RDB helpers changed, get the public per-key calls."""
-    backend = getattr(trial.storage, "_backend", trial.storage)
-    write = getattr(backend, "_set_trial_attr_without_commit", None)
-    if isinstance(backend, RDBStorage) and write is not None and len(attrs) > 1:
-        from optuna.storages._rdb import models
-        from optuna.storages._rdb.storage import _create_scoped_session
+    """`trial.set_user_attr` for several keys: buffered while the runner holds the trial, else in ONE
+    transaction on an RDB storage (one commit instead of one per key). Other storages get the public
+    per-key calls."""
+    from nasopt._buffer import BufferedStorage
 
-        def commit() -> None:
-            with _create_scoped_session(backend.scoped_session) as session:
-                for key, value in attrs.items():
-                    write(session, models.TrialUserAttributeModel, trial._trial_id, key, value)
-
-        outage = getattr(backend, "_outage", None)
-        outage.call(backend, commit) if outage is not None else commit()
+    if isinstance(trial.storage, BufferedStorage) and len(attrs) > 1:
+        trial.storage.set_trial_user_attrs(trial._trial_id, dict(attrs))
         trial._cached_frozen_trial.user_attrs.update(attrs)
         return
     for key, value in attrs.items():

@@ -23,6 +23,7 @@ from typing import Any
 import optuna
 
 from nasopt import nanobench, workers
+from nasopt._buffer import BufferedStorage
 from nasopt.data import DATASETS, load_task
 from nasopt.errors import UserError
 from nasopt.inherit import artifact_store_for
@@ -159,6 +160,8 @@ def _open_or_create(spec: StudySpec, storage_url: str | optuna.storages.BaseStor
     """The study, and whether this call created it (several workers may start at once: one creates)."""
     storage: Any = storage_url if isinstance(storage_url, optuna.storages.BaseStorage) else \
         open_storage(storage_url or spec.storage)
+    if isinstance(storage, optuna.storages.RDBStorage):  # fewer round trips per trial (see nasopt._buffer)
+        storage = BufferedStorage(storage)
     sampler = spec.sampler if spec.sampler is not None else _default_sampler(spec)
     directions = [optuna.study.StudyDirection[d.upper()] for d in spec.directions]
     # Optuna would default to a MedianPruner: no pruning unless the study asks for it
