@@ -7,10 +7,14 @@ pass (batch 512, no_grad, eval mode) after every epoch, in one process with the 
 count. Throughput is training samples per second of wall time over the whole fit, validation included.
 
 - nasopt       `nasopt.train.train(model, task, TrainConfig(...))`: tensors in memory batched by index
-               (`index_select` + one fused normalise per batch), metrics accumulated on the device,
-               channels_last (TrainConfig's default).
+               (`index_select` + one fused normalise per batch), metrics accumulated on the device, and
+               TrainConfig's default rules: channels_last for models with grouped/depthwise convs, bf16
+               autocast (precision="auto") on an AMX-BF16 CPU for models without them; the picks are printed.
+- nasopt fp32  the same with `TrainConfig(precision="fp32")`: an ablation that separates the precision's
+               share of the gain.
 - nasopt nchw  the same with `TrainConfig(channels_last=False)`: an ablation that separates the memory
-               format's share of the gain from the data path's.
+               format's share. Whichever nasopt variant runs fp32 in NCHW (as plain does) isolates the
+               data path's share; the three shares are printed per model.
 - plain w=0    the tutorial loop: `DataLoader(TensorDataset(x, y), batch_size, shuffle=True)` with the
                default num_workers=0 over PRE-normalised tensors (normalised once up front, so the plain
                side does less work per batch than nasopt), `loss.item()` / `.sum().item()` per step,
@@ -155,10 +159,19 @@ def bench_data_path(task: Any, batch_size: int, repeats: int) -> float:
 def bench_arch(label: str, space: Any, arch: dict[str, Any], task: Any, config: TrainConfig,
                args: argparse.Namespace, data_ms: float) -> float:
     train_ds, val_ds = plain_datasets(task)
+    picks: dict[str, tuple[str, bool]] = {}  # variant -> (precision, channels_last) it ran with
+
+    def nasopt(name: str, **overrides: Any) -> Callable[[nn.Module, TrainConfig], float]:
+        def fit(m: nn.Module, c: TrainConfig) -> float:
+            result = train(m, task, dataclasses.replace(c, **overrides), seed=args.seed)
+            picks[name] = (result.precision, result.channels_last)
+            return result.val_acc
+        return fit
+
     variants: dict[str, Callable[[nn.Module, TrainConfig], float]] = {
-        "nasopt": lambda m, c: train(m, task, c, seed=args.seed).val_acc,
-        "nasopt nchw": lambda m, c: train(m, task, dataclasses.replace(c, channels_last=False),
-                                          seed=args.seed).val_acc,
+        "nasopt": nasopt("nasopt"),
+        "nasopt fp32": nasopt("nasopt fp32", precision="fp32"),
+        "nasopt nchw": nasopt("nasopt nchw", channels_last=False),
         "plain w=0": lambda m, c: plain_fit(m, train_ds, val_ds, c, args.seed),
     }
     if not args.no_workers:
@@ -171,6 +184,9 @@ def bench_arch(label: str, space: Any, arch: dict[str, Any], task: Any, config: 
     warm = dataclasses.replace(config, epochs=1)  # oneDNN primitive caches, allocator, first fork
     for fit in variants.values():
         fit(build(space, arch, task, args.seed), warm)
+    precision, channels_last = picks["nasopt"]
+    print(f"   nasopt picked (TrainConfig defaults): precision={precision}, memory format "
+          f"{'channels_last (NHWC)' if channels_last else 'contiguous (NCHW)'}")
 
     names = list(variants)
     times: dict[str, list[float]] = {k: [] for k in names}
@@ -182,19 +198,30 @@ def bench_arch(label: str, space: Any, arch: dict[str, Any], task: Any, config: 
             accs[name].append(variants[name](model, config))
             times[name].append(time.perf_counter() - t0)
 
+    def per_round(slow: str, fast: str) -> float:  # median over rounds of the wall-time ratio slow/fast
+        return statistics.median(t / n for t, n in zip(times[slow], times[fast], strict=True))
+
     samples = config.epochs * len(task.train)
     ref = times["nasopt"]
-    print(f"   {'variant':<12} {'median s':>8} {'best s':>7} {'spread':>6} {'samples/s':>9} {'best':>6} "
+    print(f"   {'variant':<12} {'runs as':<10} {'median s':>8} {'best s':>7} {'spread':>6} {'samples/s':>9} {'best':>6} "
           f"{'val_acc':>7}   nasopt/this: per-round median [min..max], best-of")
     for name in names:
         ts = times[name]
         paired = sorted(t / n for t, n in zip(ts, ref, strict=True))
         cmp = "" if name == "nasopt" else (f"{statistics.median(paired):.2f}x [{paired[0]:.2f}..{paired[-1]:.2f}], "
                                            f"{min(ts) / min(ref):.2f}x")
-        print(f"   {name:<12} {statistics.median(ts):8.3f} {min(ts):7.3f} {spread(ts):>6} "
-              f"{samples / statistics.median(ts):9.0f} {samples / min(ts):6.0f} {statistics.median(accs[name]):7.3f}"
-              f"   {cmp}")
-    ratio = statistics.median(t / n for t, n in zip(times["plain w=0"], ref, strict=True))
+        prec, nhwc = picks.get(name, ("fp32", False))  # the plain loops: fp32, NCHW
+        print(f"   {name:<12} {prec + (' NHWC' if nhwc else ' NCHW'):<10} {statistics.median(ts):8.3f} {min(ts):7.3f} "
+              f"{spread(ts):>6} {samples / statistics.median(ts):9.0f} {samples / min(ts):6.0f} "
+              f"{statistics.median(accs[name]):7.3f}   {cmp}")
+    ratio = per_round("plain w=0", "nasopt")
+    # the shares multiply (roughly) to the headline: each ablation switches one of nasopt's picks off
+    base = next((n for n in ("nasopt", "nasopt fp32", "nasopt nchw") if picks[n] == ("fp32", False)), None)
+    shares = [f"precision {per_round('nasopt fp32', 'nasopt'):.2f}x (nasopt fp32 / nasopt)",
+              f"memory format {per_round('nasopt nchw', 'nasopt'):.2f}x (nasopt nchw / nasopt)"]
+    if base is not None:
+        shares.append(f"data path {per_round('plain w=0', base):.2f}x (plain w=0 / {base}: both fp32, NCHW)")
+    print(f"   shares of the gain, per-round medians: {'; '.join(shares)}")
     epoch_ms = statistics.median(times["plain w=0"]) * 1e3 / config.epochs
     share = min(data_ms / epoch_ms, 0.99)
     print(f"   the DataLoader's own cost (~{data_ms:.0f} ms/epoch, measured above) is ~{share:.0%} of a plain(w=0) "
@@ -221,9 +248,10 @@ def main() -> None:
           f"batch={config.batch_size}, SGD lr={config.lr} momentum={config.momentum} nesterov "
           f"wd={config.weight_decay}, cosine per step, grad_clip={config.grad_clip}; {args.repeats} rounds; "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
-    print("nasopt = nasopt.train.train (in-memory tensors batched by index, device-side metrics, channels_last);\n"
-          "plain  = DataLoader(TensorDataset) loop over pre-normalised tensors, .item() per step, NCHW; same model, "
-          "init, optimiser, schedule, clipping and per-epoch validation")
+    print("nasopt = nasopt.train.train (in-memory tensors batched by index, device-side metrics, TrainConfig's "
+          "default precision and memory format rules);\n"
+          "plain  = DataLoader(TensorDataset) loop over pre-normalised tensors, .item() per step, fp32, NCHW; same "
+          "model, init, optimiser, schedule, clipping and per-epoch validation (fp32 on both sides)")
     data_ms = bench_data_path(task, config.batch_size, max(10, 3 * args.repeats))
 
     ratios = []
@@ -237,9 +265,9 @@ def main() -> None:
     if not met:
         print("why: the data path is many times faster, but on these models forward/backward compute is most "
               "of each step,\nso removing DataLoader overhead (per-sample __getitem__ + collate) gains only its "
-              "share of the epoch;\nthe rest of nasopt's edge is channels_last (compare 'nasopt nchw'), which "
-              "helps depthwise (mobile) convs.\nThe ratio grows with cheaper models / smaller batches and "
-              "shrinks with heavier ones.")
+              "share of the epoch;\nthe rest of nasopt's edge is bf16 autocast for dense convs (compare 'nasopt "
+              "fp32'; only on CPUs with AMX-BF16)\nand channels_last for depthwise convs (compare 'nasopt nchw'). "
+              "The ratio grows with cheaper models / smaller batches and shrinks with heavier ones.")
 
 
 if __name__ == "__main__":

@@ -312,6 +312,7 @@ class Objective:
         metrics["accuracy"] = result.val_acc
         metrics["top5"] = result.curve[-1].get("val_top5", 1.0)
         set_user_attrs(trial, {"curve": curve, "accuracy": round(result.val_acc, 6),
+                               "trained_as": {"precision": result.precision, "channels_last": result.channels_last},
                                "timings": {"build_s": round(t1 - t0, 4), "latency_s": round(t2 - t1, 4),
                                            "metrics_s": round(t3 - t2, 4), "train_s": round(result.seconds, 4)}})
         values = [float(metrics[m]) for m in spec.objectives]

@@ -18,6 +18,11 @@ NANO_ARCH = {"pos0.op": "conv3x3", "pos1.op": "maxpool3x3", "pos2.op": "skip", "
 MOBILE_ARCH = {"width": 0.5, "stage1.depth": 1, "stage1.block0.kernel": 3, "stage1.block0.expand": 3,
                "stage2.depth": 1, "stage2.block0.kernel": 3, "stage2.block0.expand": 3}
 pytestmark = pytest.mark.usefixtures("one_thread")
+CPU_CAPS = getattr(torch.cpu, "get_capabilities", dict)()
+CPU_AMX_BF16 = bool(CPU_CAPS.get("amx_bf16", False))  # what precision="auto" asks of a CPU
+needs_bf16 = pytest.mark.skipif(
+    not any(CPU_CAPS.get(flag, False) for flag in ("amx_bf16", "avx512_bf16", "bf16")),
+    reason="this CPU has no bf16 instructions (AMX-BF16, AVX512-BF16 or ARM BF16): bf16 would be emulated, slowly")
 
 RECORD_KEYS = {"epoch", "train_loss", "train_acc", "val_acc", "val_loss", "lr", "seconds"}
 
@@ -41,6 +46,8 @@ def without_time(curve: list[dict[str, float]]) -> list[dict[str, float]]:
     ({"weight_decay": -1e-4}, "`weight_decay >= 0`"),
     ({"label_smoothing": 1.0}, "`0 <= label_smoothing < 1`"),
     ({"optimizer": "rmsprop"}, "unknown optimizer 'rmsprop'"),
+    ({"precision": "fp8"}, "unknown precision 'fp8'"),
+    ({"precision": "float16"}, "unknown precision 'float16'"),
 ])
 def test_train_config_rejects_bad_values(kwargs, rule):
     with pytest.raises(UserError) as info:
@@ -49,6 +56,8 @@ def test_train_config_rejects_bad_values(kwargs, rule):
     assert rule in message
     if kwargs.get("optimizer"):
         assert "sgd" in message and "adam" in message  # the fix: the known choices
+    elif kwargs.get("precision"):
+        assert all(p in message for p in ("auto", "fp32", "bf16", "fp16"))
     else:
         assert str(next(iter(kwargs.values()))) in message  # the value that broke the rule
 
@@ -91,8 +100,9 @@ def test_train_on_digits_learns_and_records_every_epoch(digits_task, space):
     assert model.training  # left in train mode, as it was trained
 
 
-def test_same_seed_gives_identical_curves(synthetic_task):
-    config = TrainConfig(epochs=2, batch_size=64, channels_last=False)
+@pytest.mark.parametrize("precision", ["fp32", pytest.param("bf16", marks=needs_bf16)])
+def test_same_seed_gives_identical_curves(synthetic_task, precision):
+    config = TrainConfig(epochs=2, batch_size=64, channels_last=False, precision=precision)
     runs = []
     for seed in (0, 0, 1):
         model = nano(synthetic_task)  # same initial weights every time
@@ -102,6 +112,84 @@ def test_same_seed_gives_identical_curves(synthetic_task):
     assert curve_a == curve_b
     assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
     assert curve_c != curve_a  # the seed does pick the batch order
+
+
+# ------------------------------------------------------------------------------------------ precision
+
+def test_fp16_on_the_cpu_is_refused_with_the_fix(digits_task):
+    model = nano(digits_task)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(UserError) as info:
+        train(model, digits_task, TrainConfig(epochs=1, precision="fp16"))
+    message = str(info.value)
+    assert "precision='fp16'" in message and "CUDA" in message and "'cpu'" in message
+    assert "precision='bf16'" in message  # the fix
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # refused before any step
+
+
+@needs_bf16
+def test_bf16_training_learns_and_keeps_fp32_weights_and_grads(digits_task):
+    model = nano(digits_task)
+    result = train(model, digits_task, TrainConfig(epochs=3, batch_size=64, precision="bf16"), seed=0)
+    assert result.precision == "bf16" and not result.channels_last
+    assert result.val_acc > 0.5  # chance is 0.1
+    assert result.curve[-1]["train_loss"] < result.curve[0]["train_loss"]
+    assert all(math.isfinite(r["train_loss"]) for r in result.curve)
+    # autocast only: parameters, their gradients and the BN running stats stay fp32
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert all(p.grad is None or p.grad.dtype == torch.float32 for p in model.parameters())
+    assert all(b.dtype in (torch.float32, torch.int64) for b in model.buffers())
+
+
+class DtypeProbe(nn.Module):
+    """Records (training?, dtype of the logits) for every forward pass of the wrapped model."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.calls: list[tuple[bool, torch.dtype]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.inner(x)
+        self.calls.append((self.training, logits.dtype))
+        return logits
+
+
+@needs_bf16
+def test_bf16_trains_in_bf16_but_validates_in_fp32(digits_task):
+    probe = DtypeProbe(nano(digits_task))
+    train(probe, digits_task, TrainConfig(epochs=1, batch_size=256, precision="bf16"))
+    assert {dtype for training, dtype in probe.calls if training} == {torch.bfloat16}
+    assert {dtype for training, dtype in probe.calls if not training} == {torch.float32}  # evaluate
+    # evaluate is fp32 even inside a caller's autocast region: the same numbers as outside it
+    probe.calls.clear()
+    plain = evaluate(probe, digits_task.val)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = evaluate(probe, digits_task.val)
+    assert inside == plain
+    assert {dtype for _, dtype in probe.calls} == {torch.float32}
+
+
+def test_fp32_training_ignores_an_enclosing_autocast(digits_task):
+    probe = DtypeProbe(nano(digits_task))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        result = train(probe, digits_task, TrainConfig(epochs=1, batch_size=256, precision="fp32"))
+    assert result.precision == "fp32"
+    assert {dtype for _, dtype in probe.calls} == {torch.float32}
+
+
+def test_auto_precision_follows_the_rule(digits_task):
+    """bf16 only on a device that runs it natively (AMX-BF16 here) and for a model without grouped convs."""
+    config = TrainConfig(epochs=1, batch_size=256)  # precision="auto", channels_last=None
+    torch.manual_seed(0)
+    mobile = MobileSpace(stages=2, max_depth=1).build(MOBILE_ARCH, digits_task)  # depthwise convs
+    assert any(isinstance(m, nn.Conv2d) and m.groups > 1 for m in mobile.modules())
+    mobile_result = train(mobile, digits_task, config)
+    assert (mobile_result.precision, mobile_result.channels_last) == ("fp32", True)
+    dense_results = [train(nano(digits_task), digits_task, config) for _ in range(2)]  # dense 3x3 convs only
+    expected = "bf16" if CPU_AMX_BF16 else "fp32"
+    assert [(r.precision, r.channels_last) for r in dense_results] == [(expected, False)] * 2  # never by timing
+    assert without_time(dense_results[0].curve) == without_time(dense_results[1].curve)
 
 
 @pytest.mark.parametrize(("optimizer", "lr"), [("adam", 0.01), ("adamw", 0.01), ("sgd", 0.05)])
