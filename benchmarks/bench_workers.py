@@ -20,6 +20,7 @@ measured t_cpu of one worker, and says what that cap is here. It reports; it nev
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import time
 import uuid
@@ -61,24 +62,40 @@ def _sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
     return optuna.samplers.RandomSampler(seed=seed)
 
 
+def server_cpu() -> float | None:
+    """CPU seconds used so far by the local PostgreSQL server's processes (None when none runs here)."""
+    total, found = 0, False
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        if "(postgres)" in stat:
+            fields = stat.rsplit(")", 1)[1].split()
+            total, found = total + int(fields[11]) + int(fields[12]), True
+    return total / os.sysconf("SC_CLK_TCK") if found else None
+
+
 def run_one(admin: str, workers: int, trials: int, delay: float, sampler: str) -> dict[str, float]:
     url = _database(admin, create=True)
     try:
         spec = nasopt.StudySpec(name="bench", space=SlowNano(delay=delay), dataset="nanobench",
                                 objectives={"accuracy": "maximize", "params": "minimize"},
                                 sampler=_sampler(sampler, 0), n_trials=trials)
-        cpu0 = os.times()
+        cpu0, server0 = os.times(), server_cpu()
         t0 = time.perf_counter()
         study = nasopt.run(spec, storage=url, workers=workers, progress=False)
         wall = time.perf_counter() - t0
-        cpu1 = os.times()
+        cpu1, server1 = os.times(), server_cpu()
         done = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
         span = (max(t.datetime_complete for t in done) - min(t.datetime_start for t in done)).total_seconds()
         # children's CPU (the workers) when forked, this process's otherwise
         cpu = (cpu1.children_user + cpu1.children_system - cpu0.children_user - cpu0.children_system) \
             if workers > 1 else (cpu1.user + cpu1.system - cpu0.user - cpu0.system)
+        server = 1000 * (server1 - server0) / len(done) if server0 is not None and server1 is not None else math.nan
         return {"workers": workers, "trials": len(done), "span": span, "wall": wall, "rate": len(done) / span,
-                "cpu_ms": 1000 * cpu / len(done)}
+                "cpu_ms": 1000 * cpu / len(done), "server_ms": server}
     finally:
         _database(admin, create=False, name=url.rsplit("/", 1)[1])
 
@@ -101,7 +118,8 @@ def main() -> None:
         row = run_one(args.admin, w, args.trials, args.objective_ms / 1000, args.sampler)
         rows.append(row)
         print(f"  {w} worker(s): {row['rate']:.1f} trials/s ({60 * row['rate']:.0f}/min) over {row['span']:.1f} s, "
-              f"wall with start-up {row['wall']:.1f} s, CPU {row['cpu_ms']:.0f} ms/trial", flush=True)
+              f"wall with start-up {row['wall']:.1f} s, CPU {row['cpu_ms']:.0f} ms/trial in the workers + "
+              f"{row['server_ms']:.0f} ms in the PostgreSQL server", flush=True)
     base = rows[0]["rate"]
     t_obj = args.objective_ms / 1000
     t_cpu = rows[0]["cpu_ms"] / 1000
