@@ -161,3 +161,29 @@ def test_a_sampled_study_writes_few_transactions_per_trial(tmp_path):
     # create, params (+ worker), result (+ attrs, values, state), one heartbeat: 4 per trial (about 12
     # before the write-behind); creating the study adds a few
     assert writes[0] <= 4 * 30 + 10, writes[0]
+
+
+def test_another_worker_sees_states_at_once_and_params_as_soon_as_they_exist(url, monkeypatch):
+    a, b = _study(url), optuna.load_study(study_name="buffer", storage=BufferedStorage(open_storage(url, heartbeat=False)))
+    monkeypatch.setattr("nasopt._buffer.COALESCE", 0.0)
+    trial = a.ask()
+    hold(trial)
+
+    def seen() -> optuna.trial.FrozenTrial:
+        return next(t for t in b.get_trials(deepcopy=False) if t.number == trial.number)
+
+    assert seen().state == TrialState.RUNNING and seen().params == {}
+    trial.suggest_int("width", 8, 64)
+    flush(trial)
+    assert seen().params == trial.params  # read again: it had no params when last read
+    trial.set_user_attr("curve", [0.5])
+    flush(trial)
+    monkeypatch.setattr("nasopt._buffer.REFRESH", 3600.0)
+    assert "curve" not in seen().user_attrs  # a running trial's attributes may lag (by REFRESH)...
+    monkeypatch.setattr("nasopt._buffer.REFRESH", 0.0)
+    assert seen().user_attrs["curve"] == [0.5]  # ...and are read again after it
+    monkeypatch.setattr("nasopt._buffer.REFRESH", 3600.0)
+    a.tell(trial, [0.8, 20.0])
+    done = seen()  # a state change is read at once, with everything written with it
+    assert done.state == TrialState.COMPLETE and done.values == [0.8, 20.0] and done.user_attrs["curve"] == [0.5]
+    assert [t.number for t in b.get_trials(deepcopy=False)] == [t.number for t in a.get_trials(deepcopy=False)]
