@@ -337,3 +337,24 @@ def test_database_restart_in_the_middle_of_a_study_loses_nothing(tmp_path, serve
             pass  # the whole cluster goes with the fixture
         else:
             drop_database(url)
+
+
+def test_a_pooled_connection_dropped_while_idle_is_replaced_quietly(pg_url, capsys, monkeypatch):
+    """The server ends an idle pooled connection (a restart, an idle timeout): the next storage call
+    pings it on checkout, gets a new one, and goes on, with no outage message and no retry."""
+    from nasopt import storage as nasopt_storage
+
+    monkeypatch.setattr(nasopt_storage, "PING_IDLE", 0.2)
+    storage = nasopt_storage.open_storage(pg_url)
+    study_id = storage.create_new_study([optuna.study.StudyDirection.MAXIMIZE], "idle")
+    with storage.engine.connect() as connection:
+        pid = connection.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+    database = pg_url.rsplit("/", 1)[1]
+    with admin_connection() as admin:  # end every pooled connection of this database, as a restart would
+        ended = admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s "
+                              "AND pid <> pg_backend_pid()", (database,)).fetchall()
+    assert ended and pid is not None
+    time.sleep(0.3)
+    assert storage.get_study_name_from_id(study_id) == "idle"
+    assert "lost the database" not in capsys.readouterr().err
+    nasopt_storage.close_storage(storage)
