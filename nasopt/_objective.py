@@ -14,13 +14,14 @@ from typing import TYPE_CHECKING, Any
 
 import optuna
 import torch
+from optuna.artifacts._upload import ARTIFACTS_ATTR_PREFIX
 from optuna.trial import FrozenTrial, TrialState
 
 from nasopt._buffer import flush, hold
 from nasopt.inherit import DECISIONS_ATTR, Recorder, inherit, save_weights
 from nasopt.metrics import count_macs, count_params, measure_latency, peak_memory
 from nasopt.nanobench import NanoBench
-from nasopt.pictures import keep_weights, save_picture
+from nasopt.pictures import PICTURE_ATTR, keep_weights, save_picture
 from nasopt.pruners import CurvePruner
 from nasopt.space import fixed
 from nasopt.storage import MAX_RETRY, retry_callback, set_user_attrs  # noqa: F401  (MAX_RETRY: oneshot._trial)
@@ -165,7 +166,14 @@ class Objective:
         for key, value in prev.system_attrs.items():
             if key.startswith("constraints:"):
                 trial.set_constraint(key.split(":", 1)[1], value)
-        save_picture(trial, self.spec.space, trial.params, self.store, task=self.task, directory=self.spec.artifacts)
+        # the same architecture has the same picture: point to the original's file instead of drawing it again
+        picture = prev.user_attrs.get(PICTURE_ATTR)
+        meta = prev.system_attrs.get(f"{ARTIFACTS_ATTR_PREFIX}{picture}") if picture else None
+        if meta is not None:
+            trial.storage.set_trial_system_attr(trial._trial_id, f"{ARTIFACTS_ATTR_PREFIX}{picture}", meta)
+        else:
+            save_picture(trial, self.spec.space, trial.params, self.store, task=self.task,
+                         directory=self.spec.artifacts)
         if prev.state == TrialState.PRUNED:
             raise optuna.TrialPruned(f"same architecture as trial {prev.number}: "
                                      f"{prev.user_attrs.get('pruned_reason', 'pruned')}")

@@ -227,6 +227,10 @@ def test_repeated_architecture_reuses_the_stored_result(study_db):
         assert reused.user_attrs[key] == source.user_attrs[key], key
     assert "timings" not in reused.user_attrs
     assert reused.system_attrs["constraints:params"] == source.system_attrs["constraints:params"] <= 0
+    # the same architecture, the same picture: the dashboard lists the original's file for both trials
+    picture = source.user_attrs["picture_artifact"]
+    assert reused.user_attrs["picture_artifact"] == picture
+    assert reused.system_attrs[f"artifacts:{picture}"] == source.system_attrs[f"artifacts:{picture}"]
 
     rejected, first = trials[7], trials[trials[7].user_attrs["reused_from"]]
     assert rejected.state == first.state == TrialState.PRUNED and rejected.params == first.params
