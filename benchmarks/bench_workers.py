@@ -13,7 +13,7 @@ machine with few cores the CPU part caps the speed-up long before W does. The sc
 measured t_cpu of one worker, and says what that cap is here. It reports; it never asserts.
 
     .venv/bin/python benchmarks/bench_workers.py                          # ~3-5 min on 2 cores
-    .venv/bin/python benchmarks/bench_workers.py --workers 1,2,4,8 --trials 160 --sampler tpe
+    .venv/bin/python benchmarks/bench_workers.py --workers 1,2,4,8 --trials 960 --sampler tpe
     .venv/bin/python benchmarks/bench_workers.py --admin postgresql://USER@HOST/DB
 """
 
@@ -131,7 +131,8 @@ def main() -> None:
     p.add_argument("--admin", default=os.environ.get("NASOPT_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test"),
                    help="a PostgreSQL URL whose user may create databases")
     p.add_argument("--workers", default="1,2,4,8", help="comma-separated worker counts")
-    p.add_argument("--trials", type=int, default=240, help="trials per configuration")
+    p.add_argument("--trials", type=int, default=960,
+                   help="trials per configuration (default 960: a shorter run measures start-up more)")
     p.add_argument("--objective-ms", type=float, default=50.0, help="the objective's own time")
     p.add_argument("--sampler", choices=["random", "tpe"], default="random")
     args = p.parse_args()
