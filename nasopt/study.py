@@ -294,12 +294,18 @@ def _dry_build(spec: StudySpec, task: Any) -> None:
         warnings.simplefilter("ignore")
         arch = random_arch(spec.space, seed=spec.seed)
     try:
-        spec.space.build(arch, task)
+        model = spec.space.build(arch, task)
     except UserError:
         raise
     except Exception as e:
         raise UserError(f"space {type(spec.space).__name__} cannot build a network for {task.name} "
                         f"(input {tuple(task.input_shape)}): {type(e).__name__}: {e}") from None
+    if getattr(task, "device", None) is not None:  # e.g. precision='fp16' on a CPU: refused before any write
+        import torch
+
+        from nasopt.train import _precision
+
+        _precision(model, torch.device(task.device), spec.train)
 
 
 def _load(spec: StudySpec, device: str) -> Any:

@@ -287,3 +287,16 @@ def test_evaluate_without_top5_for_few_classes():
     metrics = evaluate(FixedRanking(3), TinySplit(10), batch_size=4)
     assert "top5" not in metrics
     assert metrics["acc"] == pytest.approx(4 / 10)  # labels 0, 1, 2, 0, ...: four zeros
+
+
+def test_fp16_on_the_cpu_is_refused_before_the_storage_is_written(tmp_path):
+    import nasopt
+    from nasopt.errors import UserError
+    from nasopt.search_spaces.nano import NanoSpace
+
+    spec = nasopt.StudySpec(name="fp16", space=NanoSpace(C=4), dataset="synthetic", n_trials=1,
+                            objectives={"accuracy": "maximize"},
+                            train=nasopt.TrainConfig(epochs=1, precision="fp16"))
+    with pytest.raises(UserError, match="fp16"):
+        nasopt.run(spec, storage=f"sqlite:///{tmp_path / 'x.db'}", device="cpu", progress=False)
+    assert not (tmp_path / "x.db").exists()
