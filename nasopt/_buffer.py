@@ -1,7 +1,7 @@
 """Fewer database round trips per trial: Optuna's trial cache, plus write-behind for this process's trials.
 
 A short trial on an RDB storage used to cost about 15 transactions and 50 statements: one per
-parameter, one per attribute, three full reads of its own trial (each 6 lazy loads). On a database
+parameter, one per attribute, three full reads of its own trial (each 6 lazy loads); now 4 and 10. On a database
 server that CPU caps how many workers a few cores can feed; on SQLite every commit is an fsync.
 `BufferedStorage` is Optuna's `_CachedStorage` with three additions:
 
@@ -15,10 +15,13 @@ server that CPU caps how many workers a few cores can feed; on SQLite every comm
   epoch; without `hold` every write goes through at once, as before;
 - two reads of the study's trials within `COALESCE` seconds, with no write of this process between
   them, are one read (the runner's budget read and `ask`'s look for queued trials);
-- a read loads in full only what changed: new trials, trials whose state changed, and other workers'
-  running trials without params yet or last read over `REFRESH` seconds ago (their attributes — a
-  curve, say — may lag by that much; their states never lag, and their params are read as soon as
-  they exist).
+- a read is one transaction: the states of the trials that may have changed, then in full only what
+  did: new trials, trials whose state changed, and other workers' running trials with new params or
+  system attrs, or last read over `REFRESH` seconds ago (their user attrs — a curve, say — may lag by
+  that much; their states, params and system attrs never lag). A new trial with nothing written yet
+  is cached empty, without a load;
+- a held trial's first heartbeat goes out with its first flush, not in a transaction of its own, and
+  the heartbeat-stale check Optuna runs before every trial runs once per heartbeat interval.
 
 Values are checked when they are buffered (JSON, distribution compatibility), so a mistake fails
 where it is made, not at the next flush.
@@ -29,6 +32,7 @@ from __future__ import annotations
 import copy
 import datetime
 import json
+import math
 import threading
 import time
 from collections.abc import Container, Sequence
@@ -40,7 +44,7 @@ from optuna.storages import RDBStorage
 from optuna.storages._cached_storage import _CachedStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from nasopt._batch import write_batch
+from nasopt._batch import create_trial, read_study, write_batch
 
 __all__ = ["BufferedStorage", "hold", "flush"]
 
@@ -69,6 +73,9 @@ class BufferedStorage(_CachedStorage):
         self._pending: dict[int, _Pending] = {}  # held trials' unwritten changes
         self._last_read: dict[int, float] = {}  # study_id -> monotonic time of the last remote read
         self._seen: dict[int, float] = {}  # trial_id -> when it was last read in full
+        self._beats: set[int] = set()  # own running trials whose heartbeat thread has beaten
+        self._beat: set[int] = set()  # of those, the ones whose first beat waits for their next flush
+        self._stale_checked: dict[int, float] = {}  # study_id -> monotonic time of the last stale check
         self._mutex = threading.RLock()
 
     def __getstate__(self) -> dict[Any, Any]:
@@ -100,13 +107,45 @@ class BufferedStorage(_CachedStorage):
     def _write(self, trial_id: int, pending: _Pending, state: TrialState | None = None,
                values: Sequence[float] | None = None) -> datetime.datetime:
         self._last_read.clear()
-        return write_batch(self._backend, trial_id, pending.params, pending.user, pending.system,
-                           pending.intermediate, state, values)
+        beat = trial_id in self._beat and state is None
+        when = write_batch(self._backend, trial_id, pending.params, pending.user, pending.system,
+                           pending.intermediate, state, values, heartbeat=beat)
+        self._beat.discard(trial_id)
+        return when
+
+    # -- heartbeats --------------------------------------------------------------------------------
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        """Optuna's heartbeat thread beats once when a trial starts, then every interval. The first beat
+        of this process's trial goes out with the trial's next flush (for a held trial: right after
+        `suggest`, milliseconds later; one transaction fewer per trial) or with the thread's second beat,
+        whichever comes first. Until then the trial has no heartbeat and, held, no worker either: like a
+        trial whose worker died between `ask` and the objective (`recover_dead_local_trials`)."""
+        with self._mutex:
+            if trial_id in self._own and trial_id not in self._beats:
+                self._beats.add(trial_id)
+                self._beat.add(trial_id)
+                return
+            self._beat.discard(trial_id)
+        super().record_heartbeat(trial_id)
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        """Optuna looks for heartbeat-stale trials before every trial (a query over the running trials and
+        their heartbeats); a trial is stale only after the grace period (several heartbeat intervals), so
+        once per interval finds the same trials as often as it matters."""
+        interval = self.get_heartbeat_interval() or 0
+        now = time.monotonic()
+        with self._mutex:
+            if now - self._stale_checked.get(study_id, -math.inf) < interval:
+                return []
+            self._stale_checked[study_id] = now
+        return super()._get_stale_trial_ids(study_id)
 
     # -- trials of this process ------------------------------------------------------------------
 
     def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
-        frozen = self._backend._create_new_trial(study_id, template_trial)
+        frozen = (create_trial(self._backend, study_id) if template_trial is None else None) or \
+            self._backend._create_new_trial(study_id, template_trial)
         with self._lock:
             if study_id not in self._studies:
                 self._studies[study_id] = self._study_info()
@@ -114,7 +153,7 @@ class BufferedStorage(_CachedStorage):
         with self._mutex:
             self._last_read.clear()
             if frozen.state == TrialState.RUNNING:
-                self._own[frozen._trial_id] = copy.deepcopy(frozen)
+                self._own[frozen._trial_id] = _copy(frozen)
         return frozen._trial_id
 
     @staticmethod
@@ -135,6 +174,7 @@ class BufferedStorage(_CachedStorage):
                 return done
             pending = self._pending.pop(trial_id, None) or _Pending()
             del self._own[trial_id]
+            self._beats.discard(trial_id)
             when = self._write(trial_id, pending, state, values)  # raises UpdateFinishedTrialError if taken
         own.state, own.datetime_complete = state, when
         own.values = list(values) if values is not None else None
@@ -216,7 +256,7 @@ class BufferedStorage(_CachedStorage):
         with self._mutex:
             own = self._own.get(trial_id)
             if own is not None:
-                return copy.deepcopy(own)
+                return _copy(own)
         return super().get_trial(trial_id)
 
     # -- reading the study -----------------------------------------------------------------------
@@ -232,9 +272,11 @@ class BufferedStorage(_CachedStorage):
     def _read_trials_from_remote_storage(self, study_id: int) -> None:
         """Optuna re-reads every unfinished trial of the study, with all its params and attributes, at
         every read: with W workers that is W-1 running trials (7 statements) per trial. Here a first,
-        narrow query asks for the states of the trials Optuna would read; only new trials, trials whose
-        state changed, and other workers' running trials that had no params yet or were read more than
-        `REFRESH` seconds ago are loaded in full."""
+        narrow query asks for the states of the trials Optuna would read (and, for running ones, how many
+        params and system attrs they have); in the same transaction, only new trials, trials whose state
+        changed, and other workers' running trials with new params or system attrs, or read more than
+        `REFRESH` seconds ago, are loaded in full. A new running trial with neither is cached as it is
+        (empty), without a load."""
         now = time.monotonic()
         if now - self._last_read.get(study_id, -1e9) < COALESCE:
             return
@@ -243,22 +285,35 @@ class BufferedStorage(_CachedStorage):
                 self._studies[study_id] = self._study_info()
             study = self._studies[study_id]
             last, unfinished = study.last_finished_trial_id, set(study.unfinished_trial_ids)
-        rows = self._states(study_id, last, unfinished)
-        load = set()
+        empty: list[FrozenTrial] = []
+
+        def choose(rows: list[Any]) -> set[int]:
+            load, empty[:] = set(), []
+            with self._lock:
+                for row in rows:
+                    trial_id, state = row.trial_id, row.state
+                    if trial_id in self._own:
+                        continue  # this process's running trial: the local copy is the newest
+                    where = self._trial_id_to_study_id_and_number.get(trial_id)
+                    cached = study.trials.get(where[1]) if where is not None else None
+                    if state == TrialState.RUNNING and not row.marks:
+                        if cached is None or cached.state != state:  # just created: nothing to read yet
+                            empty.append(FrozenTrial(
+                                number=row.number, state=state, value=None, values=None,
+                                datetime_start=row.datetime_start, datetime_complete=None, params={},
+                                distributions={}, user_attrs={}, system_attrs={}, intermediate_values={},
+                                trial_id=trial_id))
+                    elif cached is None or cached.state != state or state == TrialState.WAITING or (
+                            state == TrialState.RUNNING and (
+                                row.marks != len(cached.params) + len(cached.system_attrs)
+                                or now - self._seen.get(trial_id, 0.0) > REFRESH)):
+                        load.add(trial_id)
+            return load
+
+        rows, trials = read_study(self._backend, study_id, last, unfinished, choose)
         with self._lock:
-            for trial_id, state in rows:
-                where = self._trial_id_to_study_id_and_number.get(trial_id)
-                cached = study.trials.get(where[1]) if where is not None else None
-                if trial_id in self._own:
-                    continue  # this process's running trial: the local copy is the newest
-                if cached is None or cached.state != state or state == TrialState.WAITING or (
-                        state == TrialState.RUNNING and (not cached.params or now - self._seen.get(trial_id, 0.0)
-                                                         > REFRESH)):
-                    load.add(trial_id)
-        trials = self._backend._get_trials(study_id, None, load, max(load)) if load else []
-        with self._lock:
-            self._add_trials_to_cache(study_id, trials)
-            states = dict(rows)
+            self._add_trials_to_cache(study_id, empty + trials)
+            states = {row.trial_id: row.state for row in rows}
             for trial in trials:
                 self._seen[trial._trial_id] = now
                 states[trial._trial_id] = trial.state
@@ -269,24 +324,6 @@ class BufferedStorage(_CachedStorage):
                 else:
                     study.unfinished_trial_ids.add(trial_id)
         self._last_read[study_id] = time.monotonic()
-
-    def _states(self, study_id: int, last: int, unfinished: set[int]) -> list[tuple[int, TrialState]]:
-        """(trial_id, state) of the trials newer than `last` or in `unfinished`: one narrow query."""
-        import sqlalchemy as sa
-        from optuna.storages._rdb import models
-        from optuna.storages._rdb.storage import _create_scoped_session
-
-        trials = models.TrialModel.__table__
-        newer = trials.c.trial_id > last
-        query = sa.select(trials.c.trial_id, trials.c.state).where(
-            trials.c.study_id == study_id, sa.or_(newer, trials.c.trial_id.in_(unfinished)) if unfinished else newer)
-
-        def read() -> list[tuple[int, TrialState]]:
-            with _create_scoped_session(self._backend.scoped_session) as session:
-                return [(row.trial_id, row.state) for row in session.execute(query)]
-
-        outage = getattr(self._backend, "_outage", None)
-        return outage.call(self._backend, read) if outage is not None else read()
 
     def get_all_trials(self, study_id: int, deepcopy: bool = True,
                        states: Container[TrialState] | None = None) -> list[FrozenTrial]:
@@ -299,6 +336,17 @@ class BufferedStorage(_CachedStorage):
         return [(copy.deepcopy(own[t.number]) if deepcopy else own[t.number])
                 if t.number in own and t._trial_id == own[t.number]._trial_id and t.state == TrialState.RUNNING
                 else t for t in trials]
+
+
+def _copy(trial: FrozenTrial) -> FrozenTrial:
+    """A copy of a running trial whose dicts are its own (what Optuna's `Trial` changes in its copy);
+    their values are shared: neither side changes one in place (a new attribute value replaces the old)."""
+    twin = copy.copy(trial)
+    twin._params, twin._distributions = dict(trial._params), dict(trial._distributions)
+    twin._user_attrs, twin._system_attrs = dict(trial._user_attrs), dict(trial._system_attrs)
+    twin.intermediate_values = dict(trial.intermediate_values)
+    twin._values = None if trial._values is None else list(trial._values)
+    return twin
 
 
 def hold(trial: Any) -> None:

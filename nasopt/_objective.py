@@ -171,7 +171,7 @@ class Objective:
         meta = prev.system_attrs.get(f"{ARTIFACTS_ATTR_PREFIX}{picture}") if picture else None
         if meta is not None:
             trial.storage.set_trial_system_attr(trial._trial_id, f"{ARTIFACTS_ATTR_PREFIX}{picture}", meta)
-        else:
+        elif not isinstance(self.task, NanoBench):  # a table look-up draws no picture (see `_lookup`)
             save_picture(trial, self.spec.space, trial.params, self.store, task=self.task,
                          directory=self.spec.artifacts)
         if prev.state == TrialState.PRUNED:
