@@ -68,7 +68,8 @@ class _Statements:
 
         # marks: a running trial's params + system attrs, counted (what a reader must see at once)
         marks = sa.case((t.c.state == TrialState.RUNNING, count(params) + count(system)), else_=0)
-        self.states = sa.select(t.c.trial_id, t.c.state, t.c.number, t.c.datetime_start, marks.label("marks")).where(
+        self.states = sa.select(t.c.trial_id, t.c.number, t.c.state, t.c.datetime_start, t.c.datetime_complete,
+                                marks.label("marks")).where(
             in_study, sa.or_(t.c.trial_id > bp("after"), t.c.trial_id.in_(bp("ids", expanding=True))))
         head = sa.select(t.c.trial_id, t.c.number, t.c.state, t.c.datetime_start, t.c.datetime_complete)
         self.trials_listed = head.where(
@@ -179,7 +180,7 @@ def write_batch(backend: RDBStorage, trial_id: int, params: Sequence[tuple[str, 
             stored = set(conn.execute(s.stored_params, {"b_trial": trial_id}).scalars())
             todo = [p for p in todo if p[0] not in stored]
         if todo:
-            conn.execute(s.insert_params, [
+            _execute(conn, s.insert_params, [
                 {"trial_id": trial_id, "param_name": name, "param_value": value,
                  "distribution_json": distributions.distribution_to_json(dist)} for name, value, dist in todo])
         for kind, attrs in (("user", user), ("system", system)):
@@ -196,7 +197,7 @@ def write_batch(backend: RDBStorage, trial_id: int, params: Sequence[tuple[str, 
                 rows.append({"trial_id": trial_id, "objective": objective, "value": stored_value,
                              "value_type": value_type})
             if rows:
-                conn.execute(s.insert_values, rows)
+                _execute(conn, s.insert_values, rows)
             # the state last, only if the trial is still unfinished (else all of this is rolled back):
             # another worker that fails the trial meanwhile (heartbeat-stale) holds the row's lock until
             # its commit, and then this update finds no row to change
@@ -209,6 +210,11 @@ def write_batch(backend: RDBStorage, trial_id: int, params: Sequence[tuple[str, 
     return _run(backend, write)
 
 
+def _execute(conn: Any, statement: Any, rows: list[dict[str, Any]]) -> None:
+    """One row as a plain execute: the driver's executemany costs a pipeline round of its own."""
+    conn.execute(statement, rows[0] if len(rows) == 1 else rows)
+
+
 def _upsert(backend: RDBStorage, session: Any, conn: Any, kind: str, trial_id: int, attrs: Mapping[Any, Any] | None) -> None:
     """Insert-or-update several attributes (JSON texts) or intermediate values (`kind` "steps") of one trial
     in one executemany (`attrs` None: the trial's heartbeat, set to the server's clock); Optuna's own
@@ -219,10 +225,10 @@ def _upsert(backend: RDBStorage, session: Any, conn: Any, kind: str, trial_id: i
             conn.execute(statement, {"trial_id": trial_id})
         elif kind == "steps":
             stored = _statements().models.TrialIntermediateValueModel.intermediate_value_to_stored_repr
-            conn.execute(statement, [{"trial_id": trial_id, "step": step, "intermediate_value": stored(value)[0],
+            _execute(conn, statement, [{"trial_id": trial_id, "step": step, "intermediate_value": stored(value)[0],
                                       "intermediate_value_type": stored(value)[1]} for step, value in attrs.items()])
         else:
-            conn.execute(statement, [{"trial_id": trial_id, "key": key, "value_json": text}
+            _execute(conn, statement, [{"trial_id": trial_id, "key": key, "value_json": text}
                                      for key, text in attrs.items()])
     elif attrs is None:
         backend.record_heartbeat(trial_id)
@@ -261,14 +267,16 @@ def create_trial(backend: RDBStorage, study_id: int) -> FrozenTrial | None:
 def read_study(backend: RDBStorage, study_id: int, after: int, ids: Iterable[int],
                choose: Callable[[list[Any]], set[int]]) -> tuple[list[Any], list[FrozenTrial]]:
     """One read of a study in one transaction: the states of its trials newer than `after` or listed in
-    `ids` (rows of trial_id, state, number, datetime_start and, for a running trial, its `marks`: params
-    plus system attrs, counted), then the trials `choose(rows)` names, in full (`load_trials`)."""
+    `ids` (rows of trial_id, number, state, datetime_start, datetime_complete and, for a running trial,
+    its `marks`: params plus system attrs, counted), then the details of the trials `choose(rows)`
+    names, in one more statement: a worker reads every trial of the others, so with W workers this
+    runs W-1 times per trial."""
     s = _statements()
 
     def read(session: Any, conn: Any) -> tuple[list[Any], list[FrozenTrial]]:
         rows = conn.execute(s.states, {"b_study": study_id, "after": after, "ids": list(ids)}).all()
         load = choose(rows)
-        return rows, _load(conn, study_id, load) if load else []
+        return rows, _load(conn, [row for row in rows if row.trial_id in load]) if load else []
 
     return _run(backend, read)
 
@@ -276,24 +284,29 @@ def read_study(backend: RDBStorage, study_id: int, after: int, ids: Iterable[int
 def load_trials(backend: RDBStorage, study_id: int, ids: set[int]) -> list[FrozenTrial]:
     """The study's trials `ids` and every newer one (trial_id above max(ids)), in full, ordered by trial_id:
     what Optuna's `RDBStorage._get_trials(study_id, None, ids, max(ids))` returns, read with two Core
-    statements (more for over 500 trials) instead of six ORM queries and their objects: a worker reads
-    every trial of the others, so with W workers this runs W-1 times per trial."""
-    return _run(backend, lambda session, conn: _load(conn, study_id, ids))
+    statements (more for over 500 trials) instead of six ORM queries and their objects."""
+    s = _statements()
+    top = max(ids)
+
+    def read(session: Any, conn: Any) -> list[FrozenTrial]:
+        if len(ids) > _IN_LIMIT:
+            heads = conn.execute(s.trials_from, {"b_study": study_id, "first": min(ids)})
+        else:
+            heads = conn.execute(s.trials_listed, {"b_study": study_id, "ids": list(ids), "after": top})
+        return _load(conn, [r for r in heads if r.trial_id in ids or r.trial_id > top])
+
+    return _run(backend, read)
 
 
-def _load(conn: Any, study_id: int, ids: set[int]) -> list[FrozenTrial]:
+def _load(conn: Any, heads: list[Any]) -> list[FrozenTrial]:
+    """FrozenTrials of `heads` (rows of trial_id, number, state, datetime_start, datetime_complete), with
+    their params, values, attributes and intermediate values read in one statement (per 500 trials)."""
     s = _statements()
     models = s.models
-    top = max(ids)
-    if len(ids) > _IN_LIMIT:
-        heads = conn.execute(s.trials_from, {"b_study": study_id, "first": min(ids)})
-    else:
-        heads = conn.execute(s.trials_listed, {"b_study": study_id, "ids": list(ids), "after": top})
     built = {r.trial_id: FrozenTrial(
         number=r.number, state=r.state, value=None, values=None, datetime_start=r.datetime_start,
         datetime_complete=r.datetime_complete, params={}, distributions={}, user_attrs={},
-        system_attrs={}, intermediate_values={}, trial_id=r.trial_id)
-        for r in heads if r.trial_id in ids or r.trial_id > top}
+        system_attrs={}, intermediate_values={}, trial_id=r.trial_id) for r in heads}
     found = list(built)
     values: dict[int, dict[int, float]] = {}
     value_type, step_type = models.TrialValueModel.TrialValueType, models.TrialIntermediateValueModel.TrialIntermediateValueType

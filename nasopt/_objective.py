@@ -18,6 +18,7 @@ from optuna.artifacts._upload import ARTIFACTS_ATTR_PREFIX
 from optuna.trial import FrozenTrial, TrialState
 
 from nasopt._buffer import flush, hold
+from nasopt._index import StudyIndex
 from nasopt.inherit import DECISIONS_ATTR, Recorder, inherit, save_weights
 from nasopt.metrics import count_macs, count_params, measure_latency, peak_memory
 from nasopt.nanobench import NanoBench
@@ -146,18 +147,12 @@ class Objective:
 
             self.table = LatencyTable.load(spec.measure.latency_table)
             self.table.check(spec.space, task, getattr(task, "device", None))
-        # the study's trials as the runner read them just before this trial (saves one read per trial);
-        # used once, by the duplicate lookup, then dropped
-        self.known: list[FrozenTrial] | None = None
+        # the study's trials as the runner last read them, indexed (saves a read and a pass per trial)
+        self.index: StudyIndex | None = None
 
     def _evaluated(self, study: optuna.Study, params: dict[str, Any], number: int) -> FrozenTrial | None:
-        known, self.known = self.known, None
-        trials = known if known is not None else study.get_trials(deepcopy=False)
-        for t in trials:
-            if (t.state in (TrialState.COMPLETE, TrialState.PRUNED) and t.number != number and t.params == params
-                    and "reused_from" not in t.user_attrs):
-                return t
-        return None
+        index = self.index if self.index is not None else StudyIndex().update(study.get_trials(deepcopy=False))
+        return index.evaluated(params, number)
 
     def _reuse(self, trial: optuna.Trial, prev: FrozenTrial) -> list[float]:
         # the result is the original's; the time spent is this trial's own

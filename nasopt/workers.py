@@ -40,6 +40,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from nasopt import _objective, _progress
+from nasopt._index import StudyIndex
 from nasopt.errors import UserError
 from nasopt.storage import close_storage, open_storage, scrub
 
@@ -66,16 +67,7 @@ class TrialTimeout(Exception):
 
 def budget(study: optuna.Study, trials: list[FrozenTrial] | None = None) -> tuple[int, int, int]:
     """(finished, running, waiting) sampled trials; finished as in `nasopt.study.finished_count`."""
-    from nasopt.oneshot._trial import STRATEGY_KEY
-
-    trials = [t for t in (study.get_trials(deepcopy=False) if trials is None else trials)
-              if STRATEGY_KEY not in t.system_attrs]
-    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
-    finished = sum(1 for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
-                   or (t.state == TrialState.FAIL and t.number not in retried))
-    running = sum(1 for t in trials if t.state == TrialState.RUNNING)
-    waiting = sum(1 for t in trials if t.state == TrialState.WAITING)
-    return finished, running, waiting
+    return StudyIndex().update(study.get_trials(deepcopy=False) if trials is None else trials).budget()
 
 
 def _fail_stale(study: optuna.Study) -> None:
@@ -258,13 +250,14 @@ def _sampled_loop(spec: StudySpec, study: optuna.Study, task: Any, store: Any, p
     evaluate = _objective.Objective(spec, task, store)
     objective: Callable[[optuna.Trial], Any] = watchdog.wrap(evaluate) if watchdog is not None else evaluate
     bar = _progress.Progress(study, spec, enabled=progress)
+    index = evaluate.index = StudyIndex()  # the budget and the evaluated architectures, kept up to date
     try:
         callbacks = [lambda s, t: bar.on_trial(s, t)] if progress else None
         while time.monotonic() < deadline:
             trials = study.get_trials(deepcopy=False)
             if _objective.recover_dead_local_trials(study, trials):
                 trials = study.get_trials(deepcopy=False)
-            finished, running, waiting = budget(study, trials)
+            finished, running, waiting = index.update(trials).budget()
             if finished >= spec.n_trials:
                 break
             bar.refresh(finished)
@@ -273,7 +266,6 @@ def _sampled_loop(spec: StudySpec, study: optuna.Study, task: Any, store: Any, p
                 time.sleep(POLL * (0.5 + random.random()))
                 continue
             left = deadline - time.monotonic()
-            evaluate.known = trials
             study.optimize(objective, n_trials=1, timeout=None if math.isinf(left) else left, catch=catch,
                            callbacks=callbacks, gc_after_trial=False)
         bar.refresh()
