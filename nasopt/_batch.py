@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import cache
 from typing import Any
@@ -29,6 +30,7 @@ __all__ = ["write_batch", "create_trial", "load_trials", "read_study"]
 _UNFINISHED = (TrialState.RUNNING, TrialState.WAITING)
 _IN_LIMIT = 500  # ids per IN (...) list; longer lists are read in chunks
 _DISTRIBUTIONS: dict[str, distributions.BaseDistribution] = {}  # JSON text -> distribution (immutable, shared)
+_AUTOCOMMIT: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()  # engine -> its autocommit twin
 
 
 class _Statements:
@@ -139,6 +141,22 @@ def _run(backend: RDBStorage, fn: Any) -> Any:
     def attempt() -> Any:
         with _create_scoped_session(backend.scoped_session) as session:
             return fn(session, session.connection())
+
+    outage = getattr(backend, "_outage", None)
+    return outage.call(backend, attempt) if outage is not None else attempt()
+
+
+def _read(backend: RDBStorage, fn: Any) -> Any:
+    """`fn(connection)` on a pooled connection in autocommit mode, retried through an outage: a read
+    needs no transaction (under READ COMMITTED each statement has its own snapshot anyway), and
+    BEGIN and COMMIT are two round trips of their own."""
+    engine = _AUTOCOMMIT.get(backend.engine)
+    if engine is None:  # the same pool, with autocommit set on each checkout (and reset on return)
+        engine = _AUTOCOMMIT[backend.engine] = backend.engine.execution_options(isolation_level="AUTOCOMMIT")
+
+    def attempt() -> Any:
+        with engine.connect() as conn:
+            return fn(conn)
 
     outage = getattr(backend, "_outage", None)
     return outage.call(backend, attempt) if outage is not None else attempt()
@@ -266,19 +284,19 @@ def create_trial(backend: RDBStorage, study_id: int) -> FrozenTrial | None:
 
 def read_study(backend: RDBStorage, study_id: int, after: int, ids: Iterable[int],
                choose: Callable[[list[Any]], set[int]]) -> tuple[list[Any], list[FrozenTrial]]:
-    """One read of a study in one transaction: the states of its trials newer than `after` or listed in
+    """One read of a study: the states of its trials newer than `after` or listed in
     `ids` (rows of trial_id, number, state, datetime_start, datetime_complete and, for a running trial,
     its `marks`: params plus system attrs, counted), then the details of the trials `choose(rows)`
     names, in one more statement: a worker reads every trial of the others, so with W workers this
     runs W-1 times per trial."""
     s = _statements()
 
-    def read(session: Any, conn: Any) -> tuple[list[Any], list[FrozenTrial]]:
+    def read(conn: Any) -> tuple[list[Any], list[FrozenTrial]]:
         rows = conn.execute(s.states, {"b_study": study_id, "after": after, "ids": list(ids)}).all()
         load = choose(rows)
         return rows, _load(conn, [row for row in rows if row.trial_id in load]) if load else []
 
-    return _run(backend, read)
+    return _read(backend, read)
 
 
 def load_trials(backend: RDBStorage, study_id: int, ids: set[int]) -> list[FrozenTrial]:
@@ -288,14 +306,14 @@ def load_trials(backend: RDBStorage, study_id: int, ids: set[int]) -> list[Froze
     s = _statements()
     top = max(ids)
 
-    def read(session: Any, conn: Any) -> list[FrozenTrial]:
+    def read(conn: Any) -> list[FrozenTrial]:
         if len(ids) > _IN_LIMIT:
             heads = conn.execute(s.trials_from, {"b_study": study_id, "first": min(ids)})
         else:
             heads = conn.execute(s.trials_listed, {"b_study": study_id, "ids": list(ids), "after": top})
         return _load(conn, [r for r in heads if r.trial_id in ids or r.trial_id > top])
 
-    return _run(backend, read)
+    return _read(backend, read)
 
 
 def _load(conn: Any, heads: list[Any]) -> list[FrozenTrial]:
