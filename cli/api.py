@@ -13,7 +13,7 @@ from typing import Any
 import optuna
 from torch import nn
 
-from nasopt.cli.main import make_space
+from nasopt.cli.main import STRATEGIES, make_space, make_strategy
 from nasopt.errors import UserError
 
 __all__ = ["nano_nas", "search", "benchmark", "STRATEGY_ALIASES"]
@@ -21,16 +21,28 @@ __all__ = ["nano_nas", "search", "benchmark", "STRATEGY_ALIASES"]
 # the seed's strategy words -> nasopt sampler names
 STRATEGY_ALIASES = {"evolution": "rea", "evolutionary": "rea", "regularized_evolution": "rea",
                     "bayesian": "botorch", "bo": "botorch", "predictor": "pnas", "nsga": "nsga2"}
-_GRADIENT = ("darts", "pc_darts", "proxyless", "enas")
+
+
+def _gradient(strategy: str, epochs: int, options: dict[str, Any]) -> Any:
+    """The gradient method called `strategy` (darts, darts_2nd, pc_darts, proxyless, enas) with `epochs` and
+    `options` as its settings; None when `strategy` names a sampler."""
+    import dataclasses
+
+    name = STRATEGY_ALIASES.get(strategy, strategy)
+    if name not in STRATEGIES:
+        return None
+    method = make_strategy(name)
+    fields = {f.name for f in dataclasses.fields(method)}
+    unknown = sorted(set(options) - fields)
+    if unknown:
+        raise UserError(f"strategy {strategy!r} has no option {', '.join(unknown)}; its options: {', '.join(sorted(fields))}")
+    return dataclasses.replace(method, **{"epochs": epochs, **options})
 
 
 def _sampler(strategy: str, *, seed: int, n_objectives: int, space: Any, **options: Any) -> Any:
     from nasopt.samplers import make_sampler
 
     name = STRATEGY_ALIASES.get(strategy, strategy)
-    if name in _GRADIENT:
-        raise NotImplementedError(f"strategy {strategy!r} is a gradient method (DARTS work, issue 4); it has not "
-                                  "landed yet: use 'evolution', 'random', 'tpe', 'nsga2', 'pnas' or 'botorch'")
     if name == "rea" and options:
         from nasopt.samplers import REASampler
 
@@ -46,6 +58,10 @@ def search(strategy: str = "evolution", *, space: Any = "nano", dataset: str = "
            **strategy_options: Any) -> nn.Module | tuple[nn.Module, dict[str, Any]]:
     """Search `space` on `dataset` with `strategy` and return the best architecture, trained.
 
+    `strategy` is a sampler ("evolution", "random", "tpe", "nsga2", "pnas", "botorch", ...) that runs
+    `n_trials` trials, or a gradient method ("darts", "darts_2nd", "pc_darts", "proxyless", "enas") that
+    runs one trial of `epochs` supernet epochs; `strategy_options` are its settings.
+
     The study is stored in `storage` (default `sqlite:///nasopt.db`) under `study_name` (default
     `search_<strategy>_<space>`), so the dashboard, pandas and a later resume see it. The returned
     module is the best trial's architecture trained again with that trial's seed and schedule (on the
@@ -58,10 +74,12 @@ def search(strategy: str = "evolution", *, space: Any = "nano", dataset: str = "
 
     space_obj = make_space(space) if isinstance(space, str) else space
     objectives = objectives or {"accuracy": "maximize"}
-    sampler = _sampler(strategy, seed=seed, n_objectives=len(objectives), space=space_obj, **strategy_options)
+    method = _gradient(strategy, epochs, strategy_options)  # a gradient method: one trial, n_trials unused
+    sampler = None if method is not None else _sampler(strategy, seed=seed, n_objectives=len(objectives),
+                                                       space=space_obj, **strategy_options)
     name = study_name or f"search_{strategy}_{space if isinstance(space, str) else type(space).__name__}"
     spec = nasopt.StudySpec(name=name, space=space_obj, dataset=dataset, objectives=objectives, sampler=sampler,
-                            n_trials=n_trials, seed=seed, train=nasopt.TrainConfig(epochs=epochs),
+                            strategy=method, n_trials=n_trials, seed=seed, train=nasopt.TrainConfig(epochs=epochs),
                             storage=storage if isinstance(storage, str) else None)
     study = nasopt.run(spec, storage=storage, progress=progress)
     best = _best(study, list(objectives))

@@ -69,12 +69,18 @@ def test_search_returns_a_trained_module_that_classifies_its_data(tmp_path, seed
     assert results["study_name"] in [s.study_name for s in optuna.get_all_study_summaries(storage)]
 
 
-def test_nano_nas_evolution_and_darts_not_yet(tmp_path, monkeypatch):
+def test_nano_nas_evolution_and_darts(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     model = nasopt.nano_nas("evolution", population_size=2, generations=2, epochs=1, progress=False)
     assert isinstance(model, torch.nn.Module) and (tmp_path / "nasopt.db").exists()
-    with pytest.raises(NotImplementedError, match="DARTS"):
-        nasopt.nano_nas("darts", epochs=1)
+    # a gradient method is one trial of `epochs` supernet epochs; the derived architecture comes back trained
+    model, results = nasopt.search("pc_darts", space="nano", dataset="digits", epochs=2, batch_size=64,
+                                   return_results=True, progress=False)
+    assert isinstance(model, torch.nn.Module) and results["n_trials"] == 1 and results["val_acc"] > 0.3
+    trial = optuna.load_study(study_name="search_pc_darts_nano", storage="sqlite:///nasopt.db").trials[0]
+    assert trial.user_attrs["strategy"]["label"] == "pc_darts_k4" and trial.params == results["params"]
+    with pytest.raises(nasopt.UserError, match="no option warp"):
+        nasopt.search("darts", space="nano", warp=2)
 
 
 def test_benchmark_cli_prints_the_table_and_rejects_unknown_strategies(tmp_path):
