@@ -38,8 +38,18 @@ def _study(url: str) -> optuna.Study:
 
 
 def _commits(storage: BufferedStorage) -> list[int]:
+    """Transactions that reach the database: COMMITs, and writing statements run in autocommit mode (on
+    PostgreSQL a flush or a trial's end is one such statement)."""
     counter = [0]
-    sa.event.listen(storage._backend.engine, "commit", lambda _conn: counter.__setitem__(0, counter[0] + 1))
+    engine = storage._backend.engine
+
+    def statement(conn, _cursor, sql, *_args):
+        if conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT" and \
+                sql.lstrip().split(None, 1)[0].upper() in ("INSERT", "UPDATE", "DELETE", "WITH"):
+            counter[0] += 1
+
+    sa.event.listen(engine, "commit", lambda _conn: counter.__setitem__(0, counter[0] + 1))
+    sa.event.listen(engine, "before_cursor_execute", statement)
     return counter
 
 
