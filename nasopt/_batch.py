@@ -344,8 +344,9 @@ def create_trial(backend: RDBStorage, study_id: int) -> FrozenTrial | None:
     four: the study's row locked (trial numbers are counted under that lock, as Optuna does), then the
     trial inserted with its number counted in a subquery. None on a dialect where a statement may not
     read the table it inserts into (MySQL): the caller then uses Optuna's own."""
-    if backend.engine.name not in ("postgresql", "sqlite"):
-        return None
+    if backend.engine.name not in ("postgresql", "sqlite") or (
+            backend.engine.name == "sqlite" and getattr(backend.engine.dialect.dbapi, "sqlite_version_info", (0,)) < (3, 35)):
+        return None  # (SQLite has RETURNING from 3.35)
     s = _statements()
 
     def create(session: Any, conn: Any) -> FrozenTrial:

@@ -315,3 +315,18 @@ def test_trials_read_in_full_are_the_trials_optuna_reads(url):
                     assert getattr(a, field) == getattr(b, field), field
                 assert list(a.params) == list(b.params)  # in the order they were suggested
                 assert str(a.intermediate_values) == str(b.intermediate_values)  # nan == nan as text
+
+
+def test_an_sqlite_without_returning_creates_trials_the_optuna_way(tmp_path, monkeypatch):
+    """SQLite before 3.35 has no INSERT ... RETURNING: trials are then created by Optuna's own code."""
+    import sqlite3.dbapi2
+
+    monkeypatch.setattr(sqlite3.dbapi2, "sqlite_version_info", (3, 31, 1))
+    from nasopt._batch import create_trial
+
+    study = _study(f"sqlite:///{tmp_path / 'old.db'}")
+    assert create_trial(study._storage._backend, study._study_id) is None  # declined: Optuna's path
+    trials = [study.ask() for _ in range(3)]
+    assert [t.number for t in trials] == [1, 2, 3]
+    study.tell(trials[0], [0.5, 1.0])
+    assert [t.number for t in _outside(f"sqlite:///{tmp_path / 'old.db'}").get_all_trials(study._study_id)] == [0, 1, 2, 3]
