@@ -1,12 +1,11 @@
-"""The RDB statements of `nasopt._buffer`, in SQLAlchemy Core on one connection instead of ORM objects (a
-short trial's CPU was mostly ORM bookkeeping, and the database's CPU is shared by every worker):
+"""A trial's writes to an RDB storage, for `nasopt._buffer`, in SQLAlchemy Core on one connection instead
+of ORM objects (a short trial's CPU was mostly ORM bookkeeping, and the database's CPU is shared by every
+worker); the reads are in `nasopt._load`:
 
 - `write_batch`: a trial's held writes (params, attributes, intermediate values, its first heartbeat
   and, at the end, its values and final state) in one transaction; on PostgreSQL in ONE statement
   (one round trip, `_PG_BATCH`);
-- `create_trial`: a new trial in one transaction of two statements;
-- `read_study`: the states of a study's trials and, in the same transaction, the changed ones in full
-  (`load_trials`: two statements whatever their number).
+- `create_trial`: a new trial in one transaction of two statements.
 
 Every statement is built once, with bound parameters (`_Statements`): building a statement and its
 cache key cost more CPU than running it.
@@ -16,8 +15,7 @@ from __future__ import annotations
 
 import datetime
 import json
-import weakref
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from functools import cache
 from typing import Any
 
@@ -26,12 +24,11 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
-__all__ = ["write_batch", "create_trial", "load_trials", "read_study"]
+from nasopt._load import autocommit
+
+__all__ = ["write_batch", "create_trial"]
 
 _UNFINISHED = (TrialState.RUNNING, TrialState.WAITING)
-_IN_LIMIT = 500  # ids per IN (...) list; longer lists are read in chunks
-_DISTRIBUTIONS: dict[str, distributions.BaseDistribution] = {}  # JSON text -> distribution (immutable, shared)
-_AUTOCOMMIT: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()  # engine -> its autocommit twin
 
 
 class _Statements:
@@ -62,44 +59,6 @@ class _Statements:
             number=sa.select(sa.func.count()).select_from(t).where(t.c.study_id == bp("b_study")).scalar_subquery(),
             study_id=bp("b_study"), state=bp("b_state"), datetime_start=bp("b_start")
         ).returning(t.c.trial_id, t.c.number)
-        in_study = t.c.study_id == bp("b_study")
-        system = self.tables["system"]
-
-        def count(table: Any) -> Any:
-            return sa.select(sa.func.count()).select_from(table).where(table.c.trial_id == t.c.trial_id) \
-                .scalar_subquery()
-
-        # marks: a running trial's params + system attrs, counted (what a reader must see at once)
-        marks = sa.case((t.c.state == TrialState.RUNNING, count(params) + count(system)), else_=0)
-        self.states = sa.select(t.c.trial_id, t.c.number, t.c.state, t.c.datetime_start, t.c.datetime_complete,
-                                marks.label("marks")).where(
-            in_study, sa.or_(t.c.trial_id > bp("after"), t.c.trial_id.in_(bp("ids", expanding=True))))
-        head = sa.select(t.c.trial_id, t.c.number, t.c.state, t.c.datetime_start, t.c.datetime_complete)
-        self.trials_listed = head.where(
-            in_study, sa.or_(t.c.trial_id.in_(bp("ids", expanding=True)), t.c.trial_id > bp("after"))
-        ).order_by(t.c.trial_id)
-        self.trials_from = head.where(in_study, t.c.trial_id >= bp("first")).order_by(t.c.trial_id)
-        steps, user = self.tables["steps"], self.tables["user"]
-        ids: Any = bp("ids", expanding=True)
-
-        def part(kind: int, table: Any, key: Any, number: Any, index: Any, text: Any, order: Any) -> Any:
-            def typed(column: Any, type_: Any) -> Any:
-                return sa.cast(sa.null(), type_) if column is None else sa.cast(column, type_)
-
-            return sa.select(sa.literal(kind, sa.Integer).label("kind"), table.c.trial_id,
-                             typed(key, sa.String).label("key"), typed(number, sa.Float).label("number"),
-                             typed(index, sa.Integer).label("idx"), typed(text, sa.Text).label("text"),
-                             typed(order, sa.Integer).label("ord")).where(table.c.trial_id.in_(ids))
-
-        # a trial's params, values, attributes and intermediate values: one statement, one row shape
-        self.details = sa.union_all(
-            part(0, params, params.c.param_name, params.c.param_value, None, params.c.distribution_json,
-                 params.c.param_id),
-            part(1, values, None, values.c.value, values.c.objective, values.c.value_type, None),
-            part(2, user, user.c.key, None, None, user.c.value_json, None),
-            part(3, system, system.c.key, None, None, system.c.value_json, None),
-            part(4, steps, None, steps.c.intermediate_value, steps.c.step, steps.c.intermediate_value_type, None),
-        ).order_by(sa.text("kind"), sa.text("ord"))
         self._upserts: dict[tuple[str, str], Any] = {}
 
     def upsert(self, dialect: str, kind: str) -> Any:
@@ -142,22 +101,6 @@ def _run(backend: RDBStorage, fn: Any) -> Any:
     def attempt() -> Any:
         with _create_scoped_session(backend.scoped_session) as session:
             return fn(session, session.connection())
-
-    outage = getattr(backend, "_outage", None)
-    return outage.call(backend, attempt) if outage is not None else attempt()
-
-
-def _read(backend: RDBStorage, fn: Any) -> Any:
-    """`fn(connection)` on a pooled connection in autocommit mode, retried through an outage: a read
-    needs no transaction (under READ COMMITTED each statement has its own snapshot anyway), and
-    BEGIN and COMMIT are two round trips of their own."""
-    engine = _AUTOCOMMIT.get(backend.engine)
-    if engine is None:  # the same pool, with autocommit set on each checkout (and reset on return)
-        engine = _AUTOCOMMIT[backend.engine] = backend.engine.execution_options(isolation_level="AUTOCOMMIT")
-
-    def attempt() -> Any:
-        with engine.connect() as conn:
-            return fn(conn)
 
     outage = getattr(backend, "_outage", None)
     return outage.call(backend, attempt) if outage is not None else attempt()
@@ -304,7 +247,7 @@ def _write_postgresql(backend: RDBStorage, trial_id: int, params: Sequence[tuple
             return row.datetime_complete or when  # the attempt that lost its connection had committed
         raise UpdateFinishedTrialError(f"Trial#{row.number} has already finished and can not be updated.")
 
-    return _read(backend, write)
+    return autocommit(backend, write)
 
 
 def _execute(conn: Any, statement: Any, rows: list[dict[str, Any]]) -> None:
@@ -360,71 +303,3 @@ def create_trial(backend: RDBStorage, study_id: int) -> FrozenTrial | None:
                            user_attrs={}, system_attrs={}, intermediate_values={}, trial_id=row.trial_id)
 
     return _run(backend, create)
-
-
-def read_study(backend: RDBStorage, study_id: int, after: int, ids: Iterable[int],
-               choose: Callable[[list[Any]], set[int]]) -> tuple[list[Any], list[FrozenTrial]]:
-    """One read of a study: the states of its trials newer than `after` or listed in
-    `ids` (rows of trial_id, number, state, datetime_start, datetime_complete and, for a running trial,
-    its `marks`: params plus system attrs, counted), then the details of the trials `choose(rows)`
-    names, in one more statement: a worker reads every trial of the others, so with W workers this
-    runs W-1 times per trial."""
-    s = _statements()
-
-    def read(conn: Any) -> tuple[list[Any], list[FrozenTrial]]:
-        rows = conn.execute(s.states, {"b_study": study_id, "after": after, "ids": list(ids)}).all()
-        load = choose(rows)
-        return rows, _load(conn, [row for row in rows if row.trial_id in load]) if load else []
-
-    return _read(backend, read)
-
-
-def load_trials(backend: RDBStorage, study_id: int, ids: set[int]) -> list[FrozenTrial]:
-    """The study's trials `ids` and every newer one (trial_id above max(ids)), in full, ordered by trial_id:
-    what Optuna's `RDBStorage._get_trials(study_id, None, ids, max(ids))` returns, read with two Core
-    statements (more for over 500 trials) instead of six ORM queries and their objects."""
-    s = _statements()
-    top = max(ids)
-
-    def read(conn: Any) -> list[FrozenTrial]:
-        if len(ids) > _IN_LIMIT:
-            heads = conn.execute(s.trials_from, {"b_study": study_id, "first": min(ids)})
-        else:
-            heads = conn.execute(s.trials_listed, {"b_study": study_id, "ids": list(ids), "after": top})
-        return _load(conn, [r for r in heads if r.trial_id in ids or r.trial_id > top])
-
-    return _read(backend, read)
-
-
-def _load(conn: Any, heads: list[Any]) -> list[FrozenTrial]:
-    """FrozenTrials of `heads` (rows of trial_id, number, state, datetime_start, datetime_complete), with
-    their params, values, attributes and intermediate values read in one statement (per 500 trials)."""
-    s = _statements()
-    models = s.models
-    built = {r.trial_id: FrozenTrial(
-        number=r.number, state=r.state, value=None, values=None, datetime_start=r.datetime_start,
-        datetime_complete=r.datetime_complete, params={}, distributions={}, user_attrs={},
-        system_attrs={}, intermediate_values={}, trial_id=r.trial_id) for r in heads}
-    found = list(built)
-    values: dict[int, dict[int, float]] = {}
-    value_type, step_type = models.TrialValueModel.TrialValueType, models.TrialIntermediateValueModel.TrialIntermediateValueType
-    for i in range(0, len(found), _IN_LIMIT):
-        for kind, trial_id, key, number, index, text, _ in conn.execute(s.details, {"ids": found[i:i + _IN_LIMIT]}):
-            trial = built[trial_id]
-            if kind == 0:
-                dist = _DISTRIBUTIONS.get(text)
-                if dist is None:
-                    dist = _DISTRIBUTIONS.setdefault(text, distributions.json_to_distribution(text))
-                trial._params[key] = dist.to_external_repr(number)
-                trial._distributions[key] = dist
-            elif kind == 1:
-                values.setdefault(trial_id, {})[index] = models.TrialValueModel.stored_repr_to_value(
-                    number, value_type[text])
-            elif kind == 4:
-                trial.intermediate_values[index] = \
-                    models.TrialIntermediateValueModel.stored_repr_to_intermediate_value(number, step_type[text])
-            else:
-                (trial._user_attrs if kind == 2 else trial._system_attrs)[key] = json.loads(text)
-    for trial_id, by_objective in values.items():
-        built[trial_id]._values = [by_objective[i] for i in range(len(by_objective))]
-    return list(built.values())

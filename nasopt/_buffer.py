@@ -44,7 +44,8 @@ from optuna.storages import RDBStorage
 from optuna.storages._cached_storage import _CachedStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from nasopt._batch import create_trial, read_study, write_batch
+from nasopt._batch import create_trial, write_batch
+from nasopt._load import read_study
 
 __all__ = ["BufferedStorage", "hold", "flush"]
 

@@ -281,13 +281,27 @@ def test_a_trial_gone_silent_on_another_machine_is_failed_and_retried(tmp_path, 
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
 
 
-def test_trials_read_in_full_are_the_trials_optuna_reads(url):
-    """`load_trials` (Core) returns what Optuna's own `_get_trials` (ORM) returns, field for field."""
-    from nasopt._batch import load_trials
-
+def test_trials_read_in_full_are_the_trials_optuna_reads(url, monkeypatch):
+    """A worker's read of the study (`nasopt._load`: Core, two statements) gives what Optuna's own read
+    (ORM) gives, field for field: a fresh reader, and a reader that follows the study step by step."""
+    monkeypatch.setattr("nasopt._buffer.COALESCE", 0.0)
     study = _study(url)
     outside = _outside(url)
+    follower = BufferedStorage(open_storage(url, heartbeat=False))
+
+    def same(study_id: int) -> None:
+        for reader in (follower, BufferedStorage(open_storage(url, heartbeat=False))):
+            ours, theirs = reader.get_all_trials(study_id), outside.get_all_trials(study_id)
+            assert [t.number for t in ours] == [t.number for t in theirs]
+            for a, b in zip(ours, theirs, strict=True):
+                for name in ("state", "values", "datetime_start", "datetime_complete", "params", "distributions",
+                             "user_attrs", "system_attrs"):
+                    assert getattr(a, name) == getattr(b, name), (a.number, name)
+                assert list(a.params) == list(b.params)  # in the order they were suggested
+                assert str(a.intermediate_values) == str(b.intermediate_values)  # nan == nan as text
+
     t = study.ask()
+    same(study._study_id)  # running, nothing written yet
     t.suggest_float("lr", 1e-4, 1.0, log=True)
     t.suggest_categorical("op", ["conv3x3", "skip"])
     t.set_user_attr("curve", [{"epoch": 1, "val_acc": 0.5}])
@@ -297,6 +311,7 @@ def test_trials_read_in_full_are_the_trials_optuna_reads(url):
     s.suggest_int("width", 8, 64, step=8)
     s.report(0.25, 1)
     s.report(float("nan"), 2)
+    same(single._study_id)  # running, with params and intermediate values
     single.tell(s, 0.3)
     study.ask()  # running, no params
     study.enqueue_trial({"width": 16}, user_attrs={"queued": True})  # waiting
@@ -304,17 +319,7 @@ def test_trials_read_in_full_are_the_trials_optuna_reads(url):
     pruned.storage.set_trial_system_attr(pruned._trial_id, "nasopt:worker", {"host": "h", "pid": 2})
     study.tell(pruned, state=TrialState.PRUNED)
     for study_id in (study._study_id, single._study_id):
-        ids = {t._trial_id for t in outside.get_all_trials(study_id)}
-        for chosen in (ids, {min(ids)}, {max(ids)}):
-            ours = load_trials(outside, study_id, chosen)
-            theirs = outside._get_trials(study_id, None, chosen, max(chosen))
-            assert [t._trial_id for t in ours] == [t._trial_id for t in theirs]
-            for a, b in zip(ours, theirs, strict=True):
-                for field in ("number", "state", "values", "datetime_start", "datetime_complete", "params",
-                              "distributions", "user_attrs", "system_attrs"):
-                    assert getattr(a, field) == getattr(b, field), field
-                assert list(a.params) == list(b.params)  # in the order they were suggested
-                assert str(a.intermediate_values) == str(b.intermediate_values)  # nan == nan as text
+        same(study_id)
 
 
 def test_an_sqlite_without_returning_creates_trials_the_optuna_way(tmp_path, monkeypatch):
