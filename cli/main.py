@@ -105,7 +105,7 @@ def apply_sets(spec: Any, sets: Sequence[str]) -> Any:
     from nasopt.samplers import make_sampler
 
     nested = {"train": spec.train, "measure": spec.measure}
-    scalar = [f.name for f in dataclasses.fields(spec) if f.name not in ("objectives", "constraints")
+    scalar = [f.name for f in dataclasses.fields(spec) if f.name not in ("objectives", "constraints", "allow_changed")
               and f.name not in nested]
     known = scalar + [f"{n}.{f.name}" for n, obj in nested.items() for f in dataclasses.fields(obj)]
     known += list(dict.fromkeys(f"strategy.{f.name}" for cls in _strategy_classes() for f in dataclasses.fields(cls)))
@@ -113,6 +113,8 @@ def apply_sets(spec: Any, sets: Sequence[str]) -> Any:
     samplers = []
     for item in sets:
         key, sep, raw = item.partition("=")
+        if not sep and key in known:
+            raise UserError(f"--set {key} has no value; write --set {key}=VALUE")
         if not sep or key not in known:
             raise UserError(f"unknown --set key {key!r}; known keys: {', '.join(known)}")
         if key.startswith("strategy."):  # applies to every gradient method of the study file
@@ -196,7 +198,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         study = nasopt.run(spec, storage=args.storage, n_trials=args.n_trials, timeout=args.timeout,
                            device=args.device, progress=not args.quiet, workers=args.workers,
-                           trial_timeout=args.trial_timeout)
+                           trial_timeout=args.trial_timeout, allow_changed=args.allow_changed or ())
     except Terminated:
         print("\nterminated (SIGTERM): the running trial was marked failed and will be retried; run the same "
               "command to resume", file=sys.stderr)
@@ -336,6 +338,9 @@ def parser() -> argparse.ArgumentParser:
                    help="worker processes on this machine (needs journal:/// or postgresql:// storage); the same "
                         "command on another machine joins the study; n_trials stays the total")
     r.add_argument("--trial-timeout", type=float, metavar="S", help="fail a trial that runs longer than S seconds")
+    r.add_argument("--allow-changed", action="append", metavar="FIELD",
+                   help="continue an existing study although the file changes FIELD on purpose (train.epochs, "
+                        "train, measure, constraints, data_dir, val_fraction); each trial records its setting")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=cmd_run)
 

@@ -24,6 +24,14 @@ def arch_key(params: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
     return tuple(sorted(params.items()))
 
 
+def _settings_key(settings: Any) -> str:
+    """The settings a trial ran under when they differ from the study's (`--allow-changed`), as a key:
+    the same architecture trained for other epochs is another result, never a reuse."""
+    import json
+
+    return json.dumps(settings, sort_keys=True, default=str) if settings else ""
+
+
 class StudyIndex:
     """The budget counts and the evaluated architectures of one study, updated from its trials."""
 
@@ -35,7 +43,7 @@ class StudyIndex:
         self._done = 0  # COMPLETE + PRUNED sampled trials
         self._failed: set[int] = set()  # FAIL sampled trials (finished unless a retry of them exists)
         self._retried: set[int] = set()  # numbers named in some trial's retry_history
-        self._evaluated: dict[tuple[tuple[str, Any], ...], FrozenTrial] = {}  # arch -> its first evaluation
+        self._evaluated: dict[tuple[Any, str], FrozenTrial] = {}  # arch -> its first evaluation
         self._running = self._waiting = 0
         self._open_retried: set[int] = set()
 
@@ -64,7 +72,7 @@ class StudyIndex:
             if state in _DONE:
                 self._done += 1
                 if "reused_from" not in t.user_attrs:
-                    key = arch_key(t.params)
+                    key = (arch_key(t.params), _settings_key(t.user_attrs.get("settings")))
                     first = self._evaluated.get(key)
                     if first is None or t.number < first.number:
                         self._evaluated[key] = t
@@ -79,7 +87,8 @@ class StudyIndex:
         failed = sum(1 for n in self._failed if n not in retried)
         return self._done + failed, self._running, self._waiting
 
-    def evaluated(self, params: dict[str, Any], number: int) -> FrozenTrial | None:
-        """The first COMPLETE or PRUNED trial (not itself a reuse) with these params, other than `number`."""
-        found = self._evaluated.get(arch_key(params))
+    def evaluated(self, params: dict[str, Any], number: int, settings: Any = None) -> FrozenTrial | None:
+        """The first COMPLETE or PRUNED trial (not itself a reuse) with these params, other than `number`,
+        that ran under the same accepted `settings` (see `nasopt.identity`)."""
+        found = self._evaluated.get((arch_key(params), _settings_key(settings)))
         return found if found is not None and found.number != number else None

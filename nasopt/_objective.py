@@ -6,7 +6,6 @@ objectives in the study's metric order. Reasons for PRUNED and FAIL states are u
 
 from __future__ import annotations
 
-import datetime
 import os
 import socket
 import time
@@ -19,6 +18,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from nasopt._buffer import flush, hold
 from nasopt._index import StudyIndex
+from nasopt._load import seconds_since
+from nasopt.identity import accepted_changes
 from nasopt.inherit import DECISIONS_ATTR, Recorder, inherit, save_weights
 from nasopt.metrics import count_macs, count_params, measure_latency, peak_memory
 from nasopt.nanobench import NanoBench
@@ -92,14 +93,13 @@ def recover_dead_local_trials(study: optuna.Study, trials: list[FrozenTrial] | N
     trials that no worker ever claimed (a worker died between Optuna's `ask` and the objective).
     `trials`: the study's trials when the caller has just read them."""
     host, recovered = socket.gethostname(), []
-    now = datetime.datetime.now()
     running = [t for t in (study.get_trials(deepcopy=False) if trials is None else trials)
                if t.state == TrialState.RUNNING]
     for t in running:
         worker = t.system_attrs.get(WORKER_KEY)
         if worker is None:
             started = t.datetime_start
-            dead = started is not None and (now - started.replace(tzinfo=None)).total_seconds() > ORPHAN_AFTER
+            dead = started is not None and seconds_since(started) > ORPHAN_AFTER
         else:
             dead = worker.get("host") == host and worker.get("pid") != os.getpid() and not _alive(worker)
         if dead and _retry(study, t):
@@ -149,10 +149,18 @@ class Objective:
             self.table.check(spec.space, task, getattr(task, "device", None))
         # the study's trials as the runner last read them, indexed (saves a read and a pass per trial)
         self.index: StudyIndex | None = None
+        self._settings: dict[str, Any] | None = None  # changes accepted with allow_changed (read once)
+
+    def settings(self, study: optuna.Study) -> dict[str, Any]:
+        """The study-defining settings this run changed on purpose (`allow_changed`), recorded per trial."""
+        if self._settings is None:
+            self._settings = accepted_changes(study.user_attrs.get("nasopt"), self.spec) \
+                if self.spec.allow_changed else {}
+        return self._settings
 
     def _evaluated(self, study: optuna.Study, params: dict[str, Any], number: int) -> FrozenTrial | None:
         index = self.index if self.index is not None else StudyIndex().update(study.get_trials(deepcopy=False))
-        return index.evaluated(params, number)
+        return index.evaluated(params, number, self.settings(study))
 
     def _reuse(self, trial: optuna.Trial, prev: FrozenTrial) -> list[float]:
         # the result is the original's; the time spent is this trial's own
@@ -204,8 +212,9 @@ class Objective:
         """nano-bench: answer from the table, epoch by epoch so that pruners see the curve."""
         record = self.task.query(arch, seed)
         metrics = {"params": record["params"], "macs": record["macs"]}
+        settings = self.settings(trial.study)
         set_user_attrs(trial, {"arch": self.spec.space.describe(arch), **metrics, "seed": record["seed"],
-                               "benchmark": "nanobench"})
+                               "benchmark": "nanobench", **({"settings": settings} if settings else {})})
         for metric, limit in self.spec.constraints.items():
             trial.set_constraint(metric, metrics[metric] - limit)
             if metrics[metric] > limit:
@@ -270,6 +279,8 @@ class Objective:
             joules, provenance = energy_per_inference(model, task.input_shape, task.device)
             metrics["energy_mj"] = round(joules * 1e3, 9)
             extra["energy"] = {"mj": metrics["energy_mj"], **provenance}
+        settings = self.settings(study)
+        extra.update({"settings": settings} if settings else {})
         set_user_attrs(trial, {"arch": space.describe(arch), **strategy, **metrics, "seed": seed, **extra,
                                "latency": {"median_ms": latency.median_ms, "iqr_ms": latency.iqr_ms,
                                            **latency.provenance}})

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from nasopt.errors import UserError
+from nasopt.errors import UserError, check_fields
 
 __all__ = ["MeasureConfig", "count_params", "count_macs", "flop_counter_macs", "Latency", "measure_latency",
            "peak_memory", "peak_live_bytes", "device_name"]
@@ -46,6 +46,7 @@ class MeasureConfig:
     latency_table: str | None = None
 
     def __post_init__(self) -> None:
+        check_fields(self)
         if self.batch_size < 1 or self.repeats < 3 or self.warmup < 0:
             raise UserError("`batch_size >= 1`, `repeats >= 3` and `warmup >= 0` must hold, but got "
                              f"batch_size={self.batch_size}, repeats={self.repeats}, warmup={self.warmup}")

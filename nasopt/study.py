@@ -14,19 +14,21 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import sys
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
 
-from nasopt import nanobench, workers
+from nasopt import identity, nanobench, workers
 from nasopt._buffer import BufferedStorage
 from nasopt.data import DATASETS, load_task
-from nasopt.errors import UserError
+from nasopt.errors import UserError, check_fields
 from nasopt.inherit import artifact_store_for
+from nasopt.limits import check_reachable
 from nasopt.metrics import MeasureConfig
 from nasopt.pruners import CurvePruner
 from nasopt.storage import (
@@ -55,6 +57,18 @@ METRICS: dict[str, tuple[str, bool]] = {
 }
 
 
+_HINTS = {
+    "dataset": "give a dataset name such as dataset='digits'",
+    "data_dir": "give the folder as a string, e.g. data_dir='data/cifar10'",
+    "objectives": "give a dict of metric -> direction, e.g. objectives={'accuracy': 'maximize'}",
+    "constraints": "give a dict of metric -> limit, e.g. constraints={'params': 50000}",
+    "train": "give train=nasopt.TrainConfig(epochs=..., ...)",
+    "measure": "give measure=nasopt.MeasureConfig(...)",
+    "pruner": "give a nasopt pruner (nasopt.pruners.MedianStop(), ...) or an Optuna pruner",
+    "allow_changed": "give a list of field names, e.g. allow_changed=['train.epochs']",
+}
+
+
 @dataclass(frozen=True, kw_only=True)
 class StudySpec:
     """One NAS study: what to search, on which data, for which objectives, with which sampler."""
@@ -80,10 +94,26 @@ class StudySpec:
     storage: str | None = None
     inherit_weights: bool = False
     artifacts: str | None = None
+    # study-defining settings this file changes on purpose against the stored study (see nasopt.identity)
+    allow_changed: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.name or not isinstance(self.name, str):
             raise UserError(f"a study needs a non-empty `name`, but got name={self.name!r}")
+        if isinstance(self.data_dir, os.PathLike):
+            object.__setattr__(self, "data_dir", os.fspath(self.data_dir))
+        if isinstance(self.allow_changed, str):
+            object.__setattr__(self, "allow_changed", (self.allow_changed,))
+        check_fields(self, _HINTS)
+        object.__setattr__(self, "allow_changed", tuple(self.allow_changed))
+        identity.check_allow(self.allow_changed)
+        if not 0 < self.val_fraction < 1:
+            raise UserError(f"`0 < val_fraction < 1` must hold, but got val_fraction={self.val_fraction!r}")
+        if self.image_size is not None and self.image_size < 1:
+            raise UserError(f"`image_size >= 1` must hold, but got image_size={self.image_size!r}")
+        if not self.dataset:
+            raise UserError("`dataset` is empty; give a dataset name such as 'digits' (known: "
+                            f"{', '.join((*DATASETS, 'nanobench'))})")
         if not self.objectives:
             raise UserError("a study needs at least one objective, e.g. objectives={'accuracy': 'maximize'}")
         for metric, direction in self.objectives.items():
@@ -111,6 +141,7 @@ class StudySpec:
         for method in ("suggest", "build", "distributions", "encode", "describe"):
             if not callable(getattr(self.space, method, None)):
                 raise UserError(f"`space` must be a search space (missing `{method}`), but got {self.space!r}")
+        _check_decisions(self.space)
         if self.sampler is not None and not isinstance(self.sampler, optuna.samplers.BaseSampler):
             raise UserError(f"`sampler` must be an Optuna sampler, but got {self.sampler!r}")
         if self.strategy is not None:
@@ -131,6 +162,21 @@ class StudySpec:
 
     def replace(self, **changes: Any) -> StudySpec:
         return dataclasses.replace(self, **changes)
+
+
+def _check_decisions(space: Any) -> None:
+    """Every decision of the space has a choice (an empty op list has none)."""
+    name = type(space).__name__
+    try:
+        decisions = space.distributions()
+    except UserError:
+        raise
+    except Exception as e:
+        raise UserError(f"space {name} cannot list its decisions ({type(e).__name__}: {e}); check its settings "
+                        "(an empty op or kernel list?)") from None
+    for key, dist in decisions.items():
+        if isinstance(dist, optuna.distributions.CategoricalDistribution) and not dist.choices:
+            raise UserError(f"space {name}: decision {key!r} has no choices; give it a non-empty list")
 
 
 def _device(name: str) -> str:
@@ -160,8 +206,7 @@ def _open_or_create(spec: StudySpec, storage_url: str | optuna.storages.BaseStor
     """The study, and whether this call created it (several workers may start at once: one creates)."""
     storage: Any = storage_url if isinstance(storage_url, optuna.storages.BaseStorage) else \
         open_storage(storage_url or spec.storage)
-    if isinstance(storage, optuna.storages.RDBStorage):  # fewer round trips per trial (see nasopt._buffer)
-        storage = BufferedStorage(storage)
+    storage = BufferedStorage.around(storage)  # RDB: fewer round trips per trial, on a verified Optuna (nasopt._buffer)
     sampler = spec.sampler if spec.sampler is not None else _default_sampler(spec)
     directions = [optuna.study.StudyDirection[d.upper()] for d in spec.directions]
     # Optuna would default to a MedianPruner: no pruning unless the study asks for it
@@ -181,6 +226,10 @@ def _open_or_create(spec: StudySpec, storage_url: str | optuna.storages.BaseStor
         raise UserError(f"study {spec.name!r} in {mask_url(getattr(storage, 'url', 'the storage'))} has objectives "
                         f"{study.metric_names} {stored}, but the study file asks for "
                         f"{dict(spec.objectives)}; give the study another `name`")
+    if not created:  # a re-run, or a worker joining: the file must still define the same study
+        backend = getattr(storage, "_backend", storage)
+        where = mask_url(getattr(storage, "url", None) or getattr(backend, "url", None) or "the storage")
+        identity.check(identity.stored_definition(study.user_attrs.get("nasopt") or {}), spec, where)
     fast_sqlite(storage)
     if study.metric_names is None:
         study.set_metric_names(list(spec.objectives))
@@ -188,7 +237,8 @@ def _open_or_create(spec: StudySpec, storage_url: str | optuna.storages.BaseStor
 
         study.set_user_attr("nasopt", {"space": type(spec.space).__name__, "dataset": spec.dataset,
                                        "objectives": dict(spec.objectives), "constraints": dict(spec.constraints),
-                                       "train": dataclasses.asdict(spec.train), **study_record(spec, task)})
+                                       "train": dataclasses.asdict(spec.train), **study_record(spec, task),
+                                       "definition": identity.definition(spec)})
     return study, created
 
 
@@ -202,7 +252,7 @@ def _default_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
 
 def run(spec: StudySpec, *, storage: str | optuna.storages.BaseStorage | None = None, n_trials: int | None = None,
         timeout: float | None = None, device: str | None = None, progress: bool = True, workers: int = 1,
-        trial_timeout: float | None = None) -> optuna.Study:
+        trial_timeout: float | None = None, allow_changed: Sequence[str] = ()) -> optuna.Study:
     """Run (or resume, or join) the study `spec.name` until `n_trials` trials have finished in total.
 
     Everything the user could have got wrong is checked before the storage is touched. `workers > 1`
@@ -210,10 +260,17 @@ def run(spec: StudySpec, *, storage: str | optuna.storages.BaseStorage | None = 
     process) and needs a journal file or a database server; `trial_timeout` fails a trial that runs
     longer. Returns the Optuna study; Ctrl-C and SIGTERM stop after marking the running trial(s) for a
     retry (`KeyboardInterrupt` / `nasopt.workers.Terminated` propagate).
+
+    An existing study is run only if the spec still defines it (same space, data, objectives, limits,
+    training and measurement; see `nasopt.identity`): `allow_changed` names settings that change on
+    purpose (`["train.epochs"]`), added to the spec's own `allow_changed`.
     """
+    if isinstance(allow_changed, str):
+        allow_changed = [allow_changed]
     spec = spec.replace(n_trials=spec.n_trials if n_trials is None else n_trials,
                         timeout=spec.timeout if timeout is None else timeout,
-                        device=device or spec.device)
+                        device=device or spec.device,
+                        allow_changed=tuple(dict.fromkeys((*spec.allow_changed, *allow_changed))))
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
         raise UserError(f"`workers >= 1` must hold, but got workers={workers!r}")
     if trial_timeout is not None and not trial_timeout > 0:
@@ -245,7 +302,10 @@ def _run_checked(spec: StudySpec, storage: str | optuna.storages.BaseStorage | N
                  n_workers: int, trial_timeout: float | None) -> optuna.Study:
     dev = _device(spec.device)
     task = _load(spec, dev)
+    _check_batch(spec, task)
     _dry_build(spec, task)
+    if spec.dataset != "nanobench":  # a limit no network of the space meets would reject every trial
+        check_reachable(spec.space, task, dict(spec.constraints), seed=spec.seed)
     for strategy in (spec.strategy if isinstance(spec.strategy, (list, tuple)) else [spec.strategy]):
         if strategy is not None and hasattr(strategy, "check"):
             strategy.check(spec.space, task)  # e.g. DARTS on a space with depth choices: refused, nothing written
@@ -262,6 +322,8 @@ def _run_checked(spec: StudySpec, storage: str | optuna.storages.BaseStorage | N
         try:
             study, created = _open_or_create(spec, storage, task)
             workers.check_single_process(study, url)
+            if not created and _nothing_to_do(spec, study):
+                return study
             store = None
             if spec.strategy is not None or spec.inherit_weights:
                 store = artifact_store_for(url, spec.artifacts)
@@ -283,6 +345,38 @@ def _run_checked(spec: StudySpec, storage: str | optuna.storages.BaseStorage | N
             optuna.logging.set_verbosity(level)
             if study is not None:
                 close_storage(study._storage)
+
+
+def _check_batch(spec: StudySpec, task: Any) -> None:
+    """A batch larger than the training split is refused: it would silently train on one batch per epoch."""
+    split = getattr(task, "train", None)
+    try:
+        n = len(split) if split is not None else None
+    except TypeError:  # a stream of unknown length
+        n = None
+    if n and spec.train.batch_size > n:
+        raise UserError(f"train.batch_size={spec.train.batch_size} is larger than the {n} training samples of "
+                        f"{spec.dataset}; use train.batch_size <= {n} (--set train.batch_size={min(n, 128)})")
+
+
+def _nothing_to_do(spec: StudySpec, study: optuna.Study) -> bool:
+    """The study already has its budget (and nothing to retry): say so in one line instead of running."""
+    if spec.strategy is not None:
+        from nasopt.oneshot._trial import _done, labels
+
+        strategies = spec.strategy if isinstance(spec.strategy, (list, tuple)) else [spec.strategy]
+        done = labels(strategies)
+        if not all(_done(study, label) for label in done):
+            return False
+        print(f"nasopt: study {spec.name!r} already has the trial of {', '.join(done)}; nothing to run (give "
+              "another strategy, or another `name` to search again)", file=sys.stderr)
+        return True
+    finished, running, waiting = workers.budget(study)
+    if finished < spec.n_trials or running or waiting:
+        return False
+    print(f"nasopt: study {spec.name!r} already has {finished} finished trials (n_trials={spec.n_trials}); raise "
+          f"--n-trials to continue", file=sys.stderr)
+    return True
 
 
 def _dry_build(spec: StudySpec, task: Any) -> None:

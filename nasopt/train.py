@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nasopt.errors import UserError
+from nasopt.errors import UserError, check_fields
 
 __all__ = ["TrainConfig", "TrainResult", "train", "evaluate"]
 
@@ -58,6 +58,7 @@ class TrainConfig:
     aux_weight: float = 0.4
 
     def __post_init__(self) -> None:
+        check_fields(self)
         rules = [
             (self.epochs >= 1, f"`epochs >= 1` must hold, but got epochs={self.epochs}"),
             (self.batch_size >= 1, f"`batch_size >= 1` must hold, but got batch_size={self.batch_size}"),

@@ -78,9 +78,9 @@ class MobileSpace:
             raise ValueError(f"`max_depth >= 1` must hold, but got {max_depth=}")
         bad_kernels = [k for k in kernels if f"mbconv_k{k}_e1" not in OPS]
         bad_expands = [e for e in expands if f"mbconv_k3_e{e}" not in OPS]
-        if bad_kernels or bad_expands:
-            raise UserError(f"MobileSpace supports kernels (3, 5, 7) and expands (1, 3, 4, 6), but got "
-                            f"kernels={tuple(kernels)}, expands={tuple(expands)}")
+        if bad_kernels or bad_expands or not kernels or not expands:
+            raise UserError(f"MobileSpace takes non-empty kernels from (3, 5, 7) and expands from (1, 3, 4, 6), but "
+                            f"got kernels={tuple(kernels)}, expands={tuple(expands)}")
         if act not in ACTIVATIONS:
             raise UserError(f"unknown activation {act!r}; choose one of {sorted(ACTIVATIONS)}")
         if not widths or any(w <= 0 for w in widths):

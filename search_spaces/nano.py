@@ -49,6 +49,9 @@ class NanoSpace:
     def __init__(self, *, positions: int = 4, C: int = 32, ops: Sequence[str] = NANO_OPS) -> None:
         if positions < 1:
             raise ValueError(f"`positions >= 1` must hold, but got {positions=}")
+        if isinstance(ops, str) or not ops:
+            raise UserError(f"NanoSpace(ops=...) needs a non-empty list of op names, but got ops={ops!r}; e.g. "
+                            f"ops={list(NANO_OPS)!r}")
         unknown = [op for op in ops if op not in OPS]
         if unknown:
             raise UserError(f"unknown op {unknown[0]!r} in NanoSpace(ops=...); known ops: {', '.join(sorted(OPS))}")

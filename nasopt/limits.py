@@ -1,0 +1,129 @@
+"""Can any architecture of the space meet the study's hard limits? Checked before the storage is touched.
+
+A limit that no network of the space meets (`constraints={"params": 2000}` on a space whose smallest
+network has 5,300 parameters) would spend the whole budget on rejected trials. Parameters and
+multiply-adds are counted from a built network in milliseconds, so `check_reachable` looks for one
+architecture within the limits: a few random ones first (a loose limit ends here), then a coordinate
+descent that tries every choice of each decision in turn, keeping whatever brings the counted metrics
+down, until an architecture fits or a full pass changes nothing. The architectures are made through the
+space's own `suggest` (an `optuna.trial.FixedTrial`), so conditional spaces work as they do in a trial.
+
+For the bundled spaces each decision adds its own cost, so the descent ends at the smallest network; for
+a space where decisions interact it is a local minimum, and the message says "smallest found". Measured
+limits (latency, memory, energy) are not checked here: they depend on the machine.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import warnings
+from typing import Any
+
+import optuna
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+from nasopt.errors import UserError
+
+__all__ = ["check_reachable", "COUNTED"]
+
+COUNTED = ("params", "macs")  # limits computable from the architecture alone
+_RANDOM = 8  # random architectures tried before the descent
+_PASSES = 4
+
+
+def _choices(dist: Any) -> list[Any]:
+    if isinstance(dist, CategoricalDistribution):
+        return list(dist.choices)
+    if isinstance(dist, IntDistribution):
+        values = list(range(int(dist.low), int(dist.high) + 1, int(dist.step or 1)))
+        return values if len(values) <= 16 else [values[0], values[len(values) // 2], values[-1]]
+    if isinstance(dist, FloatDistribution):
+        return [dist.low, dist.high]
+    return []
+
+
+def _counter(space: Any, task: Any, metrics: list[str]) -> Any:
+    from nasopt.metrics import count_macs, count_params
+
+    cache: dict[str, dict[str, float] | None] = {}
+
+    def count(full: dict[str, Any]) -> dict[str, float] | None:
+        try:
+            arch = dict(space.suggest(optuna.trial.FixedTrial(full)))
+        except Exception:
+            return None
+        key = repr(sorted(arch.items()))
+        if key not in cache:
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    model = space.build(arch, task)
+                    out = {"params": float(count_params(model))}
+                    if "macs" in metrics:
+                        out["macs"] = float(count_macs(model, task.input_shape))
+                cache[key] = out
+            except Exception:  # a combination the space cannot build: not a candidate
+                cache[key] = None
+        return cache[key]
+
+    return count
+
+
+def _score(values: dict[str, float], limits: dict[str, float]) -> float:
+    """How far over the limits (0 = within all of them); below that, how close to them."""
+    over = sum(max(0.0, values[m] / limits[m] - 1.0) for m in limits)
+    return over if over > 0 else -1.0
+
+
+def check_reachable(space: Any, task: Any, constraints: dict[str, float], *, seed: int = 0) -> None:
+    """Raise UserError when no architecture of `space` found meets the counted `constraints`."""
+    limits = {m: float(v) for m, v in constraints.items() if m in COUNTED}
+    if not limits or not hasattr(task, "input_shape"):
+        return
+    count = _counter(space, task, list(limits))
+    distributions = space.distributions()
+    rng = random.Random(seed)
+    best: tuple[float, dict[str, Any], dict[str, float]] | None = None
+    for _ in range(_RANDOM):
+        full = {name: rng.choice(_choices(d) or [None]) for name, d in distributions.items()}
+        values = count(full)
+        if values is None:
+            continue
+        score = _score(values, limits)
+        if score < 0:
+            return
+        if best is None or score < best[0]:
+            best = (score, full, values)
+    if best is None:
+        return  # no architecture could be built here: the dry build reports why
+    score, full, values = best
+    choices = {name: _choices(d) for name, d in distributions.items()}
+    # moves: one decision to one choice, and "every decision that offers value v takes v" (decisions that
+    # interact, e.g. a cell input that costs a preprocessing layer only while any edge reads it)
+    values_seen = list(dict.fromkeys(repr(c) for cs in choices.values() for c in cs))
+    for _ in range(_PASSES):
+        improved = False
+        moves: list[dict[str, Any]] = [
+            {name: c for name, cs in choices.items() for c in cs if repr(c) == v} for v in values_seen]
+        moves += [{name: c} for name, cs in choices.items() for c in cs]
+        for move in moves:
+            if all(full[k] == c for k, c in move.items()):
+                continue
+            trial_values = count({**full, **move})
+            if trial_values is None:
+                continue
+            trial_score = _score(trial_values, limits)
+            if trial_score < 0:
+                return
+            if trial_score < score - 1e-12:
+                score, full, values, improved = trial_score, {**full, **move}, trial_values, True
+        if not improved:
+            break
+    unmet = [m for m in limits if values[m] > limits[m]]
+    what = {"params": "parameters", "macs": "multiply-adds"}
+    parts = [f"{m} <= {limits[m]:,.0f}, but the smallest network found has {values[m]:,.0f} {what[m]}"
+             for m in unmet]
+    raise UserError(f"no architecture of {type(space).__name__} meets the hard limit "
+                    f"{'; '.join(parts)}; raise the limit (constraints={{{unmet[0]!r}: {math.ceil(values[unmet[0]])}}} "
+                    "or more) or make the space smaller")
