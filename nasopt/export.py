@@ -7,8 +7,9 @@ An export directory holds, for one architecture:
 - `model.pt`       the state dict (tensors only; `torch.load(..., weights_only=True)` reads it)
 - `model.ts`       TorchScript (traced in eval mode): `torch.jit.load` runs it without nasopt
 - `model.onnx`     ONNX (opset 17, dynamic batch axis): onnxruntime runs it
-- `manifest.json`  objectives, params, MACs, latency with provenance, the weights' origin, input
-                   normalisation, the outputs check of the three formats, study, trial, versions, file hashes
+- `manifest.json`  objectives, params, MACs, latency with provenance, the weights' origin, the input
+                   (the raw data's source, units and range, and the normalisation after it), the outputs
+                   check of the three formats, study, trial, versions, file hashes
 
 `load_model(DIR)` rebuilds the module from `arch.json` + `model.pt`. Exporting checks that the
 TorchScript and ONNX files give the module's outputs on a random batch before anything is kept, and a
@@ -359,9 +360,21 @@ def describe_export(model: nn.Module, space: Any, params: Mapping[str, Any], spa
         "latency": {"search": search_latency,
                     "export": {"median_ms": latency.median_ms, "iqr_ms": latency.iqr_ms, **latency.provenance}},
         "memory_mb": {"value": round(memory / 2**20, 4), **memory_provenance},
-        "input": {"shape": [1, *shape], "dtype": "float32", "normalisation": normalisation},
+        "input": _input(shape, normalisation),
         **manifest,
     }
+
+
+def _input(shape: tuple[int, ...], normalisation: Any) -> dict[str, Any]:
+    """The manifest's `input`: the tensor the network takes and how to make it from the dataset's raw data
+    (`feed` in one line; `raw`: where it comes from, its units and range; `normalisation`: the steps)."""
+    out: dict[str, Any] = {"shape": [1, *shape], "dtype": "float32"}
+    norm = dict(normalisation) if isinstance(normalisation, Mapping) else None
+    if norm is not None and isinstance(norm.get("raw"), Mapping):
+        out["feed"] = norm.pop("feed", None)
+        out["raw"] = norm.pop("raw")
+    out["normalisation"] = norm
+    return out
 
 
 def keep_front_weights(study: Any, store: Any) -> list[int]:

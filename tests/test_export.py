@@ -112,6 +112,68 @@ def test_export_pareto_with_study_file(run: dict) -> None:
             torch.testing.assert_close(value, stored[key])
 
 
+@pytest.fixture(scope="module")
+def digits_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One trial of the tiny study trained long enough to be good (~95 %), exported from its study record."""
+    import nasopt
+
+    folder = tmp_path_factory.mktemp("digits_export")
+    study_file = folder / "study.py"
+    study_file.write_text(STUDY_FILE.read_text().replace('"tiny_export"', '"digits_export"')
+                          .replace("epochs=1,", "epochs=15,").replace("n_trials=3", "n_trials=1"))
+    url = f"sqlite:///{folder / 'nasopt.db'}"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        nasopt.run(load_study_file(str(study_file)), storage=url, progress=False)
+        assert main(["export", "digits_export", "--storage", url, "--trial", "0", "-o", str(folder / "out")]) == 0
+        assert main(["export", "digits_export", "--storage", url, "--trial", "0", "--study-file", str(study_file),
+                     "-o", str(folder / "from_file")]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return folder
+
+
+def test_manifest_input_feeds_sklearn_digits_to_the_recorded_accuracy(digits_export: Path) -> None:
+    """sklearn's load_digits(), turned into network input by following the manifest's fields alone, gives
+    the model the accuracy the study recorded (exactly, on the validation rows)."""
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    import nasopt
+    from nasopt._datasets import TEST_FRACTION, TEST_SEED, stratified_split
+
+    out = digits_export / "out"
+    manifest = json.loads((out / "manifest.json").read_text())
+    spec = manifest["input"]
+    assert manifest["space_source"] == "study record"
+    # the study file's path (the data loaded again) states the same input
+    assert json.loads((digits_export / "from_file" / "manifest.json").read_text())["input"] == spec
+    raw_spec, norm = spec["raw"], spec["normalisation"]
+    assert raw_spec["source"].startswith("sklearn.datasets.load_digits().images") and raw_spec["range"] == [0, 16]
+    assert "0..16" in raw_spec["units"] and "raw / 16" in spec["feed"] and norm["resize"] is None
+
+    digits = load_digits()
+    raw = digits.images.reshape(len(digits.images), *spec["shape"][1:])  # (N, 1, 8, 8), as `source` says
+    assert raw_spec["range"][0] <= raw.min() and raw.max() <= raw_spec["range"][1]
+    per_channel = (1, -1) + (1,) * (raw.ndim - 2)
+    mean, std, scale, shift = (np.asarray(norm[k]).reshape(per_channel) for k in ("mean", "std", "scale", "shift"))
+    x = ((raw / norm["divide_by"] - mean) / std).astype(spec["dtype"])
+    np.testing.assert_allclose(raw * scale + shift, x, atol=1e-5)  # the formula's one-step form
+
+    model = nasopt.load_model(out)
+    with torch.no_grad():
+        correct = model(torch.from_numpy(x)).argmax(1).numpy() == digits.target
+        naive = model(torch.from_numpy(raw.astype("float32"))).argmax(1).numpy() == digits.target
+    recorded = manifest["objectives"]["accuracy"]["value"]
+    assert recorded > 0.8 and correct.mean() > 0.8 and abs(correct.mean() - recorded) < 0.05, (correct.mean(), recorded)
+    # the validation rows, drawn as nasopt draws them, give exactly the recorded validation accuracy
+    keep, _ = stratified_split(digits.target, TEST_FRACTION, TEST_SEED)
+    _, held = stratified_split(digits.target[keep], manifest["data"]["val_fraction"], manifest["data"]["seed"])
+    assert correct[keep[held]].mean() == pytest.approx(recorded, abs=1e-9)
+    assert naive.mean() < 0.5  # the raw pixels fed as they are (what "float32 values as stored" led to)
+
+
 def test_export_refuses_existing_dir_then_force_from_the_study_record(run: dict, capsys) -> None:
     from nasopt.data import load_task
     from nasopt.rebuild import study_record
