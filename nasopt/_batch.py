@@ -24,7 +24,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from nasopt._load import autocommit
+from nasopt._load import autocommit, from_stored, stored_now
 
 __all__ = ["write_batch", "create_trial"]
 
@@ -113,10 +113,12 @@ def write_batch(backend: RDBStorage, trial_id: int, params: Sequence[tuple[str, 
     """Write a trial's params, user/system attrs (JSON texts), intermediate values, with `heartbeat` its
     heartbeat (the server's clock, as Optuna's heartbeat thread writes it) and, with a finished `state`,
     its values and final state, in ONE transaction. Raises `UpdateFinishedTrialError` when the trial has
-    already finished (another worker failed it). Returns the completion time written with the state."""
+    already finished (another worker failed it). Returns the completion time written with the state, as
+    a FrozenTrial holds it (the column holds `stored_now()`, as Optuna's own write would)."""
     s = _statements()
     models = s.models
-    when = datetime.datetime.now()
+    stamp = stored_now()
+    when = from_stored(stamp)
     attempts = [0]
 
     def write(session: Any, conn: Any) -> datetime.datetime:
@@ -135,8 +137,8 @@ def write_batch(backend: RDBStorage, trial_id: int, params: Sequence[tuple[str, 
         # a final write checks the state with its last statement (below); a flush and a retry look first
         if state is None or retry:
             row = check()
-            if state is not None and row.state == state:
-                return row.datetime_complete or when  # the attempt that lost its connection had committed
+            if state is not None and row.state == state:  # the attempt that lost its connection had committed
+                return from_stored(row.datetime_complete) or when
         todo = list(params)
         if retry and todo:  # an earlier attempt may have committed them before its connection dropped
             stored = set(conn.execute(s.stored_params, {"b_trial": trial_id}).scalars())
@@ -163,7 +165,7 @@ def write_batch(backend: RDBStorage, trial_id: int, params: Sequence[tuple[str, 
             # the state last, only if the trial is still unfinished (else all of this is rolled back):
             # another worker that fails the trial meanwhile (heartbeat-stale) holds the row's lock until
             # its commit, and then this update finds no row to change
-            if conn.execute(s.finish, {"b_trial": trial_id, "b_state": state, "b_complete": when}).rowcount != 1:
+            if conn.execute(s.finish, {"b_trial": trial_id, "b_state": state, "b_complete": stamp}).rowcount != 1:
                 check()
                 raise RuntimeError(f"trial {trial_id}: its state could not be set")  # not reached
         return when
@@ -171,7 +173,7 @@ def write_batch(backend: RDBStorage, trial_id: int, params: Sequence[tuple[str, 
     assert state is None or state.is_finished()
     if backend.engine.name == "postgresql":
         return _write_postgresql(backend, trial_id, params, user, system, intermediate, state, values,
-                                 heartbeat, when)
+                                 heartbeat, stamp)
     return _run(backend, write)
 
 
@@ -218,8 +220,10 @@ SELECT (SELECT count(*) FROM ok) AS ok
 def _write_postgresql(backend: RDBStorage, trial_id: int, params: Sequence[tuple[str, float, Any]],
                       user: Mapping[str, str], system: Mapping[str, str], intermediate: Mapping[int, float],
                       state: TrialState | None, values: Sequence[float] | None, heartbeat: bool,
-                      when: datetime.datetime) -> datetime.datetime:
+                      stamp: datetime.datetime) -> datetime.datetime:
+    """`write_batch` on PostgreSQL; `stamp`: the completion time as stored (`stored_now()`)."""
     models = _statements().models
+    when = from_stored(stamp)
     stored_values = [models.TrialValueModel.value_to_stored_repr(v) for v in values or ()]
     stored_steps = {step: models.TrialIntermediateValueModel.intermediate_value_to_stored_repr(v)
                     for step, v in intermediate.items()}
@@ -231,7 +235,7 @@ def _write_postgresql(backend: RDBStorage, trial_id: int, params: Sequence[tuple
         "it": [t.name for _, t in stored_steps.values()], "beat": heartbeat,
         "vo": list(range(len(stored_values))), "vx": [None if v is None else float(v) for v, _ in stored_values],
         "vt": [t.name for _, t in stored_values], "final": state is not None,
-        "state": (state or TrialState.RUNNING).name, "complete": when if state is not None else None}
+        "state": (state or TrialState.RUNNING).name, "complete": stamp if state is not None else None}
     attempts = [0]
     s = _statements()
 
@@ -243,8 +247,8 @@ def _write_postgresql(backend: RDBStorage, trial_id: int, params: Sequence[tuple
         row = conn.execute(s.state, {"b_trial": trial_id}).one_or_none()  # why not: gone, or finished
         if row is None:
             raise KeyError(models.NOT_FOUND_MSG)
-        if retry and row.state == state:
-            return row.datetime_complete or when  # the attempt that lost its connection had committed
+        if retry and row.state == state:  # the attempt that lost its connection had committed
+            return from_stored(row.datetime_complete) or when
         raise UpdateFinishedTrialError(f"Trial#{row.number} has already finished and can not be updated.")
 
     return autocommit(backend, write)
@@ -293,13 +297,13 @@ def create_trial(backend: RDBStorage, study_id: int) -> FrozenTrial | None:
     s = _statements()
 
     def create(session: Any, conn: Any) -> FrozenTrial:
-        start = datetime.datetime.now()
+        start = stored_now()  # what Optuna's own create writes; the FrozenTrial gets it as Optuna reads it
         if conn.execute(s.lock_study, {"b_study": study_id}).first() is None:
             raise KeyError(s.models.NOT_FOUND_MSG)
         row = conn.execute(s.insert_trial, {"b_study": study_id, "b_state": TrialState.RUNNING,
                                             "b_start": start}).one()
         return FrozenTrial(number=row.number, state=TrialState.RUNNING, value=None, values=None,
-                           datetime_start=start, datetime_complete=None, params={}, distributions={},
+                           datetime_start=from_stored(start), datetime_complete=None, params={}, distributions={},
                            user_attrs={}, system_attrs={}, intermediate_values={}, trial_id=row.trial_id)
 
     return _run(backend, create)

@@ -25,6 +25,10 @@ server that CPU caps how many workers a few cores can feed; on SQLite every comm
 
 Values are checked when they are buffered (JSON, distribution compatibility), so a mistake fails
 where it is made, not at the next flush.
+
+All of this relies on Optuna's private internals, so it runs only on the Optuna releases it was verified
+on (`nasopt._load.fast_path_verified`); on any other, `BufferedStorage.around` leaves the storage to
+Optuna's own classes and says so once on stderr.
 """
 
 from __future__ import annotations
@@ -33,19 +37,25 @@ import copy
 import datetime
 import json
 import math
+import sys
 import threading
 import time
 from collections.abc import Container, Sequence
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any
 
 from optuna import distributions
 from optuna.storages import RDBStorage
-from optuna.storages._cached_storage import _CachedStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from nasopt._batch import create_trial, write_batch
-from nasopt._load import read_study
+from nasopt._load import fast_path_verified, from_stored, read_study, unverified_notice
+
+try:  # Optuna's private cache, the fast path's base; an Optuna without it is one the path was not verified on
+    from optuna.storages._cached_storage import _CachedStorage
+except ImportError:  # pragma: no cover  (then `fast_path_verified()` is False: BufferedStorage is never built)
+    _CachedStorage = object  # type: ignore[misc,assignment]
 
 __all__ = ["BufferedStorage", "hold", "flush"]
 
@@ -78,6 +88,18 @@ class BufferedStorage(_CachedStorage):
         self._beat: set[int] = set()  # of those, the ones whose first beat waits for their next flush
         self._stale_checked: dict[int, float] = {}  # study_id -> monotonic time of the last stale check
         self._mutex = threading.RLock()
+
+    @staticmethod
+    def around(storage: Any) -> Any:
+        """The storage the runner uses: a `BufferedStorage` around an `RDBStorage` when the installed Optuna
+        is one this fast path was verified on; else `storage` itself (Optuna puts its own cache around an
+        RDBStorage, and its own code writes every row), with a one-line notice on stderr, once."""
+        if not isinstance(storage, RDBStorage):
+            return storage
+        if not fast_path_verified():
+            _unverified_notice()
+            return storage
+        return BufferedStorage(storage)
 
     def __getstate__(self) -> dict[Any, Any]:
         state = super().__getstate__()
@@ -301,7 +323,7 @@ class BufferedStorage(_CachedStorage):
                         if cached is None or cached.state != state:  # just created: nothing to read yet
                             empty.append(FrozenTrial(
                                 number=row.number, state=state, value=None, values=None,
-                                datetime_start=row.datetime_start, datetime_complete=None, params={},
+                                datetime_start=from_stored(row.datetime_start), datetime_complete=None, params={},
                                 distributions={}, user_attrs={}, system_attrs={}, intermediate_values={},
                                 trial_id=trial_id))
                     elif cached is None or cached.state != state or state == TrialState.WAITING or (
@@ -337,6 +359,11 @@ class BufferedStorage(_CachedStorage):
         return [(copy.deepcopy(own[t.number]) if deepcopy else own[t.number])
                 if t.number in own and t._trial_id == own[t.number]._trial_id and t.state == TrialState.RUNNING
                 else t for t in trials]
+
+
+@cache
+def _unverified_notice() -> None:
+    print(unverified_notice(), file=sys.stderr)
 
 
 def _copy(trial: FrozenTrial) -> FrozenTrial:

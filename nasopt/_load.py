@@ -2,21 +2,76 @@
 in two Core statements whatever their number (Optuna's ORM read is six queries and their objects), on a
 connection in autocommit mode. A worker reads every trial of the others, so with W workers this runs
 W-1 times per trial.
+
+This module is also where the fast path's knowledge of Optuna's internals is said once: which Optuna
+releases it was verified on (`fast_path_verified`; on any other, nasopt uses Optuna's own storage
+classes), and how those releases store a trial's times (`stored_now`, `from_stored`, `seconds_since`).
 """
 
 from __future__ import annotations
 
+import datetime
 import json
+import re
 import weakref
 from collections.abc import Callable, Iterable
 from functools import cache
-from typing import Any
+from typing import Any, overload
 
 from optuna import distributions
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
-__all__ = ["read_study", "autocommit"]
+__all__ = ["read_study", "autocommit", "VERIFIED_OPTUNA", "fast_path_verified", "unverified_notice", "stored_now", "from_stored",
+           "seconds_since"]
+
+# Optuna releases (major, minor) the fast path (`nasopt._buffer`, `_batch`, this module) was verified on:
+# the suite ran against them. On any other the runner uses Optuna's own storage classes (plain
+# RDBStorage behind Optuna's cache) and says so once. pyproject's `optuna` bound matches this set.
+VERIFIED_OPTUNA: frozenset[tuple[int, int]] = frozenset({(5, 0), (5, 1)})
+
+
+def fast_path_verified(version: str | None = None) -> bool:
+    """Whether `version` (default: the installed Optuna) is a final release of a verified (major, minor)."""
+    import optuna
+
+    found = re.fullmatch(r"(\d+)\.(\d+)\.\d+(\.post\d+)?", optuna.__version__ if version is None else version)
+    return found is not None and (int(found[1]), int(found[2])) in VERIFIED_OPTUNA
+
+
+def unverified_notice() -> str:
+    """The one line that says the installed Optuna is not one the fast path was verified on."""
+    import optuna
+
+    verified = ", ".join(f"{major}.{minor}" for major, minor in sorted(VERIFIED_OPTUNA))
+    return (f"nasopt: optuna {optuna.__version__} is not one nasopt's fast storage path was verified on "
+            f"({verified}); using Optuna's own RDBStorage (correct, more transactions per trial)")
+
+
+# A trial's times in the verified releases (Optuna's `TrialModel`, `RDBStorage`, `JournalStorage`): the
+# `datetime_start`/`datetime_complete` columns hold naive UTC; a FrozenTrial (from every storage) holds
+# naive local time. The heartbeat column holds the database server's clock (`now()`) on both sides.
+
+def stored_now() -> datetime.datetime:
+    """What Optuna's RDBStorage writes into a trial's time column for "now": naive UTC."""
+    return datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+
+
+@overload
+def from_stored(value: datetime.datetime) -> datetime.datetime: ...
+@overload
+def from_stored(value: datetime.datetime | None) -> datetime.datetime | None: ...
+def from_stored(value: datetime.datetime | None) -> datetime.datetime | None:
+    """What Optuna's RDBStorage gives a FrozenTrial for a time column's `value`: naive local time."""
+    if value is None:
+        return None
+    return value.replace(tzinfo=datetime.timezone.utc).astimezone().replace(tzinfo=None)
+
+
+def seconds_since(when: datetime.datetime) -> float:
+    """Seconds from a FrozenTrial's `when` (naive: local time, as Optuna gives it; aware: as it says) to now,
+    in real time (a daylight-saving change in between does not count)."""
+    return (datetime.datetime.now(datetime.timezone.utc) - when.astimezone(datetime.timezone.utc)).total_seconds()
 
 _IN_LIMIT = 500  # ids per IN (...) list; longer lists are read in chunks
 _DISTRIBUTIONS: dict[str, distributions.BaseDistribution] = {}  # JSON text -> distribution (immutable, shared)
@@ -92,8 +147,8 @@ def _statements() -> _Statements:
 def read_study(backend: RDBStorage, study_id: int, after: int, ids: Iterable[int],
                choose: Callable[[list[Any]], set[int]]) -> tuple[list[Any], list[FrozenTrial]]:
     """One read of a study: the states of its trials newer than `after` or listed in `ids` (rows of
-    trial_id, number, state, datetime_start, datetime_complete and, for a running trial, its `marks`:
-    params plus system attrs, counted), then, in one more statement, the details of the trials that
+    trial_id, number, state, datetime_start, datetime_complete as stored (`from_stored` turns them into a
+    FrozenTrial's) and, for a running trial, its `marks`: params plus system attrs, counted), then, in one more statement, the details of the trials that
     `choose(rows)` names: those come back in full."""
     s = _statements()
 
@@ -110,8 +165,8 @@ def _load(conn: Any, heads: list[Any]) -> list[FrozenTrial]:
     their params, values, attributes and intermediate values read in one statement (per 500 trials)."""
     models = _statements().models
     built = {r.trial_id: FrozenTrial(
-        number=r.number, state=r.state, value=None, values=None, datetime_start=r.datetime_start,
-        datetime_complete=r.datetime_complete, params={}, distributions={}, user_attrs={},
+        number=r.number, state=r.state, value=None, values=None, datetime_start=from_stored(r.datetime_start),
+        datetime_complete=from_stored(r.datetime_complete), params={}, distributions={}, user_attrs={},
         system_attrs={}, intermediate_values={}, trial_id=r.trial_id) for r in heads}
     found = list(built)
     values: dict[int, dict[int, float]] = {}
