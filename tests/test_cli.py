@@ -214,6 +214,21 @@ from nasopt.search_spaces.nano import NanoSpace
 study = nasopt.StudySpec(name="tiny_mobile", space=NanoSpace(), constraints={"accuracy": 0.9})
 """
 
+
+def _field(text: str) -> str:
+    """A study file whose StudySpec gets one more field (a wrong type, say)."""
+    return ("import nasopt\nfrom nasopt.search_spaces.nano import NanoSpace\n\n"
+            f"study = nasopt.StudySpec(name='tiny_mobile', space=NanoSpace(C=8), {text})\n")
+
+
+UNREACHABLE = """\
+import nasopt
+from nasopt.search_spaces.conv1d import Conv1dSpace
+
+study = nasopt.StudySpec(name="tiny_mobile", space=Conv1dSpace(C=8, layers=3), dataset="mnist1d",
+                         constraints={"params": 2000}, n_trials=3, train=nasopt.TrainConfig(epochs=1))
+"""
+
 # id -> (files to write, with_db: a real study db already there, args, words the error line must contain)
 CASES: dict[str, tuple[dict[str, str], bool, list[str], list[str]]] = {
     "missing_file": ({}, False, ["run", "nothere.py"], ["nothere.py", "not found"]),
@@ -246,6 +261,33 @@ CASES: dict[str, tuple[dict[str, str], bool, list[str], list[str]]] = {
     "missing_dataset_files": ({}, True, ["run", MOBILE, "--set", "dataset=cifar10", "--set", "data_dir=nothere"],
                               ["cifar10", "nothere", "download"]),
     "ls_without_storage": ({}, False, ["ls"], ["nasopt.db", "run a study first"]),
+    # a study field of the wrong type, an impossible value: named with the fix, before any storage
+    "dataset_not_a_string": ({"s.py": _field("dataset=5")}, True, ["run", "s.py"],
+                             ["`dataset`", "dataset=5", "int", "dataset='digits'"]),
+    "train_a_dict": ({"s.py": _field("train={'epochs': 1}")}, True, ["run", "s.py"],
+                     ["`train`", "TrainConfig", "dict"]),
+    "objectives_a_list": ({"s.py": _field("objectives=['accuracy']")}, False, ["run", "s.py"],
+                          ["`objectives`", "['accuracy']", "{'accuracy': 'maximize'}"]),
+    "data_dir_an_int": ({"s.py": _field("data_dir=5")}, False, ["run", "s.py"], ["`data_dir`", "data_dir=5"]),
+    "epochs_a_string": ({"s.py": _field("train=nasopt.TrainConfig(epochs='3')")}, True, ["run", "s.py"],
+                        ["`epochs`", "'3'", "int"]),
+    "val_fraction_out_of_range": ({"s.py": _field("val_fraction=1.5")}, False, ["run", "s.py"],
+                                  ["val_fraction", "1.5"]),
+    "empty_op_list": ({"s.py": _field("").replace("NanoSpace(C=8)", "NanoSpace(C=8, ops=[])")}, True,
+                      ["run", "s.py"], ["NanoSpace(ops=...)", "non-empty", "conv3x3"]),
+    "empty_kernels": ({"s.py": _field("").replace("from nasopt.search_spaces.nano import NanoSpace",
+                                                  "from nasopt.search_spaces.mobile import MobileSpace")
+                       .replace("NanoSpace(C=8)", "MobileSpace(kernels=[])")}, False,
+                      ["run", "s.py"], ["MobileSpace", "non-empty", "kernels=()"]),
+    "set_without_value": ({}, True, ["run", MOBILE, "--set", "train.epochs"], ["--set train.epochs", "=VALUE"]),
+    "batch_larger_than_split": ({}, True, ["run", MOBILE, "--set", "train.batch_size=5000"],
+                                ["train.batch_size=5000", "training samples", "digits", "<="]),
+    "unreachable_limit": ({"s.py": UNREACHABLE}, True, ["run", "s.py"],
+                          ["Conv1dSpace", "params <= 2,000", "smallest network", "raise the limit"]),
+    "allow_changed_unknown": ({}, True, ["run", MOBILE, "--allow-changed", "space"],
+                              ["--allow-changed 'space'", "another `name`"]),
+    "allow_changed_no_field": ({}, True, ["run", MOBILE, "--allow-changed", "train.epoch"],
+                               ["train.epoch", "TrainConfig", "epochs"]),
     "show_unknown_study": ({}, True, ["show", "nope"], ["'nope'", "studies there: tiny_mobile"]),
 }
 
