@@ -24,6 +24,18 @@ def url(request, tmp_path):
     return request.getfixturevalue("pg_url")
 
 
+@pytest.fixture(params=["local", "JST-9"])
+def zone(request):
+    """The suite's own time zone, and one 9 h east of UTC (trial times are stored in UTC, read in local time)."""
+    from test_timezones import local_tz
+
+    if request.param == "local":
+        yield request.param
+        return
+    with local_tz(request.param):
+        yield request.param
+
+
 def _outside(url: str) -> optuna.storages.RDBStorage:
     return optuna.storages.RDBStorage(url, skip_compatibility_check=True, skip_table_creation=True)
 
@@ -202,7 +214,7 @@ def test_another_worker_sees_states_at_once_and_params_as_soon_as_they_exist(url
     assert [t.number for t in b.get_trials(deepcopy=False)] == [t.number for t in a.get_trials(deepcopy=False)]
 
 
-def test_trials_are_numbered_like_optunas_whoever_creates_them(url):
+def test_trials_are_numbered_like_optunas_whoever_creates_them(url, zone):
     """`create_trial` (two statements) and Optuna's own `create_new_trial` (queued trials, other tools)
     share one numbering: the trials' count in the study, under the study row's lock."""
     study = _study(url)  # trial 0 came from a plain Optuna storage
@@ -281,7 +293,7 @@ def test_a_trial_gone_silent_on_another_machine_is_failed_and_retried(tmp_path, 
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
 
 
-def test_trials_read_in_full_are_the_trials_optuna_reads(url, monkeypatch):
+def test_trials_read_in_full_are_the_trials_optuna_reads(url, zone, monkeypatch):
     """A worker's read of the study (`nasopt._load`: Core, two statements) gives what Optuna's own read
     (ORM) gives, field for field: a fresh reader, and a reader that follows the study step by step."""
     monkeypatch.setattr("nasopt._buffer.COALESCE", 0.0)

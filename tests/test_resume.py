@@ -22,7 +22,8 @@ STUDY = Path(__file__).parent / "studies" / "tiny_mobile.py"
 EPOCHS, N_TRIALS = 6, 3  # a trial takes a few seconds: long enough to be caught mid-training
 COMMAND = [sys.executable, "-m", "nasopt.cli", "run", str(STUDY), "-q", "--n-trials", str(N_TRIALS),
            "--set", f"train.epochs={EPOCHS}"]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+# the runs live 9 h east of UTC (Asia/Tokyo's offset as a POSIX rule): resume must not depend on the zone
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1", "TZ": "JST-9"}
 
 
 def read_trials(db: Path) -> list[FrozenTrial] | None:
