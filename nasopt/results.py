@@ -58,6 +58,8 @@ def _row(t: FrozenTrial, metric_names: list[str]) -> dict[str, Any]:
     row["epochs"] = len(t.user_attrs.get("curve", []))
     row["reused_from"] = t.user_attrs.get("reused_from")
     row["reason"] = t.user_attrs.get("pruned_reason") or t.user_attrs.get("fail_reason")
+    # study settings this trial ran under on purpose (--allow-changed), e.g. "train.epochs=20"; "" = the study's
+    row["settings"] = ", ".join(f"{k}={v}" for k, v in (t.user_attrs.get("settings") or {}).items())
     row.update(t.params)
     return row
 

@@ -109,6 +109,8 @@ def test_an_accepted_change_is_recorded_per_trial(cwd):
             assert len(t.user_attrs["curve"]) == 1
         if "reused_from" in t.user_attrs:  # only a result trained with the same settings is reused
             assert trials(cwd)[t.user_attrs["reused_from"]].user_attrs.get("settings") == {"train.epochs": 1}
+    frame = api.trials_frame(f"sqlite:///{cwd / 'nasopt.db'}", "tiny_nano")
+    assert list(frame["settings"]) == ["", "", "train.epochs=1", "train.epochs=1"]
     # the study's record is unchanged: the next run without the flag is refused again
     assert_user_error(nasopt("run", NANO, "-q", "--n-trials", 5, "--set", "train.epochs=1", cwd=cwd),
                       "train.epochs: stored 3, now 1")
