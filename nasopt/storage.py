@@ -15,6 +15,7 @@ fail-over): each storage call is retried with back-off for up to `OUTAGE_TIMEOUT
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import random
@@ -23,7 +24,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import unquote
@@ -35,7 +36,7 @@ from nasopt.errors import UserError
 
 __all__ = ["DEFAULT_STORAGE", "open_storage", "close_storage", "fast_sqlite", "mask_url", "scrub", "sqlite_path",
            "journal_path", "check_workers", "set_user_attrs", "storage_url", "StorageUnavailable",
-           "retry_callback"]
+           "retry_callback", "sqlite_lock", "on_close"]
 
 DEFAULT_STORAGE = "sqlite:///nasopt.db"
 HEARTBEAT_INTERVAL = 2  # seconds between a running trial's heartbeats
@@ -47,7 +48,7 @@ PING_IDLE = 1.0  # seconds a pooled connection may sit idle before it is pinged 
 
 _SCHEMES = ("sqlite", "postgresql", "mysql", "journal")
 _JOURNAL_HEAD = b'{"op_code":'  # every line of an Optuna journal starts like this
-_SCHEMA_LOCK = 7_305_411_870_214  # pg_advisory_lock key: one process creates the tables at a time
+_SCHEMA_LOCK = 7_305_411_870_214  # pg_advisory_lock key (and MySQL lock name): one process creates the tables at a time
 
 T = TypeVar("T")
 
@@ -110,10 +111,12 @@ def storage_url(storage: str | BaseStorage | None) -> str | None:
 
 
 def sqlite_path(url: str) -> Path | None:
-    """The file of an `sqlite:///FILE` URL (None for other schemes or in-memory databases)."""
-    if not url.startswith("sqlite:///"):
+    """The file of an `sqlite:///FILE` (or `sqlite+DRIVER:///FILE`) URL, without its `?query`; None for
+    other schemes and for URLs that name no file (`sqlite://`, `sqlite:///`, `sqlite:///:memory:`)."""
+    match = re.match(r"sqlite(?:\+\w+)?:///([^?]*)", url, re.IGNORECASE)
+    if match is None:
         return None
-    path = url[len("sqlite:///"):]
+    path = match.group(1)
     return None if path in ("", ":memory:") else Path(path)
 
 
@@ -139,9 +142,16 @@ def check_workers(url: str | None, workers: int) -> None:
 
 # -- files -----------------------------------------------------------------------------------------
 
-def _check_file(path: Path, url: str, kind: str, example: str) -> None:
+def _folder(path: Path) -> str:
+    """The folder of `path` as a user should read it (absolute: "." says little in a message)."""
+    return os.path.abspath(path.parent)
+
+
+def _check_file(path: Path, url: str, kind: str, create: bool) -> None:
+    scheme = "sqlite" if kind == "sqlite" else "journal"
     if path.is_dir():
-        raise UserError(f"storage {url} points to a directory; give a file, e.g. {example.format(path=path)}")
+        name = "nasopt.db" if kind == "sqlite" else "nasopt.log"
+        raise UserError(f"storage {url} points to a directory; give a file, e.g. {scheme}:///{path / name}")
     if not path.parent.exists():
         raise UserError(f"cannot open storage {url}: folder {path.parent} does not exist; create it or "
                         "choose another path")
@@ -159,8 +169,46 @@ def _check_file(path: Path, url: str, kind: str, example: str) -> None:
             hint = " (it is an SQLite database: use sqlite:///" + str(path) + ")" if header.startswith(b"SQLite") else ""
             raise UserError(f"{path} is not an Optuna journal file{hint}; point --storage at a journal written by "
                             "nasopt/Optuna or a new file name")
-    elif not os.access(path.parent, os.W_OK):
-        raise UserError(f"cannot create storage file {path}: folder not writable; choose another --storage")
+        # os.access, not the mode bits: it also sees a read-only mount and an immutable file (chattr +i), which
+        # deny root as well; Optuna opens a journal for appending even to read it
+        if (create or kind == "journal") and not os.access(path, os.W_OK):
+            raise UserError(f"storage file {path} is read-only; make it writable (chmod u+w {path}) or choose "
+                            f"another --storage, e.g. a copy of it: {scheme}:///COPY")
+        if create and not os.access(path.parent, os.W_OK):
+            beside = "SQLite writes its journal" if kind == "sqlite" else "Optuna writes a lock file"
+            raise UserError(f"cannot write storage file {path}: its folder {_folder(path)} is read-only, and {beside} "
+                            "beside the file; make the folder writable or move the file to a writable folder "
+                            f"({scheme}:///PATH)")
+    elif create and not os.access(path.parent, os.W_OK):
+        raise UserError(f"cannot create storage file {path}: folder {_folder(path)} is not writable; make it "
+                        f"writable or choose a file in a writable folder ({scheme}:///PATH)")
+
+
+@contextlib.contextmanager
+def sqlite_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock, among the processes on this machine, for creating the tables of the SQLite file
+    `path` and for claiming a study in it (`nasopt.workers.check_single_process`).
+
+    It is a `flock` on the file's folder: the file may not exist yet, a lock file would be left behind,
+    and a second descriptor on the database file itself would drop SQLite's own POSIX locks of this
+    process when closed. Best effort: where the folder cannot be locked (no `fcntl`, some network file
+    systems), nothing is locked; one creator still wins and the others see its tables."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        yield
+        return
+    try:
+        fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:
+        yield
+        return
+    try:
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def fast_sqlite(storage: object) -> None:
@@ -198,11 +246,57 @@ def _transient(exc: BaseException) -> BaseException | None:
     e: BaseException | None = exc
     while e is not None and id(e) not in seen:
         seen.add(id(e))
+        if _sqlite_error(e) is not None and not _sqlite_busy(e):
+            return None  # a file, not a server: read-only, unopenable, full or damaged stays so (see _sqlite_user_error)
         if isinstance(e, sa_exc.DBAPIError) and e.connection_invalidated:
             return e
         if isinstance(e, (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.DisconnectionError)):
             return e
         e = e.__cause__ or e.__context__
+    return None
+
+
+def _sqlite_error(e: BaseException) -> BaseException | None:
+    """The `sqlite3` error behind an SQLAlchemy error (or `e` itself), else None."""
+    orig = getattr(e, "orig", e)
+    return orig if type(orig).__module__ == "sqlite3" else None
+
+
+def _sqlite_busy(e: BaseException) -> bool:
+    """Another process holds the SQLite file's lock (past the busy timeout): worth waiting for."""
+    text = str(_sqlite_error(e)).lower()
+    return "locked" in text or "busy" in text
+
+
+def _sqlite_user_error(exc: BaseException, url: str) -> UserError | None:
+    """The one-line `UserError` for an SQLite error that the user must fix (a read-only file or folder, a
+    full disk, a damaged file), else None."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        error = _sqlite_error(e)
+        if error is not None:
+            break
+        e = e.__cause__ or e.__context__
+    else:
+        return None
+    text = str(error).lower()
+    path = sqlite_path(url)
+    where = str(path) if path is not None else mask_url(url)
+    folder = _folder(path) if path is not None else "its folder"
+    if "readonly" in text or "read-only" in text:
+        return UserError(f"cannot write storage file {where}: SQLite says it is read-only ({error}); make the file "
+                         f"and its folder {folder} writable, or choose another --storage")
+    if "unable to open" in text:
+        return UserError(f"cannot open storage file {where} ({error}): SQLite cannot open it or create its journal "
+                         f"in folder {folder}; make the folder and the file writable, or choose another --storage")
+    if "disk is full" in text:
+        return UserError(f"cannot write storage file {where}: the disk is full ({error}); free some space or choose "
+                         "another --storage")
+    if "malformed" in text or "not a database" in text:
+        return UserError(f"storage file {where} is damaged ({error}); restore it from a backup or choose another "
+                         "--storage")
     return None
 
 
@@ -262,6 +356,9 @@ class _Outage:
                 except Exception as e:
                     cause = _transient(e)
                     if cause is None:
+                        user_error = _sqlite_user_error(e, self.url)
+                        if user_error is not None:
+                            raise user_error from None
                         raise
                     self.lost(cause)
                     storage.scoped_session.remove()  # a session whose connection died is not reused
@@ -301,7 +398,8 @@ class _ResilientRDBStorage(RDBStorage):
 
     def __getstate__(self) -> dict[Any, Any]:
         state = super().__getstate__()
-        state.pop("_outage", None)
+        for local in ("_outage", "_nasopt_on_close", "_nasopt_pragmas"):  # this process's: not pickled
+            state.pop(local, None)
         return state
 
     def __setstate__(self, state: dict[Any, Any]) -> None:
@@ -335,17 +433,30 @@ for _name in _RETRIED:
 
 # -- opening ---------------------------------------------------------------------------------------
 
-def _schema_state(connection: Any) -> tuple[str, str | None]:
-    """("fresh", None) for a database without Optuna tables, ("current", rev) or ("other", rev)."""
+_OPTUNA_TABLES = frozenset({  # the tables of Optuna's RDB schema (optuna/storages/_rdb/models.py), but alembic_version
+    "studies", "study_directions", "study_user_attributes", "study_system_attributes", "trials", "trial_params",
+    "trial_values", "trial_intermediate_values", "trial_user_attributes", "trial_system_attributes",
+    "trial_heartbeats", "version_info"})
+
+
+def _schema_state(connection: Any) -> tuple[str, str | None, list[str]]:
+    """(state, schema revision, tables) of the schema Optuna would write into (SQLite's main database,
+    PostgreSQL's current schema, the MySQL database): state "fresh" (no tables or views at all), "foreign"
+    (tables of another application and none of Optuna's), "current" (Optuna's, at this Optuna's revision)
+    or "other" (Optuna's at another revision, or without one). Other tables beside Optuna's are the user's
+    business: the database is still Optuna's."""
     import sqlalchemy as sa
 
-    tables = set(sa.inspect(connection).get_table_names())
-    if "studies" not in tables and "alembic_version" not in tables:
-        return "fresh", None
+    inspector = sa.inspect(connection)
+    tables = sorted(set(inspector.get_table_names()) | set(inspector.get_view_names()))
+    if not tables:
+        return "fresh", None, []
+    if not _OPTUNA_TABLES & set(tables):  # another application's alembic_version counts for nothing
+        return "foreign", None, tables
     revision = None
     if "alembic_version" in tables:
         revision = connection.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
-    return ("current" if revision == _head_revision() else "other"), revision
+    return ("current" if revision == _head_revision() else "other"), revision, tables
 
 
 def _alembic_script() -> Any:
@@ -359,7 +470,40 @@ def _head_revision() -> str:
     return str(_alembic_script().get_current_head())
 
 
-def _schema_error(url: str, revision: str | None) -> UserError:
+def _listed(names: list[str], first: int = 5) -> str:
+    shown = ", ".join(names[:first])
+    return shown + (f" and {len(names) - first} more" if len(names) > first else "")
+
+
+def _dedicated(url: str) -> str:
+    """How to give nasopt a database of its own, for the fix of a message."""
+    path = sqlite_path(url)
+    if path is not None:
+        suggest = "nasopt.db" if os.path.abspath(path) != os.path.abspath("nasopt.db") else "nasopt-studies.db"
+        return f"use a file of its own for nasopt, e.g. --storage sqlite:///{suggest}"
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+        name = "nasopt" if parsed.database != "nasopt" else "nasopt_studies"
+        target = parsed.set(database=name).render_as_string(hide_password=True)
+    except Exception:
+        name, target = "nasopt", "URL"
+    return f"create a database of its own for nasopt (CREATE DATABASE {name}) and pass --storage {mask_url(target)}"
+
+
+def _foreign_error(url: str, tables: list[str], create: bool) -> UserError:
+    path = sqlite_path(url)
+    where = f"storage file {path}" if path is not None else f"storage {mask_url(url)}"
+    found = f"holds other tables ({_listed(tables)}) and no Optuna tables"
+    if create:
+        return UserError(f"{where} {found}: it belongs to another application, and nasopt never writes into it; "
+                         f"{_dedicated(url)}")
+    return UserError(f"{where} {found}: it is not an nasopt/Optuna database; pass --storage with the database "
+                     "your studies are in")
+
+
+def _schema_error(url: str, revision: str | None, tables: list[str] | None = None) -> UserError:
     where = mask_url(url)
     known = [r.revision for r in _alembic_script().walk_revisions()]
     if revision in known:
@@ -368,10 +512,37 @@ def _schema_error(url: str, revision: str | None) -> UserError:
                          f"`optuna storage upgrade --storage '{where}'` (put your password in place of ***); "
                          "nasopt never upgrades a schema by itself")
     if revision is None:
-        return UserError(f"storage {where} has Optuna tables but no schema version; it is not a database "
-                         "nasopt can use; choose another database")
+        ours = sorted(_OPTUNA_TABLES & set(tables or []))
+        named = f" ({_listed(ours)})" if ours else ""
+        return UserError(f"storage {where} has tables named like Optuna's{named} but no Optuna schema version: "
+                         "another application's, or an Optuna whose set-up was interrupted; nasopt does not write "
+                         f"into it; {_dedicated(url)}")
     return UserError(f"storage {where} was written by a newer Optuna (schema {revision}); upgrade this "
                      f"installation (pip install -U optuna; now {optuna.__version__}) or use another database")
+
+
+@contextlib.contextmanager
+def _schema_lock(scheme: str, url: str, connection: Any) -> Iterator[None]:
+    """One process at a time creates Optuna's tables and stamps their version: a PostgreSQL advisory lock, a
+    MySQL named lock, a lock on an SQLite file's folder (`sqlite_lock`)."""
+    import sqlalchemy as sa
+
+    if scheme == "sqlite":
+        path = sqlite_path(url)
+        with sqlite_lock(path) if path is not None else contextlib.nullcontext():
+            yield
+        return
+    if scheme == "postgresql":
+        take, give = "SELECT pg_advisory_lock(:key)", "SELECT pg_advisory_unlock(:key)"
+    else:  # MySQL, MariaDB: a named lock of the server, waiting up to a minute
+        take, give = "SELECT GET_LOCK(CONCAT('nasopt_', :key), 60)", "SELECT RELEASE_LOCK(CONCAT('nasopt_', :key))"
+    connection.execute(sa.text(take), {"key": _SCHEMA_LOCK})
+    connection.commit()
+    try:
+        yield
+    finally:
+        connection.execute(sa.text(give), {"key": _SCHEMA_LOCK})
+        connection.commit()
 
 
 def _open_rdb(url: str, heartbeat: bool, create: bool = True) -> RDBStorage:
@@ -392,22 +563,23 @@ def _open_rdb(url: str, heartbeat: bool, create: bool = True) -> RDBStorage:
     probe = sa.create_engine(url, poolclass=NullPool, connect_args=engine_kwargs.get("connect_args", {}))
     try:
         with probe.connect() as connection:  # unreachable server, wrong credentials: fails here
-            state, revision = _schema_state(connection)
-            # several workers starting at once on an empty database: one creates the tables (and stamps
-            # their version, in a later transaction); the others wait for it and look again
-            locked = state != "current" and scheme == "postgresql"
-            if locked:
-                connection.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": _SCHEMA_LOCK})
-                connection.commit()
-                for _ in range(20):  # tables without a version: a plain Optuna client may be stamping it now
-                    state, revision = _schema_state(connection)
+            state, revision, tables = _schema_state(connection)
+            with contextlib.ExitStack() as held:
+                # several processes starting at once on an empty database: one creates the tables (and stamps
+                # their version, in a later transaction); the others wait for it and look again
+                if state in ("fresh", "other"):
                     connection.commit()
-                    if state != "other" or revision is not None:
-                        break
-                    time.sleep(0.25)
-            try:
+                    held.enter_context(_schema_lock(scheme, url, connection))
+                    for _ in range(20):  # tables without a version: a plain Optuna client may be stamping it now
+                        state, revision, tables = _schema_state(connection)
+                        connection.commit()
+                        if state != "other" or revision is not None:
+                            break
+                        time.sleep(0.25)
+                if state == "foreign":
+                    raise _foreign_error(url, tables, create)
                 if state == "other":
-                    raise _schema_error(url, revision)
+                    raise _schema_error(url, revision, tables)
                 if state == "fresh" and not create:
                     raise UserError(f"no studies in {mask_url(url)} (no Optuna tables); run a study there first "
                                     "(nasopt run FILE --storage URL) or pass another --storage")
@@ -415,10 +587,6 @@ def _open_rdb(url: str, heartbeat: bool, create: bool = True) -> RDBStorage:
                     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                     storage = _ResilientRDBStorage(url, engine_kwargs=engine_kwargs, skip_compatibility_check=True,
                                                    skip_table_creation=state == "current", **hb)
-            finally:
-                if locked:
-                    connection.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": _SCHEMA_LOCK})
-                    connection.commit()
     finally:
         probe.dispose()
     if scheme != "sqlite":
@@ -454,7 +622,7 @@ def _pre_ping_idle(engine: Any) -> None:
 def _open_journal(url: str, path: Path, create: bool) -> BaseStorage:
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
-    _check_file(path, url, "journal", "journal:///{path}/nasopt.log")
+    _check_file(path, url, "journal", create)
     if not create and not path.exists():
         raise UserError(f"no storage at {path}; run a study first (nasopt run FILE) or pass --storage")
     try:
@@ -486,8 +654,11 @@ def open_storage(url: str | None = None, *, create: bool = True, heartbeat: bool
                             "journal:////ABSOLUTE/PATH.log")
         return _open_journal(url, path, create)
     sqlite = sqlite_path(url)
-    if sqlite is not None:
-        _check_file(sqlite, url, "sqlite", "sqlite:///{path}/nasopt.db")
+    if scheme == "sqlite":
+        if sqlite is None:  # sqlite://, sqlite:///, sqlite:///:memory: would keep the study in memory and lose it
+            raise UserError(f"storage URL {url!r} names no database file; use sqlite:///nasopt.db (a file in this "
+                            "folder) or sqlite:////ABSOLUTE/PATH.db")
+        _check_file(sqlite, url, "sqlite", create)
         if not create and not sqlite.exists():
             raise UserError(f"no storage at {sqlite}; run a study first (nasopt run FILE) or pass --storage")
     try:
@@ -495,9 +666,13 @@ def open_storage(url: str | None = None, *, create: bool = True, heartbeat: bool
     except UserError:
         raise
     except Exception as e:  # driver missing, server down, wrong credentials, corrupt file: one line, masked
+        user_error = _sqlite_user_error(e, url)
+        if user_error is not None:
+            raise user_error from None
         first = _first_line(e)
         if "Failed to import DB access module" in first or isinstance(e, ModuleNotFoundError):
-            first = "its database driver is not installed; pip install 'nasopt[postgres]' (psycopg)"
+            first = ("its database driver is not installed; " + ("pip install pymysql and use mysql+pymysql://"
+                     if scheme == "mysql" else "pip install 'nasopt[postgres]' (psycopg)"))
         raise UserError(f"cannot open storage {mask_url(url)}: {scrub(first, url)}") from None
 
 
@@ -515,10 +690,22 @@ def set_user_attrs(trial: optuna.Trial, attrs: Mapping[str, Any]) -> None:
         trial.set_user_attr(key, value)
 
 
+def on_close(storage: object, callback: Callable[[], None]) -> None:
+    """Call `callback` (once) when `close_storage` closes `storage` (or the RDB storage inside it), before
+    its connections go: e.g. a run's claim on its study is given back there (`check_single_process`)."""
+    storage = getattr(storage, "_backend", storage)
+    storage.__dict__.setdefault("_nasopt_on_close", []).append(callback)
+
+
 def close_storage(storage: object) -> None:
     """Close pooled connections; an SQLite file goes back to its ordinary rollback journal, so later
-    reading commands (ls, show, pandas) open it without creating -wal/-shm files beside it."""
+    reading commands (ls, show, pandas) open it without creating -wal/-shm files beside it. Callbacks
+    registered with `on_close` run first (errors ignored: closing never fails)."""
     storage = getattr(storage, "_backend", storage)  # a study's storage is Optuna's cache around the RDB one
+    callbacks = getattr(storage, "_nasopt_on_close", None)
+    while callbacks:
+        with contextlib.suppress(Exception):
+            callbacks.pop(0)()
     engine = getattr(storage, "engine", None)
     if engine is None:
         return

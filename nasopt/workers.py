@@ -42,7 +42,7 @@ from optuna.trial import FrozenTrial, TrialState
 from nasopt import _objective, _progress
 from nasopt._index import StudyIndex
 from nasopt.errors import UserError
-from nasopt.storage import close_storage, open_storage, scrub
+from nasopt.storage import close_storage, on_close, open_storage, scrub, sqlite_lock, sqlite_path
 
 if TYPE_CHECKING:
     from nasopt.study import StudySpec
@@ -304,16 +304,37 @@ def _gradient_loop(spec: StudySpec, study: optuna.Study, task: Any, store: Any, 
 # -- N workers on this machine -----------------------------------------------------------------------
 
 def check_single_process(study: optuna.Study, url: str) -> None:
-    """SQLite serves one process: refuse to run beside another live `nasopt run` on the same study."""
-    if not url.startswith("sqlite"):
+    """SQLite serves one process: refuse to run beside another live `nasopt run` on the same study.
+
+    Check and claim are one step: under `sqlite_lock` (one process at a time on this machine), a live
+    runner of this study elsewhere, in its claim or in a RUNNING trial, refuses this run; else this process
+    records its claim (the study's system attr `nasopt:worker`: host, pid, start time, as in a trial's) and
+    gives it back when the run closes its storage. Of two runs started at the same moment, one runs and the
+    other is refused, even before either started a trial (and between two trials)."""
+    path = sqlite_path(url)
+    if path is None:
         return
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        worker = t.system_attrs.get(_objective.WORKER_KEY) or {}
-        if (worker.get("host") == socket.gethostname() and worker.get("pid") != os.getpid()
-                and _objective._alive(worker)):
-            raise UserError(f"another nasopt run (pid {worker['pid']}) is running study {study.study_name!r} in "
-                            f"this SQLite file, which serves one process; wait for it, or use a journal file "
-                            "(--storage journal:///nasopt.log) or PostgreSQL to run several workers")
+    storage, study_id = study._storage, study._study_id
+    key = _objective.WORKER_KEY
+    with sqlite_lock(path):
+        claims = [storage.get_study_system_attrs(study_id).get(key)]
+        claims += [t.system_attrs.get(key) for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
+        for worker in claims:
+            if (isinstance(worker, dict) and worker.get("host") == socket.gethostname()
+                    and worker.get("pid") != os.getpid() and _objective._alive(worker)):
+                raise UserError(f"another nasopt run (pid {worker['pid']}) is running study {study.study_name!r} "
+                                "in this SQLite file, which serves one process; wait for it, or use a journal file "
+                                "(--storage journal:///nasopt.log) or PostgreSQL to run several workers")
+        mine = _objective._worker()
+        storage.set_study_system_attr(study_id, key, mine)
+
+    def give_back() -> None:
+        with sqlite_lock(path):
+            claim = storage.get_study_system_attrs(study_id).get(key) or {}
+            if claim.get("pid") == mine["pid"] and claim.get("host") == mine["host"]:
+                storage.set_study_system_attr(study_id, key, None)
+
+    on_close(storage, give_back)
 
 
 def _threads(workers: int) -> int:
