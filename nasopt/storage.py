@@ -6,9 +6,11 @@ Three kinds of storage, by URL:
 - `journal:///FILE.log`: Optuna's journal file; several processes on one machine, no server.
 - `postgresql://USER@HOST/DB` (or `mysql://`): any number of workers on any number of machines.
 
-Nothing is created or changed until every check passed: a mistyped URL, a file that is not a
-database or journal, an unreachable server, wrong credentials or a schema written by another Optuna
-version leave everything as it was. Passwords never appear in a message: every error text goes
+Nothing is created or changed until every check passed: a mistyped URL or one without a file name, a
+file that is not a database or journal, a read-only file or folder, another application's database
+(its tables and none of Optuna's), an unreachable server, wrong credentials or a schema written by
+another Optuna version leave everything as it was. Processes that start together on an empty database
+create its tables one at a time (an advisory lock, a named lock, a lock on an SQLite file's folder). Passwords never appear in a message: every error text goes
 through `scrub`. On a database server, an established worker rides out a short outage (a restart, a
 fail-over): each storage call is retried with back-off for up to `OUTAGE_TIMEOUT` seconds.
 """
