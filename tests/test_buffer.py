@@ -184,8 +184,9 @@ def test_a_sampled_study_writes_few_transactions_per_trial(tmp_path):
     assert [t for t in trials if "reused_from" in t.user_attrs]
     assert not [t for t in trials if "picture_artifact" in t.user_attrs]
     # create, params (+ worker + the first heartbeat), result (+ attrs, values, state): 3 per trial (about
-    # 12 before the write-behind); creating the study adds a few
-    assert writes[0] <= 3 * 60 + 10, writes[0]
+    # 12 before the write-behind); creating the study adds a few, and claiming the SQLite study for this
+    # process (check_single_process) and releasing it at the end two more
+    assert writes[0] <= 3 * 60 + 12, writes[0]
 
 
 def test_another_worker_sees_states_at_once_and_params_as_soon_as_they_exist(url, monkeypatch):
