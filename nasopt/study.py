@@ -321,9 +321,9 @@ def _run_checked(spec: StudySpec, storage: str | optuna.storages.BaseStorage | N
         study = None
         try:
             study, created = _open_or_create(spec, storage, task)
-            workers.check_single_process(study, url)
-            if not created and _nothing_to_do(spec, study):
+            if not created and _nothing_to_do(spec, study):  # reads only: no claim, nothing written
                 return study
+            workers.check_single_process(study, url)
             store = None
             if spec.strategy is not None or spec.inherit_weights:
                 store = artifact_store_for(url, spec.artifacts)
