@@ -26,9 +26,11 @@ def arch_key(params: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
 
 def _settings_key(settings: Any) -> str:
     """The settings a trial ran under when they differ from the study's (`--allow-changed`), as a key:
-    the same architecture trained for other epochs is another result, never a reuse."""
+    the same architecture trained for other epochs is another result, never a reuse. Where the data was
+    read from (`data_dir`: the same data, moved) does not change a result."""
     import json
 
+    settings = {k: v for k, v in (settings or {}).items() if k != "data_dir"}
     return json.dumps(settings, sort_keys=True, default=str) if settings else ""
 
 
