@@ -673,7 +673,7 @@ def open_storage(url: str | None = None, *, create: bool = True, heartbeat: bool
             raise user_error from None
         first = _first_line(e)
         if "Failed to import DB access module" in first or isinstance(e, ModuleNotFoundError):
-            first = ("its database driver is not installed; " + ("pip install pymysql and use mysql+pymysql://"
+            first = ("its database driver is not installed; " + ("pip install 'nasopt[mysql]' and use mysql+pymysql://"
                      if scheme == "mysql" else "pip install 'nasopt[postgres]' (psycopg)"))
         raise UserError(f"cannot open storage {mask_url(url)}: {scrub(first, url)}") from None
 
