@@ -1,5 +1,3 @@
-import sys
+from nasopt.cli.main import entry
 
-from nasopt.cli.main import main
-
-sys.exit(main())
+entry()

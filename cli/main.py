@@ -7,14 +7,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import runpy
+import signal
 import sys
+import threading
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from nasopt.errors import UserError
+from nasopt.errors import Terminated, UserError
 
 # The one place that lists the spaces by name (the engine never imports search_spaces).
 SPACES = {
@@ -193,8 +196,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     sets += [f"sampler={args.sampler}"] if args.sampler else []
     sets += [f"pruner={args.pruner}"] if args.pruner else []
     spec = apply_sets(load_study_file(args.file), sets)
-    from nasopt.workers import Terminated
-
     try:
         study = nasopt.run(spec, storage=args.storage, n_trials=args.n_trials, timeout=args.timeout,
                            device=args.device, progress=not args.quiet, workers=args.workers,
@@ -383,14 +384,44 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _on_sigterm(signum: int, frame: Any) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: the clean-up that follows is not interrupted again
+    raise Terminated()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    """The command. Ctrl-C and SIGTERM at any moment, start-up included, end with one line and exit code
+    130 or 143 (a running trial has been failed and queued again by then); never a traceback."""
+    old = signal.signal(signal.SIGTERM, _on_sigterm) if threading.current_thread() is threading.main_thread() \
+        else None
     try:
+        args = parser().parse_args(argv)
         return int(args.func(args))
     except UserError as e:
         print(f"nasopt: error: {e}", file=sys.stderr)
         return 2
+    except Terminated:
+        print("\nnasopt: terminated (SIGTERM)", file=sys.stderr)
+        return 143
+    except KeyboardInterrupt:
+        print("\nnasopt: interrupted (Ctrl-C)", file=sys.stderr)
+        return 130
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
+
+
+def entry() -> None:
+    """The installed `nasopt` command and `python -m nasopt.cli`: `main`, then exit. After an interruption
+    the trial is already failed and queued; the interpreter's teardown (torch's thread pools, the
+    garbage of a trained network) can take seconds on a loaded machine, so the process ends at once."""
+    code = main()
+    if code in (130, 143):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -2,28 +2,49 @@
 
 An architecture is the `params` of an Optuna trial; every strategy writes its results as trials of
 one Optuna study, so optuna-dashboard, pandas and SQL see them all.
+
+The public names are imported on first use (PEP 562): `import nasopt` costs milliseconds, so the
+`nasopt` command answers `--help` and handles Ctrl-C before torch is loaded.
 """
 
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from typing import TYPE_CHECKING, Any
+
 from nasopt.errors import UserError
-from nasopt.export import load_model
-from nasopt.metrics import MeasureConfig
-from nasopt.results import pareto_front, trials_frame
-from nasopt.study import StudySpec, run
-from nasopt.train import TrainConfig
 
 __version__ = "0.1.0"
 
 __all__ = ["StudySpec", "TrainConfig", "MeasureConfig", "UserError", "run", "trials_frame", "pareto_front", "load_model",
            "nano_nas", "search", "benchmark", "__version__"]
 
-_ONE_LINE = ("nano_nas", "search", "benchmark")
+# public name -> the module that defines it. The one-line API resolves space and strategy names like
+# the CLI it lives beside; the engine itself never imports the front ends.
+_LAZY = {"StudySpec": "nasopt.study", "run": "nasopt.study", "TrainConfig": "nasopt.train",
+         "MeasureConfig": "nasopt.metrics", "trials_frame": "nasopt.results", "pareto_front": "nasopt.results",
+         "load_model": "nasopt.export", "nano_nas": "nasopt.cli.api", "search": "nasopt.cli.api",
+         "benchmark": "nasopt.cli.api"}
+
+if TYPE_CHECKING:
+    from nasopt.cli.api import benchmark, nano_nas, search
+    from nasopt.export import load_model
+    from nasopt.metrics import MeasureConfig
+    from nasopt.results import pareto_front, trials_frame
+    from nasopt.study import StudySpec, run
+    from nasopt.train import TrainConfig
 
 
-def __getattr__(name: str) -> object:
-    # The one-line API resolves space and strategy names, like the CLI it lives beside; imported on
-    # first use so that the engine itself never depends on the front ends.
-    if name in _ONE_LINE:
-        from nasopt.cli import api
-
-        return getattr(api, name)
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value  # later lookups are plain attribute reads
+        return value
+    if not name.startswith("__") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        return importlib.import_module(f"{__name__}.{name}")  # nasopt.oneshot.DARTS after `import nasopt`
     raise AttributeError(f"module 'nasopt' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["UserError", "check_fields"]
+__all__ = ["UserError", "Terminated", "check_fields"]
 
 
 class UserError(ValueError):
     """A mistake in what the user asked for (bad name, bad value, missing file): never a bug."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived: handled like Ctrl-C (the running trial is failed and queued again)."""
 
 
 def check_fields(obj: Any, hints: dict[str, str] | None = None) -> None:

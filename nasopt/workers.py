@@ -41,7 +41,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from nasopt import _objective, _progress
 from nasopt._index import StudyIndex
-from nasopt.errors import UserError
+from nasopt.errors import Terminated, UserError
 from nasopt.storage import close_storage, on_close, open_storage, scrub, sqlite_lock, sqlite_path
 
 if TYPE_CHECKING:
@@ -53,10 +53,6 @@ __all__ = ["Terminated", "TrialTimeout", "budget", "worker_seed", "seed_sampler"
 POLL = 0.5  # seconds an idle worker waits before it counts the study again
 EXIT_HUNG = 3  # a worker ended by its watchdog: the supervisor starts a new one
 HARD_GRACE = 5.0  # extra seconds a timed-out trial gets to return before its process is ended
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM arrived: handled like Ctrl-C (the running trial is failed and queued again)."""
 
 
 class TrialTimeout(Exception):

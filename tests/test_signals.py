@@ -1,0 +1,96 @@
+"""Ctrl-C and SIGTERM at any moment of `nasopt run`: one line, exit 130 or 143, never a traceback.
+
+Real subprocesses. Start-up is made long and deterministic by a study file that sleeps while it is
+executed (the signal then lands after the command installed its handlers, as it would while torch is
+imported); "during a trial" waits until the storage shows a RUNNING trial.
+"""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from test_cli import ENV, NANO
+
+SLOW_START = """\
+import time
+time.sleep(60)
+"""
+
+
+def start(args: list[str], cwd: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "nasopt.cli", *args], cwd=cwd, env=ENV, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def wait_for(predicate, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def running_trials(db: Path) -> int:
+    if not db.exists():
+        return 0
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as connection:
+            return connection.execute("SELECT count(*) FROM trials WHERE state = 'RUNNING'").fetchone()[0]
+    except sqlite3.Error:
+        return 0
+
+
+EXPECTED = {signal.SIGINT: (130, "interrupted"), signal.SIGTERM: (143, "terminated (SIGTERM)")}
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])
+def test_a_signal_during_start_up_is_one_line_and_the_documented_exit_code(tmp_path, sig):
+    (tmp_path / "slow.py").write_text(SLOW_START)
+    process = start(["run", "slow.py"], tmp_path)
+    time.sleep(1.5)  # Python is up and the study file is being executed
+    process.send_signal(sig)
+    out, err = process.communicate(timeout=30)
+    code, word = EXPECTED[sig]
+    assert process.returncode == code, (process.returncode, err)
+    assert "Traceback" not in err + out
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("nasopt: ") and word in lines[0], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["slow.py"]  # nothing written
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])
+def test_a_signal_while_torch_loads_is_one_line(tmp_path, sig):
+    """`run` imports torch and loads the data first: a signal then ends the command cleanly too."""
+    process = start(["run", str(NANO), "-q"], tmp_path)
+    time.sleep(0.8)  # the command is importing torch (about 2 s) or loading the data
+    process.send_signal(sig)
+    out, err = process.communicate(timeout=60)
+    if process.returncode == 0:
+        pytest.skip("the machine was fast enough to finish before the signal")
+    assert process.returncode == EXPECTED[sig][0], (process.returncode, err)
+    assert "Traceback" not in err + out, err
+    assert len([line for line in err.strip().splitlines() if line.strip()]) == 1, err
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])
+def test_a_signal_during_a_trial_fails_it_for_a_retry_and_the_process_ends(tmp_path, sig):
+    process = start(["run", str(NANO), "-q", "--set", "train.epochs=200", "--n-trials", "1"], tmp_path)
+    wait_for(lambda: running_trials(tmp_path / "nasopt.db") > 0)
+    time.sleep(0.5)
+    process.send_signal(sig)
+    sent = time.monotonic()
+    out, err = process.communicate(timeout=60)
+    took = time.monotonic() - sent
+    assert process.returncode == EXPECTED[sig][0], (process.returncode, err)
+    assert "Traceback" not in err + out, err
+    assert "retried" in err and "run the same command to resume" in err
+    assert running_trials(tmp_path / "nasopt.db") == 0  # failed, with a WAITING retry queued
+    with sqlite3.connect(tmp_path / "nasopt.db") as connection:
+        states = [s for (s,) in connection.execute("SELECT state FROM trials ORDER BY number")]
+    assert states == ["FAIL", "WAITING"], states
+    print(f"exit {took:.2f} s after the signal")
