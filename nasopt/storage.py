@@ -320,6 +320,7 @@ class _Outage:
         self.url, self.timeout = url, OUTAGE_TIMEOUT
         self._lock = threading.Lock()
         self.down_since: float | None = None
+        self.up_since = time.monotonic()  # connected without a failed call since (opened, or back from an outage)
 
     def _say(self, text: str) -> None:
         print(f"nasopt: {self.who}{scrub(text, self.url)}", file=sys.stderr, flush=True)
@@ -335,6 +336,12 @@ class _Outage:
             if self.down_since is not None:
                 self._say(f"database back after {time.monotonic() - self.down_since:.1f} s; carrying on")
                 self.down_since = None
+                self.up_since = time.monotonic()
+
+    def connected_for(self) -> float:
+        """Seconds this process has reached the database without a failed call (0 while it cannot)."""
+        with self._lock:
+            return 0.0 if self.down_since is not None else time.monotonic() - self.up_since
 
     def call(self, storage: RDBStorage, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         if getattr(self.local, "depth", 0):
@@ -380,12 +387,34 @@ class _ResilientRDBStorage(RDBStorage):
 
     A heartbeat that cannot reach the server is skipped (the next one, HEARTBEAT_INTERVAL later,
     tries again) instead of killing the heartbeat thread; `set_trial_state_values` that committed
-    before its connection dropped is recognised on the retry.
+    before its connection dropped is recognised on the retry; a trial is judged heartbeat-stale only
+    on evidence this process has (`_get_stale_trial_ids`).
     """
 
     def __init__(self, url: str, **kwargs: Any) -> None:
         self._outage = _Outage(url)
+        self._stale_lock = threading.Lock()
         super().__init__(url, **kwargs)
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        """RUNNING trials whose heartbeat is older than the grace period, counted only while this process
+        reached the database all along: a worker that stayed silent for the grace period while the database
+        answered is dead (or cut off alone). Right after this process opened the storage or came back from
+        an outage, the silence may be everyone's outage (every live worker beats again within a heartbeat
+        interval of the database's return): until it has been connected for the grace period, only trials
+        silent for longer than the grace period plus OUTAGE_TIMEOUT (what a worker rides out) are stale."""
+        return self._outage.call(self, self._stale_trial_ids, study_id)
+
+    def _stale_trial_ids(self, study_id: int) -> list[int]:
+        grace = self.grace_period if self.grace_period is not None else 2 * (self.heartbeat_interval or 0)
+        if self._outage.connected_for() <= grace:  # (0 while a retry of this very call is under way)
+            grace += int(self._outage.timeout)
+        with self._stale_lock:  # Optuna's query reads the grace period from the storage
+            configured, self.grace_period = self.grace_period, grace
+            try:
+                return RDBStorage._get_stale_trial_ids(self, study_id)
+            finally:
+                self.grace_period = configured
 
     def record_heartbeat(self, trial_id: int) -> None:
         try:
@@ -400,13 +429,14 @@ class _ResilientRDBStorage(RDBStorage):
 
     def __getstate__(self) -> dict[Any, Any]:
         state = super().__getstate__()
-        for local in ("_outage", "_nasopt_on_close", "_nasopt_pragmas"):  # this process's: not pickled
+        for local in ("_outage", "_stale_lock", "_nasopt_on_close", "_nasopt_pragmas"):  # this process's: not pickled
             state.pop(local, None)
         return state
 
     def __setstate__(self, state: dict[Any, Any]) -> None:
         super().__setstate__(state)
         self._outage = _Outage(self.url)
+        self._stale_lock = threading.Lock()
 
 
 _RETRIED = ("create_new_study", "delete_study", "set_study_user_attr", "set_study_system_attr",
@@ -415,7 +445,7 @@ _RETRIED = ("create_new_study", "delete_study", "set_study_user_attr", "set_stud
             "create_new_trial", "_create_new_trial", "set_trial_param", "_set_trial_param", "get_trial_param",
             "set_trial_state_values", "set_trial_intermediate_value", "set_trial_user_attr",
             "set_trial_system_attr", "get_trial_id_from_study_id_trial_number", "get_trial", "get_all_trials",
-            "_get_trials", "get_best_trial", "_get_best_trial_id", "_get_stale_trial_ids")
+            "_get_trials", "get_best_trial", "_get_best_trial_id")
 
 
 def _retrying(name: str) -> Callable[..., Any]:

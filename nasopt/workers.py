@@ -42,7 +42,15 @@ from optuna.trial import FrozenTrial, TrialState
 from nasopt import _objective, _progress
 from nasopt._index import StudyIndex
 from nasopt.errors import Terminated, UserError
-from nasopt.storage import close_storage, on_close, open_storage, scrub, sqlite_lock, sqlite_path
+from nasopt.storage import (
+    GRACE_PERIOD,
+    close_storage,
+    on_close,
+    open_storage,
+    scrub,
+    sqlite_lock,
+    sqlite_path,
+)
 
 if TYPE_CHECKING:
     from nasopt.study import StudySpec
@@ -71,6 +79,27 @@ def _fail_stale(study: optuna.Study) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
+
+
+def _optimize_one(study: optuna.Study, objective: Callable[[optuna.Trial], Any], who: str, **kwargs: Any) -> None:
+    """`study.optimize` for one trial. A trial that another worker failed meanwhile (judged heartbeat-stale:
+    this worker's heartbeats did not reach the database for the grace period, e.g. it was cut off alone) is
+    this worker's no longer: its next write, after an epoch or with the result, is refused; the trial is
+    dropped here with one line, its retry (queued by the other worker, as for any stale trial) trains it
+    again, and this worker goes on with the next trial."""
+    current: list[int] = []
+
+    def tracked(trial: optuna.Trial) -> Any:
+        current.append(trial.number)
+        return objective(trial)
+
+    try:
+        study.optimize(tracked, n_trials=1, **kwargs)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        which = f"trial {current[-1]}" if current else "its trial"
+        print(f"nasopt: {who}{which} was failed by another worker meanwhile (no heartbeat of it reached the "
+              f"database for over {GRACE_PERIOD} s), which queued its retry: dropped here, going on",
+              file=sys.stderr, flush=True)
 
 
 # -- seeds -----------------------------------------------------------------------------------------
@@ -231,18 +260,20 @@ def run_worker(spec: StudySpec, study: optuna.Study, task: Any, store: Any, *, p
         print("nasopt: warning: TPESampler(constant_liar=False) with several workers proposes near-duplicate "
               "architectures; set constant_liar=True", file=sys.stderr)
     catch = (*_objective.CATCH, TrialTimeout)
+    who = f"worker {index}: " if workers > 1 else ""
     try:
         if spec.strategy is not None:
-            _gradient_loop(spec, study, task, store, progress, watchdog, catch, index, deadline)
+            _gradient_loop(spec, study, task, store, progress, watchdog, catch, index, deadline, who)
         else:
-            _sampled_loop(spec, study, task, store, progress, watchdog, catch, deadline)
+            _sampled_loop(spec, study, task, store, progress, watchdog, catch, deadline, who)
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: this worker's trial is failed and queued again
         _objective.retry_interrupted(study)
         raise
 
 
 def _sampled_loop(spec: StudySpec, study: optuna.Study, task: Any, store: Any, progress: bool,
-                  watchdog: Watchdog | None, catch: tuple[type[Exception], ...], deadline: float) -> None:
+                  watchdog: Watchdog | None, catch: tuple[type[Exception], ...], deadline: float,
+                  who: str = "") -> None:
     evaluate = _objective.Objective(spec, task, store)
     objective: Callable[[optuna.Trial], Any] = watchdog.wrap(evaluate) if watchdog is not None else evaluate
     bar = _progress.Progress(study, spec, enabled=progress)
@@ -262,8 +293,8 @@ def _sampled_loop(spec: StudySpec, study: optuna.Study, task: Any, store: Any, p
                 time.sleep(POLL * (0.5 + random.random()))
                 continue
             left = deadline - time.monotonic()
-            study.optimize(objective, n_trials=1, timeout=None if math.isinf(left) else left, catch=catch,
-                           callbacks=callbacks, gc_after_trial=False)
+            _optimize_one(study, objective, who, timeout=None if math.isinf(left) else left, catch=catch,
+                          callbacks=callbacks, gc_after_trial=False)
         bar.refresh()
     finally:
         bar.close()
@@ -271,7 +302,7 @@ def _sampled_loop(spec: StudySpec, study: optuna.Study, task: Any, store: Any, p
 
 def _gradient_loop(spec: StudySpec, study: optuna.Study, task: Any, store: Any, progress: bool,
                    watchdog: Watchdog | None, catch: tuple[type[Exception], ...], index: int,
-                   deadline: float) -> None:
+                   deadline: float, who: str = "") -> None:
     """Gradient methods run one trial each: this worker takes a method that no one else is running
     (workers start at different ones), and waits while the others' methods may still need a retry."""
     from nasopt.oneshot._trial import STRATEGY_KEY, GradientObjective, _done, labels
@@ -294,7 +325,7 @@ def _gradient_loop(spec: StudySpec, study: optuna.Study, task: Any, store: Any, 
             continue
         k = index % len(free) if free else 0
         objective.pending = free[k:] + free[:k]
-        study.optimize(call, n_trials=1, catch=catch, gc_after_trial=False)
+        _optimize_one(study, call, who, catch=catch, gc_after_trial=False)
 
 
 # -- N workers on this machine -----------------------------------------------------------------------
