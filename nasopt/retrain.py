@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import optuna
 import torch
 from torch import Tensor, nn
 
@@ -114,7 +115,10 @@ def retrain(model: nn.Module, task: Any, config: TrainConfig, *, augmentation: s
     if augmentation != "none":
         task = dataclasses.replace(task, train=AugmentedSplit(task.train, augmentation, seed))
     t0 = time.perf_counter()
-    result = train(model, task, config, seed=seed, on_epoch=on_epoch)
+    try:
+        result = train(model, task, config, seed=seed, on_epoch=on_epoch)
+    except optuna.TrialPruned as e:  # outside a study a diverged run is the settings' fault: say which to change
+        raise UserError(f"training stopped: {e}; retrain with a smaller --lr (it was {config.lr:g})") from None
     seconds = time.perf_counter() - t0
     val, test = evaluate(model, task.val), evaluate(model, task.test)
     out = {"val_acc": val["acc"], "test_acc": test["acc"], "test_loss": test["loss"], "train_s": round(seconds, 2),

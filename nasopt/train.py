@@ -2,7 +2,9 @@
 
 SGD (or Adam) with a cosine schedule for `TrainConfig.epochs` epochs; validation top-1 (and top-5
 when there are more than 5 classes) after every epoch, handed to `on_epoch`, which may stop the run
-by raising `optuna.TrialPruned`. A non-finite loss ends the run as pruned with the reason.
+by raising `optuna.TrialPruned`. A diverged run ends as pruned with the reason (`divergence_reason`): a
+non-finite training or validation loss, or a finite training loss that ran away (above
+`TrainConfig.divergence` times the loss of guessing uniformly).
 
 Mixed precision (`TrainConfig.precision`) is autocast around the forward pass and loss of training
 steps only: weights, gradients and optimizer state stay fp32, and validation always runs in fp32, so
@@ -24,7 +26,7 @@ from torch import nn
 
 from nasopt.errors import UserError, check_fields
 
-__all__ = ["TrainConfig", "TrainResult", "train", "evaluate"]
+__all__ = ["TrainConfig", "TrainResult", "train", "evaluate", "divergence_reason"]
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -56,6 +58,11 @@ class TrainConfig:
     # networks with an auxiliary head (DARTS cells with auxiliary=True) leave `aux_logits` after a
     # training forward pass; their loss is added with this weight (DARTS: 0.4)
     aux_weight: float = 0.4
+    # a run whose mean training loss in an epoch exceeds `divergence` x log(classes) -- the loss of guessing
+    # uniformly, where every fresh network starts -- or exceeds it x the first epoch's loss while worse than
+    # guessing, has diverged: the trial is pruned with the reason (its accuracy would be chance). None: only
+    # non-finite losses (training or validation) prune
+    divergence: float | None = 100.0
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -65,6 +72,8 @@ class TrainConfig:
             (self.lr > 0, f"`lr > 0` must hold, but got lr={self.lr}"),
             (self.weight_decay >= 0, f"`weight_decay >= 0` must hold, but got weight_decay={self.weight_decay}"),
             (self.aux_weight >= 0, f"`aux_weight >= 0` must hold, but got aux_weight={self.aux_weight}"),
+            (self.divergence is None or self.divergence > 1,
+             f"`divergence > 1` (or None) must hold, but got divergence={self.divergence}"),
             (0 <= self.label_smoothing < 1, f"`0 <= label_smoothing < 1` must hold, but got {self.label_smoothing}"),
             (self.optimizer in OPTIMIZERS, f"unknown optimizer {self.optimizer!r}; choose one of {list(OPTIMIZERS)}"),
             (self.precision in PRECISIONS, f"unknown precision {self.precision!r}; choose one of {list(PRECISIONS)}"),
@@ -176,12 +185,35 @@ def _precision(model: nn.Module, device: torch.device, config: TrainConfig) -> s
     return config.precision
 
 
+def divergence_reason(epoch: int, train_loss: float, val_loss: float, first_loss: float, classes: int,
+                      divergence: float | None) -> str | None:
+    """Why a run has diverged after `epoch` (None while it has not): a non-finite training or validation
+    loss; or, with `divergence`, a training loss above `divergence` x log(classes), the cross-entropy of
+    guessing uniformly (a fresh network starts near it; 100x is e^-230 on the true class for 10 classes,
+    beyond any learning), or above `divergence` x the first epoch's loss while worse than guessing."""
+    if not math.isfinite(train_loss):
+        return f"non-finite training loss in epoch {epoch}"
+    if not math.isfinite(val_loss):
+        return f"diverged: non-finite validation loss ({val_loss}) after epoch {epoch} (training loss {train_loss:.4g})"
+    if divergence is None or classes < 2:
+        return None
+    chance = math.log(classes)
+    if train_loss > divergence * chance:
+        return (f"diverged: training loss {train_loss:.4g} in epoch {epoch} > {divergence:g} x log({classes}) = "
+                f"{divergence * chance:.4g} (guessing uniformly: {chance:.4g})")
+    if epoch > 1 and train_loss > chance and train_loss > divergence * first_loss:
+        return (f"diverged: training loss {train_loss:.4g} in epoch {epoch} > {divergence:g} x epoch 1's "
+                f"{first_loss:.4g}, and worse than guessing uniformly ({chance:.4g})")
+    return None
+
+
 def train(model: nn.Module, task: Any, config: TrainConfig, *, seed: int = 0,
           on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> TrainResult:
     """Train `model` (already on the task's device) on `task.train`, validating on `task.val`.
 
     `on_epoch(epoch, record)` is called after each epoch (1-based) with the record appended to the
-    curve; it may raise `optuna.TrialPruned`. Raises `optuna.TrialPruned` on a non-finite loss.
+    curve; it may raise `optuna.TrialPruned`. Raises `optuna.TrialPruned` when the run diverged
+    (`divergence_reason`), before `on_epoch` sees that epoch.
     """
     device = torch.device(task.device)
     result = TrainResult(precision=_precision(model, device, config),
@@ -198,6 +230,7 @@ def train(model: nn.Module, task: Any, config: TrainConfig, *, seed: int = 0,
     start = time.perf_counter()
     model.train()
     epoch_start = getattr(model, "on_epoch_start", None)  # e.g. DARTS' linearly growing drop-path rate
+    first_loss, classes = math.inf, 0
     for epoch in range(1, config.epochs + 1):
         t0 = time.perf_counter()
         if callable(epoch_start):
@@ -226,12 +259,17 @@ def train(model: nn.Module, task: Any, config: TrainConfig, *, seed: int = 0,
             loss_sum += loss.detach() * len(y)
             correct += (logits.detach().argmax(1) == y).sum()
             seen += len(y)
+            classes = logits.shape[1]
             if step % 20 == 0 and not torch.isfinite(loss.detach()):
                 raise optuna.TrialPruned(f"non-finite training loss at epoch {epoch}, step {step}")
         train_loss = float(loss_sum) / max(seen, 1)
         if not math.isfinite(train_loss):
             raise optuna.TrialPruned(f"non-finite training loss in epoch {epoch}")
+        first_loss = train_loss if epoch == 1 else first_loss
         val = evaluate(model, task.val)
+        reason = divergence_reason(epoch, train_loss, val["loss"], first_loss, classes, config.divergence)
+        if reason is not None:
+            raise optuna.TrialPruned(reason)
         record = {"epoch": epoch, "train_loss": train_loss, "train_acc": float(correct) / max(seen, 1),
                   "val_acc": val["acc"], "val_loss": val["loss"], "lr": optimizer.param_groups[0]["lr"],
                   "seconds": time.perf_counter() - t0}

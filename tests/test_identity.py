@@ -143,6 +143,20 @@ def test_a_study_recorded_by_an_earlier_nasopt_is_checked_on_what_it_recorded(cw
     assert result.returncode == 0, result.stderr
 
 
+def test_a_study_recorded_before_a_training_setting_existed_runs_on(cwd):
+    """A TrainConfig field added later (`divergence`) is not in older studies' definitions: not compared there;
+    a study that recorded it refuses a change to it like any other training setting."""
+    assert_user_error(nasopt("run", NANO, "-q", "--n-trials", 3, "--set", "train.divergence=none", cwd=cwd),
+                      "train.divergence: stored 100.0, now None", "--allow-changed train.divergence")
+    study = optuna.load_study(study_name="tiny_nano", storage=f"sqlite:///{cwd / 'nasopt.db'}")
+    info = dict(study.user_attrs["nasopt"])
+    info["definition"] = {k: v for k, v in info["definition"].items() if k != "train.divergence"}
+    study.set_user_attr("nasopt", info)
+    result = nasopt("run", NANO, "-q", "--n-trials", 3, cwd=cwd)
+    assert result.returncode == 0, result.stderr
+    assert len(trials(cwd)) == 3
+
+
 def test_a_study_created_by_plain_optuna_is_not_compared(tmp_path):
     """No nasopt record, nothing to compare (the objectives are still checked)."""
     storage = f"sqlite:///{tmp_path / 'nasopt.db'}"

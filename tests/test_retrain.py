@@ -141,6 +141,11 @@ def test_transfer_to_another_dataset_and_bad_input(cell: dict, tmp_path: Path, c
     user_error(capsys, [*base, "--trial", "5", "--epochs", "1"], "no trial 5")
     user_error(capsys, [*base, "--trial", "0", "--epochs", "1", "--compare", "vgg"], "unknown baseline 'vgg'")
     user_error(capsys, [*base, "--trial", "0", "--epochs", "0"], "--epochs >= 1")
+    # a diverged run: exit 2 and one error line (after the line that says what is retrained), no traceback
+    assert main([*base, "--trial", "0", "--epochs", "1", "--lr", "10000", "-q"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and err[1].startswith("nasopt: error: training stopped: diverged"), err
+    assert "smaller --lr (it was 10000)" in err[1]
     user_error(capsys, [*base, "--trial", "0", "--epochs", "1", "--dataset", "mnist1d", "--compare", "resnet18"],
                "(1, 40)")
     (tmp_path / "taken").mkdir()

@@ -12,7 +12,7 @@ from torch import nn
 from nasopt import TrainConfig, UserError
 from nasopt.search_spaces.mobile import MobileSpace
 from nasopt.search_spaces.nano import NanoSpace
-from nasopt.train import evaluate, train
+from nasopt.train import divergence_reason, evaluate, train
 
 NANO_ARCH = {"pos0.op": "conv3x3", "pos1.op": "maxpool3x3", "pos2.op": "skip", "pos3.op": "conv3x3"}
 MOBILE_ARCH = {"width": 0.5, "stage1.depth": 1, "stage1.block0.kernel": 3, "stage1.block0.expand": 3,
@@ -48,6 +48,8 @@ def without_time(curve: list[dict[str, float]]) -> list[dict[str, float]]:
     ({"optimizer": "rmsprop"}, "unknown optimizer 'rmsprop'"),
     ({"precision": "fp8"}, "unknown precision 'fp8'"),
     ({"precision": "float16"}, "unknown precision 'float16'"),
+    ({"divergence": 1.0}, "`divergence > 1`"),
+    ({"divergence": -5.0}, "`divergence > 1`"),
 ])
 def test_train_config_rejects_bad_values(kwargs, rule):
     with pytest.raises(UserError) as info:
@@ -234,6 +236,78 @@ def test_diverging_learning_rate_prunes_with_a_reason(synthetic_task):
     config = TrainConfig(epochs=4, batch_size=64, lr=1e6, grad_clip=None, channels_last=False)
     with pytest.raises(optuna.TrialPruned, match="non-finite"):
         train(nano(synthetic_task), synthetic_task, config)
+
+
+CHANCE = math.log(10)
+
+
+@pytest.mark.parametrize(("epoch", "train_loss", "val_loss", "first", "divergence", "reason"), [
+    (1, 2.30, 2.25, 2.30, 100.0, None),                       # a fresh network: about log(10)
+    (3, 0.05, 0.20, 1.90, 100.0, None),                       # learning
+    (2, 2.00, 2.50, 0.01, 100.0, None),                       # 200x epoch 1, but still better than guessing
+    (2, 3.00, 2.50, 0.01, 100.0, "> 100 x epoch 1's 0.01"),   # ... and now worse: it blew up
+    (5, 150.0, 80.0, 2.0, 100.0, None),                       # bad, not yet 100x anything
+    (1, 7e18, float("nan"), 7e18, 100.0, "non-finite validation loss"),
+    (1, 7e18, 1e20, 7e18, 100.0, f"> 100 x log(10) = {100 * CHANCE:.4g}"),
+    (1, 231.0, 5.0, 231.0, 100.0, "> 100 x log(10)"),         # just past the bound
+    (1, 229.0, 5.0, 229.0, 100.0, None),                      # just within
+    (4, 60.0, 9.0, 0.5, 100.0, "> 100 x epoch 1's 0.5"),      # ran away from where it started
+    (2, 25.0, 9.0, 2.0, 10.0, "> 10 x log(10)"),              # a stricter setting
+    (1, 7e18, 1e20, 7e18, None, None),                        # off: a finite loss is left alone ...
+    (1, 7e18, float("inf"), 7e18, None, "non-finite validation loss"),  # ... a non-finite one is not
+    (2, float("nan"), 2.0, 2.3, None, "non-finite training loss in epoch 2"),
+])
+def test_the_divergence_rule(epoch, train_loss, val_loss, first, divergence, reason):
+    found = divergence_reason(epoch, train_loss, val_loss, first, 10, divergence)
+    if reason is None:
+        assert found is None, found
+    else:
+        assert found is not None and reason in found, found
+
+
+class Loud(nn.Module):
+    """Logits `scale` times larger than the inner network's (in training only, with `train_only`): a finite
+    training loss far above guessing, as after a learning rate that blew the weights up."""
+
+    def __init__(self, inner: nn.Module, scale: float, *, train_only: bool = False, eval_nan: bool = False) -> None:
+        super().__init__()
+        self.inner, self.scale, self.train_only, self.eval_nan = inner, scale, train_only, eval_nan
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.inner(x)
+        if not self.training and self.eval_nan:
+            return out * float("nan")
+        return out * self.scale if self.training or not self.train_only else out
+
+
+def test_a_finite_runaway_training_loss_prunes_before_the_epoch_is_reported(digits_task):
+    calls: list[int] = []
+    config = TrainConfig(epochs=3, lr=1e-9, channels_last=False)  # the weights barely move
+    with pytest.raises(optuna.TrialPruned, match=r"diverged: training loss .* in epoch 1 > 100 x log\(10\)"):
+        train(Loud(nano(digits_task), 1e4, train_only=True), digits_task, config,
+              on_epoch=lambda e, r: calls.append(e))
+    assert calls == []  # a pruner never sees the chance-level accuracy of a diverged epoch
+    # divergence=None: only non-finite losses prune
+    result = train(Loud(nano(digits_task), 1e4, train_only=True), digits_task,
+                   TrainConfig(epochs=1, lr=1e-9, channels_last=False, divergence=None))
+    assert result.curve[0]["train_loss"] > 100 * CHANCE
+
+
+def test_a_non_finite_validation_loss_prunes_even_with_divergence_off(digits_task):
+    for divergence in (100.0, None):
+        with pytest.raises(optuna.TrialPruned, match="non-finite validation loss"):
+            train(Loud(nano(digits_task), 1.0, eval_nan=True), digits_task,
+                  TrainConfig(epochs=2, channels_last=False, divergence=divergence))
+
+
+def test_normal_training_is_never_flagged(digits_task):
+    """Real training on digits at the default and at a high learning rate, with label smoothing and an
+    auxiliary-free nano network: the first epoch starts near log(10) and nothing comes near the bound."""
+    for lr, smoothing in ((0.05, 0.0), (0.5, 0.1)):
+        curve = train(nano(digits_task), digits_task, TrainConfig(epochs=3, lr=lr, label_smoothing=smoothing,
+                                                                   channels_last=False)).curve
+        assert len(curve) == 3
+        assert max(r["train_loss"] for r in curve) < 2 * CHANCE
 
 
 # --------------------------------------------------------------------------------------- evaluation
