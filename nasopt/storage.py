@@ -654,11 +654,13 @@ def _pre_ping_idle(engine: Any) -> None:
 def _open_journal(url: str, path: Path, create: bool) -> BaseStorage:
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
+    from nasopt._journal import journal_lock
+
     _check_file(path, url, "journal", create)
     if not create and not path.exists():
         raise UserError(f"no storage at {path}; run a study first (nasopt run FILE) or pass --storage")
-    try:
-        storage = JournalStorage(JournalFileBackend(str(path)))
+    try:  # Optuna's lock file under an flock: a worker killed holding it does not stall the others
+        storage = JournalStorage(JournalFileBackend(str(path), lock_obj=journal_lock(str(path))))
     except (ValueError, UnicodeDecodeError, KeyError, TypeError) as e:
         raise UserError(f"{path} is not a readable Optuna journal ({type(e).__name__}: {e}); point --storage "
                         "at a journal written by nasopt/Optuna or a new file name") from None
