@@ -41,8 +41,6 @@ from nasopt.errors import UserError
 from nasopt.oneshot.mixed import param_key
 from nasopt.samplers._standin import StandInTrial
 
-_StandIn = StandInTrial  # the name `nasopt.oneshot.enas` imports
-
 __all__ = ["Controller", "value_grid"]
 
 

@@ -12,7 +12,6 @@ adds `penalty_weight` x expected params ("memory") or MACs ("compute") of the so
 from __future__ import annotations
 
 import math
-import random
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -25,14 +24,12 @@ from optuna.distributions import CategoricalDistribution
 from torch import nn
 
 from nasopt.errors import UserError
+from nasopt.oneshot._shared import SKIP_OPS, rng_state, set_rng_state, skip_count, split_half
 from nasopt.oneshot.mixed import MixedChooser, Supernet, candidate_costs, expected_cost, record_spatial
 from nasopt.space import random_arch
 from nasopt.train import evaluate
 
 __all__ = ["DARTS", "build_supernet", "derive", "split_half"]
-
-SKIP_OPS = ("skip_connect", "skip")
-
 
 def build_supernet(space: Any, task: Any, chooser: MixedChooser, *, edge_normalization: bool = False,
                    method: str = "DARTS") -> Supernet:
@@ -63,33 +60,6 @@ def derive(space: Any, supernet: Supernet) -> dict[str, Any]:
     if hasattr(space, "derive"):
         return dict(space.derive(probs))
     return {n: supernet.decisions[n][int(np.argmax(p))] for n, p in probs.items()}
-
-
-def split_half(split: Any, seed: int) -> tuple[Any, Any]:
-    """Two disjoint random halves of an in-memory split (weights train on one, alphas on the other)."""
-    import dataclasses
-
-    if not hasattr(split, "x"):
-        raise UserError("one-shot search needs a dataset held in memory (digits, mnist, cifar, mnist1d, ...); "
-                        "this one streams from disk")
-    order = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed)).to(split.x.device)
-    half = len(split) // 2
-    a, b = order[:half], order[half:]
-    return (dataclasses.replace(split, x=split.x.index_select(0, a), y=split.y.index_select(0, a)),
-            dataclasses.replace(split, x=split.x.index_select(0, b), y=split.y.index_select(0, b)))
-
-
-def _rng_state() -> dict[str, Any]:
-    kind, keys, pos, has_gauss, cached = np.random.get_state()  # type: ignore[misc]
-    return {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
-            "numpy": [kind, torch.from_numpy(np.asarray(keys).astype(np.int64)), pos, has_gauss, cached]}
-
-
-def _set_rng_state(state: Mapping[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate((3, tuple(state["python"]), None))
-    kind, keys, *rest = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -194,7 +164,7 @@ class DARTS:
             a_opt.load_state_dict(resume["a_opt"])
             sched.load_state_dict(resume["sched"])
             generator.set_state(resume["generator"])
-            _set_rng_state(resume["rng"])
+            set_rng_state(resume["rng"])
             history, start, skip_on = list(resume["history"]), int(resume["epoch"]) + 1, bool(resume["skip_on"])
         stopped = ""
         for epoch in range(start, self.epochs + 1):
@@ -231,7 +201,7 @@ class DARTS:
             if on_epoch is not None:
                 def state(epoch: int = epoch, skip_on: bool = skip_on) -> dict[str, Any]:
                     return {"model": supernet.state_dict(), "w_opt": w_opt.state_dict(), "a_opt": a_opt.state_dict(),
-                            "sched": sched.state_dict(), "generator": generator.get_state(), "rng": _rng_state(),
+                            "sched": sched.state_dict(), "generator": generator.get_state(), "rng": rng_state(),
                             "history": history, "epoch": epoch, "skip_on": skip_on}
                 on_epoch(record, state)
             if progress is not None:
@@ -321,12 +291,6 @@ class DARTS:
                 w.copy_(b)
         for a, d, h in zip(alphas, d_alpha, hvp, strict=True):
             a.grad = d - eta * h
-
-
-def skip_count(arch: Mapping[str, Any]) -> int:
-    """Skip-connections in the derived normal cell (all decisions for spaces without cell types)."""
-    normal = {k: v for k, v in arch.items() if k.startswith("normal.")}
-    return sum(1 for v in (normal or arch).values() if v in SKIP_OPS)
 
 
 def skip_weight(supernet: Supernet) -> torch.Tensor:

@@ -44,9 +44,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from nasopt.errors import UserError
-from nasopt.oneshot.controller import Controller, _StandIn
-from nasopt.oneshot.darts import _rng_state, _set_rng_state, skip_count, split_half
-from nasopt.oneshot.mixed import _EDGE, MixedChooser, MixedOp
+from nasopt.oneshot._shared import EDGE, rng_state, set_rng_state, skip_count, split_half
+from nasopt.oneshot.controller import Controller, StandInTrial
+from nasopt.oneshot.mixed import MixedChooser, MixedOp
 from nasopt.space import arch_key, random_arch
 
 __all__ = ["ENAS", "SharedSupernet", "build_shared"]
@@ -107,7 +107,7 @@ def _culprit(space: Any, task: Any, base: Mapping[str, Any], other: Mapping[str,
         def answer(n: str, _: Any, name: str = name) -> Any:
             return other[n] if n == name or n not in base else base[n]
 
-        trial = _StandIn(answer)
+        trial = StandInTrial(answer)
         try:
             space.suggest(trial)
             if _record(space, trial.params, task)[0] != reference:
@@ -145,7 +145,7 @@ def _recorded_paths(space: Any, task: Any, arch0: Mapping[str, Any], ops: Sequen
 def _edge_paths(space: Any, ops: Sequence[MixedOp]) -> Callable[[Mapping[str, Any]], Paths]:
     edges = []
     for op in ops:
-        match = _EDGE.match(op.name)
+        match = EDGE.match(op.name)
         if match is None or "none" not in op.candidates:
             raise UserError(f"ENAS maps a sampled cell onto a supernet whose slots are edges `<node>.e<i>` with a "
                             f"`none` candidate, but {type(space).__name__}.supernet has slot {op.name!r} "
@@ -299,7 +299,7 @@ class ENAS:
             sched.load_state_dict(resume["sched"])
             generator.set_state(resume["generator"])
             controller.generator.set_state(resume["c_generator"])
-            _set_rng_state(resume["rng"])
+            set_rng_state(resume["rng"])
             history, start = list(resume["history"]), int(resume["epoch"]) + 1
         arch: dict[str, Any] = dict(resume["arch"]) if resume is not None and "arch" in resume else {}
         for epoch in range(start, self.epochs + 1):
@@ -328,7 +328,7 @@ class ENAS:
                     return {"model": net.state_dict(), "controller": controller.state_dict(),
                             "w_opt": w_opt.state_dict(), "c_opt": controller.optimizer.state_dict(),
                             "sched": sched.state_dict(), "generator": generator.get_state(),
-                            "c_generator": controller.generator.get_state(), "rng": _rng_state(),
+                            "c_generator": controller.generator.get_state(), "rng": rng_state(),
                             "history": history, "epoch": epoch, "arch": arch}
                 on_epoch(record, state)
             if progress is not None:

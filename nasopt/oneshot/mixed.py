@@ -14,7 +14,6 @@ with `edge_normalization` each edge's output is scaled by a softmax over its nod
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -23,11 +22,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from nasopt.errors import UserError
+from nasopt.oneshot._shared import EDGE
 from nasopt.ops import OPS, build_op, layers_nd
 
 __all__ = ["MixedOp", "MixedChooser", "Supernet", "channel_shuffle", "param_key"]
 
-_EDGE = re.compile(r"^(?P<node>.+)\.e(?P<index>\d+)$")
 
 
 def param_key(name: str) -> str:
@@ -142,7 +141,7 @@ class Supernet(nn.Module):
         if edge_normalization:
             nodes: dict[str, list[str]] = {}
             for name in self.decisions:
-                match = _EDGE.match(name)
+                match = EDGE.match(name)
                 if match:
                     nodes.setdefault(match["node"], []).append(name)
             for node, names in nodes.items():

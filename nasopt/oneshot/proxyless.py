@@ -40,7 +40,7 @@ from torch import nn
 
 from nasopt.errors import UserError
 from nasopt.latency_table import LatencyTable, default_path, record_slots
-from nasopt.oneshot.darts import SKIP_OPS, _rng_state, _set_rng_state, split_half
+from nasopt.oneshot._shared import SKIP_OPS, rng_state, set_rng_state, split_half
 from nasopt.oneshot.mixed import MixedChooser, MixedOp, Supernet, param_key
 from nasopt.space import Chooser, random_arch
 from nasopt.train import evaluate
@@ -382,7 +382,7 @@ class ProxylessNAS:
             a_opt.load_state_dict(resume["a_opt"])
             sched.load_state_dict(resume["sched"])
             generator.set_state(resume["generator"])
-            _set_rng_state(resume["rng"])
+            set_rng_state(resume["rng"])
             history, start = list(resume["history"]), int(resume["epoch"]) + 1
         for epoch in range(start, self.epochs + 1):
             seen, correct, loss_sum = 0, 0, 0.0
@@ -403,7 +403,7 @@ class ProxylessNAS:
             if on_epoch is not None:
                 def state(epoch: int = epoch) -> dict[str, Any]:
                     return {"model": supernet.state_dict(), "w_opt": w_opt.state_dict(), "a_opt": a_opt.state_dict(),
-                            "sched": sched.state_dict(), "generator": generator.get_state(), "rng": _rng_state(),
+                            "sched": sched.state_dict(), "generator": generator.get_state(), "rng": rng_state(),
                             "history": history, "epoch": epoch}
                 on_epoch(record, state)
             if progress is not None:
