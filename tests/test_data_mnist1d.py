@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from nasopt import _datasets
-from nasopt.data import DATASETS, TensorSplit, load_task
+from nasopt.data import DATASETS, TensorSplit, _datasets, load_task
 from nasopt.errors import UserError
 
 CACHE_FILE = Path("mnist1d") / "mnist1d_4000_1000_len40_seed42.npz"

@@ -141,7 +141,7 @@ def test_manifest_input_feeds_sklearn_digits_to_the_recorded_accuracy(digits_exp
     from sklearn.datasets import load_digits
 
     import nasopt
-    from nasopt._datasets import TEST_FRACTION, TEST_SEED, stratified_split
+    from nasopt.data._datasets import TEST_FRACTION, TEST_SEED, stratified_split
 
     out = digits_export / "out"
     manifest = json.loads((out / "manifest.json").read_text())

@@ -77,7 +77,7 @@ def test_wheel_holds_every_module_and_the_package_data(wheel: Path) -> None:
             "nasopt/cli/main.py"} <= expected
     assert sorted(expected - installed) == [], "source files missing from the wheel"
     assert sorted(installed - expected) == [], "files in the wheel that the source tree does not have"
-    assert "nasopt = nasopt.cli.main:main" in entry_points
+    assert "nasopt = nasopt.cli.main:entry" in entry_points
     assert "License-Expression: MIT" in metadata
 
 

@@ -15,8 +15,8 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset, Subset
 
-from nasopt._datasets import TEST_FRACTION, TEST_SEED, one_line, stratified_split
-from nasopt.data import Split, StreamSplit, Task, _affine, _channel_stats, _tensor_split
+from nasopt.data._datasets import TEST_FRACTION, TEST_SEED, one_line, stratified_split
+from nasopt.data._splits import Split, StreamSplit, Task, affine, channel_stats, tensor_split
 from nasopt.errors import UserError
 
 
@@ -102,12 +102,12 @@ def load_imagefolder(root: str, *, size: int, val_fraction: float, seed: int, de
     splits: dict[str, Split]
     if sum(len(idx) for _, idx in parts.values()) * 3 * size * size <= max_bytes:
         xs = {p: (_decode(ds, idx), torch.from_numpy(ds.targets[idx])) for p, (ds, idx) in parts.items()}
-        stats = _channel_stats(xs["train"][0])
-        splits = {p: _tensor_split(x, y, stats, device, None) for p, (x, y) in xs.items()}
+        stats = channel_stats(xs["train"][0])
+        splits = {p: tensor_split(x, y, stats, device, None) for p, (x, y) in xs.items()}
     else:  # stream: statistics from a fixed sample of the train split, decoding by DataLoader workers
         ds, idx = parts["train"]
-        stats = _channel_stats(_decode(ds, np.random.default_rng(TEST_SEED).permutation(idx)[:1024]))
-        scale, shift = _affine(stats, 255.0, device)
+        stats = channel_stats(_decode(ds, np.random.default_rng(TEST_SEED).permutation(idx)[:1024]))
+        scale, shift = affine(stats, 255.0, device)
         splits = {p: StreamSplit(dataset=Subset(ds, idx.tolist()), labels=torch.from_numpy(ds.targets[idx]),
                                  scale=scale, shift=shift, device=device, num_workers=_workers())
                   for p, (ds, idx) in parts.items()}
