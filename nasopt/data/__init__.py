@@ -1,0 +1,27 @@
+"""Tasks: a dataset cut into train / val / test splits that yield normalised batches on a device.
+
+`load_task(name, ...)` returns a `Task`. Validation always comes out of the training set (stratified,
+seeded by `seed`); the test split is the dataset's official one (for `digits`, `synthetic` and an
+imagefolder without test/: a fixed stratified 20% drawn with seed 0, so every study shares it). The
+test split is for final models only, never for selection.
+
+Data that fits stays in memory as tensors on the task's device (`TensorSplit`): images as uint8, so
+CIFAR-10 is 150 MB, normalised per batch in one fused op; batching is index arithmetic, with no
+DataLoader and no per-sample Python. An imagefolder too big for `max_in_memory_bytes` streams through a
+DataLoader instead (`StreamSplit`). Samples are images (C, H, W) or sequences (C, L) (`mnist1d`, or a
+user's own 1-D tensors). The readers of the individual datasets live in `_datasets` (and `_imagefolder`), the splits in
+`_splits`, `load_task` in `_tasks`.
+
+Your own tensors: save `x_train, y_train, x_test, y_test` to one file and load it as dataset `tensors`,
+
+    np.savez("my.npz", x_train=x, y_train=y, x_test=xt, y_test=yt)   # or torch.save({...}, "my.pt")
+    task = load_task("tensors", data_dir="my.npz")   # StudySpec(dataset="tensors", data_dir="my.npz")
+
+with x as (N, L) or (N, C, L) sequences or (N, C, H, W) images (uint8 pixels or floats) and y integer
+labels 0..K-1; an optional `classes` entry names the classes.
+"""
+
+from nasopt.data._splits import Split, StreamSplit, Task, TensorSplit
+from nasopt.data._tasks import DATASETS, load_task
+
+__all__ = ["DATASETS", "Split", "TensorSplit", "StreamSplit", "Task", "load_task"]
