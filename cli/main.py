@@ -200,13 +200,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         study = nasopt.run(spec, storage=args.storage, n_trials=args.n_trials, timeout=args.timeout,
                            device=args.device, progress=not args.quiet, workers=args.workers,
                            trial_timeout=args.trial_timeout, allow_changed=args.allow_changed or ())
-    except Terminated:
-        print("\nterminated (SIGTERM): the running trial was marked failed and will be retried; run the same "
+    except Terminated:  # an interruption never uses up a trial's retries: a running trial is always queued again
+        print("\nterminated (SIGTERM): a running trial was failed and queued to be retried; run the same "
               "command to resume", file=sys.stderr)
         return 143
     except KeyboardInterrupt:
-        print("\ninterrupted: the running trial will be retried; run the same command to resume",
-              file=sys.stderr)
+        print("\ninterrupted: a running trial was failed and queued to be retried; run the same command to "
+              "resume", file=sys.stderr)
         return 130
     where = f"(storage {mask_url(args.storage or spec.storage or DEFAULT_STORAGE)})"
     if spec.strategy is not None:

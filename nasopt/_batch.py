@@ -5,7 +5,9 @@ worker); the reads are in `nasopt._load`:
 - `write_batch`: a trial's held writes (params, attributes, intermediate values, its first heartbeat
   and, at the end, its values and final state) in one transaction; on PostgreSQL in ONE statement
   (one round trip, `_PG_BATCH`);
-- `create_trial`: a new trial in one transaction of two statements.
+- `create_trial`: a new trial in one transaction of two statements (and its worker record and first
+  heartbeat, when given);
+- `start_trial`: a queued trial taken (RUNNING) with its worker record and heartbeat, in one transaction.
 
 Every statement is built once, with bound parameters (`_Statements`): building a statement and its
 cache key cost more CPU than running it.
@@ -26,7 +28,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from nasopt._load import autocommit, from_stored, stored_now
 
-__all__ = ["write_batch", "create_trial"]
+__all__ = ["write_batch", "create_trial", "start_trial"]
 
 _UNFINISHED = (TrialState.RUNNING, TrialState.WAITING)
 
@@ -59,6 +61,11 @@ class _Statements:
             number=sa.select(sa.func.count()).select_from(t).where(t.c.study_id == bp("b_study")).scalar_subquery(),
             study_id=bp("b_study"), state=bp("b_state"), datetime_start=bp("b_start")
         ).returning(t.c.trial_id, t.c.number)
+        self.start = sa.update(t).where(one, t.c.state == TrialState.WAITING).values(
+            state=TrialState.RUNNING, datetime_start=bp("b_start"))
+        system = self.tables["system"]
+        self.system_value = sa.select(system.c.value_json).where(system.c.trial_id == bp("b_trial"),
+                                                                 system.c.key == bp("b_key"))
         self._upserts: dict[tuple[str, str], Any] = {}
 
     def upsert(self, dialect: str, kind: str) -> Any:
@@ -286,11 +293,13 @@ def _upsert(backend: RDBStorage, session: Any, conn: Any, kind: str, trial_id: i
             backend._set_trial_attr_without_commit(session, model, trial_id, key, json.loads(text))
 
 
-def create_trial(backend: RDBStorage, study_id: int) -> FrozenTrial | None:
+def create_trial(backend: RDBStorage, study_id: int, system: Mapping[str, str] | None = None,
+                 heartbeat: bool = False) -> FrozenTrial | None:
     """Optuna's `create_new_trial(study_id)` (no template) in one transaction of two statements instead of
     four: the study's row locked (trial numbers are counted under that lock, as Optuna does), then the
-    trial inserted with its number counted in a subquery. None on a dialect where a statement may not
-    read the table it inserts into (MySQL): the caller then uses Optuna's own."""
+    trial inserted with its number counted in a subquery; with `system` (JSON texts: the worker record)
+    and `heartbeat` (its first heartbeat, the server's clock) in the same transaction. None on a dialect
+    where a statement may not read the table it inserts into (MySQL): the caller then uses Optuna's own."""
     if backend.engine.name not in ("postgresql", "sqlite") or (
             backend.engine.name == "sqlite" and getattr(backend.engine.dialect.dbapi, "sqlite_version_info", (0,)) < (3, 35)):
         return None  # (SQLite has RETURNING from 3.35)
@@ -302,8 +311,43 @@ def create_trial(backend: RDBStorage, study_id: int) -> FrozenTrial | None:
             raise KeyError(s.models.NOT_FOUND_MSG)
         row = conn.execute(s.insert_trial, {"b_study": study_id, "b_state": TrialState.RUNNING,
                                             "b_start": start}).one()
+        if system:
+            _upsert(backend, session, conn, "system", row.trial_id, system)
+        if heartbeat:
+            _upsert(backend, session, conn, "beats", row.trial_id, None)
         return FrozenTrial(number=row.number, state=TrialState.RUNNING, value=None, values=None,
                            datetime_start=from_stored(start), datetime_complete=None, params={}, distributions={},
-                           user_attrs={}, system_attrs={}, intermediate_values={}, trial_id=row.trial_id)
+                           user_attrs={}, system_attrs={k: json.loads(v) for k, v in (system or {}).items()},
+                           intermediate_values={}, trial_id=row.trial_id)
 
     return _run(backend, create)
+
+
+def start_trial(backend: RDBStorage, trial_id: int, system: Mapping[str, str], heartbeat: bool = False) -> bool:
+    """Take the WAITING trial `trial_id` from the queue as Optuna's `set_trial_state_values(RUNNING)` does (True;
+    False when another worker took it first; `UpdateFinishedTrialError` when it has finished), writing the
+    `system` attrs (JSON texts: the worker record, which must name this process) and with `heartbeat` its
+    first heartbeat in the same transaction."""
+    s = _statements()
+    attempts = [0]
+
+    def start(session: Any, conn: Any) -> bool:
+        retry = attempts[0] > 0
+        attempts[0] += 1
+        if conn.execute(s.start, {"b_trial": trial_id, "b_start": stored_now()}).rowcount == 1:
+            if system:
+                _upsert(backend, session, conn, "system", trial_id, system)
+            if heartbeat:
+                _upsert(backend, session, conn, "beats", trial_id, None)
+            return True
+        row = conn.execute(s.state, {"b_trial": trial_id}).one_or_none()
+        if row is None:
+            raise KeyError(s.models.NOT_FOUND_MSG)
+        if row.state.is_finished():
+            raise UpdateFinishedTrialError(f"Trial#{row.number} has already finished and can not be updated.")
+        if retry and system:  # the attempt that lost its connection may have taken it: its record says so
+            key, text = next(iter(system.items()))
+            return conn.execute(s.system_value, {"b_trial": trial_id, "b_key": key}).scalar() == text
+        return False
+
+    return _run(backend, start)

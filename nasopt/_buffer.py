@@ -21,7 +21,11 @@ server that CPU caps how many workers a few cores can feed; on SQLite every comm
   that much; their states, params and system attrs never lag). A new trial with nothing written yet
   is cached empty, without a load;
 - a held trial's first heartbeat goes out with its first flush, not in a transaction of its own, and
-  the heartbeat-stale check Optuna runs before every trial runs once per heartbeat interval.
+  the heartbeat-stale check Optuna runs before every trial runs once per heartbeat interval;
+- a trial this process creates or takes from the queue gets the runner's worker record
+  (`nasopt.storage.stamp_trials`) and a heartbeat in the same transaction, and beats from then on (also
+  while the sampler works, before Optuna's heartbeat thread starts): a process killed at any moment leaves
+  a trial that names it (retried at once on its machine) and goes stale after the grace period elsewhere.
 
 Values are checked when they are buffered (JSON, distribution compatibility), so a mistake fails
 where it is made, not at the next flush.
@@ -37,6 +41,7 @@ import copy
 import datetime
 import json
 import math
+import os
 import sys
 import threading
 import time
@@ -49,7 +54,7 @@ from optuna import distributions
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from nasopt._batch import create_trial, write_batch
+from nasopt._batch import create_trial, start_trial, write_batch
 from nasopt._load import fast_path_verified, from_stored, read_study, unverified_notice
 
 try:  # Optuna's private cache, the fast path's base; an Optuna without it is one the path was not verified on
@@ -142,8 +147,7 @@ class BufferedStorage(_CachedStorage):
         """Optuna's heartbeat thread beats once when a trial starts, then every interval. The first beat
         of this process's trial goes out with the trial's next flush (for a held trial: right after
         `suggest`, milliseconds later; one transaction fewer per trial) or with the thread's second beat,
-        whichever comes first. Until then the trial has no heartbeat and, held, no worker either: like a
-        trial whose worker died between `ask` and the objective (`recover_dead_local_trials`)."""
+        whichever comes first. Until then the beat written with the trial's creation (and `_prebeat`) stands."""
         with self._mutex:
             if trial_id in self._own and trial_id not in self._beats:
                 self._beats.add(trial_id)
@@ -166,9 +170,39 @@ class BufferedStorage(_CachedStorage):
 
     # -- trials of this process ------------------------------------------------------------------
 
+    def _stamp(self) -> dict[str, str] | None:
+        """This process's worker record as JSON texts (`nasopt.storage.stamp_trials`), None when not set."""
+        stamp = getattr(self._backend, "_nasopt_stamp", None)
+        if stamp is None or stamp[0] != os.getpid():
+            return None
+        return {key: json.dumps(value) for key, value in stamp[1].items()}
+
+    def _prebeat(self, trial_id: int) -> None:
+        """Beat for an own trial from its start until Optuna's heartbeat thread takes over (that thread starts
+        only after `ask`, i.e. after the sampler's work, which may take longer than the grace period)."""
+        interval = self.get_heartbeat_interval()
+        if not interval:
+            return
+
+        def beat() -> None:
+            with self._mutex:
+                if trial_id not in self._own or trial_id in self._beats:
+                    return
+            try:
+                self._backend.record_heartbeat(trial_id)
+            except Exception:  # the trial finished meanwhile, or the database is away: the next one tries
+                pass
+            self._prebeat(trial_id)
+
+        timer = threading.Timer(interval, beat)
+        timer.daemon = True
+        timer.start()
+
     def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
-        frozen = (create_trial(self._backend, study_id) if template_trial is None else None) or \
-            self._backend._create_new_trial(study_id, template_trial)
+        stamp = self._stamp() if template_trial is None else None
+        beat = stamp is not None and self.get_heartbeat_interval() is not None
+        frozen = (create_trial(self._backend, study_id, stamp, heartbeat=beat) if template_trial is None else None) \
+            or self._backend._create_new_trial(study_id, template_trial)  # (stamped there, `nasopt.storage`)
         with self._lock:
             if study_id not in self._studies:
                 self._studies[study_id] = self._study_info()
@@ -177,6 +211,8 @@ class BufferedStorage(_CachedStorage):
             self._last_read.clear()
             if frozen.state == TrialState.RUNNING:
                 self._own[frozen._trial_id] = _copy(frozen)
+        if beat and frozen.state == TrialState.RUNNING:
+            self._prebeat(frozen._trial_id)
         return frozen._trial_id
 
     @staticmethod
@@ -191,9 +227,16 @@ class BufferedStorage(_CachedStorage):
             own = self._own.get(trial_id)
             if own is None or not state.is_finished():
                 self._last_read.clear()
-                done = super().set_trial_state_values(trial_id, state=state, values=values)
+                stamp = self._stamp() if state == TrialState.RUNNING and values is None else None
+                beat = stamp is not None and self.get_heartbeat_interval() is not None
+                if stamp is not None:  # taken from the queue with the worker record and a heartbeat, at once
+                    done = start_trial(self._backend, trial_id, stamp, heartbeat=beat)
+                else:
+                    done = super().set_trial_state_values(trial_id, state=state, values=values)
                 if done and state == TrialState.RUNNING:  # taken from the queue: ours from now on
                     self._own[trial_id] = copy.deepcopy(self._backend.get_trial(trial_id))
+                    if beat:
+                        self._prebeat(trial_id)
                 return done
             pending = self._pending.pop(trial_id, None) or _Pending()
             del self._own[trial_id]

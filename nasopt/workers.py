@@ -63,7 +63,7 @@ EXIT_HUNG = 3  # a worker ended by its watchdog: the supervisor starts a new one
 HARD_GRACE = 5.0  # extra seconds a timed-out trial gets to return before its process is ended
 
 
-class TrialTimeout(Exception):
+class TrialTimeout(_objective.NotRetried):
     """A trial ran longer than `trial_timeout`."""
 
 
@@ -207,7 +207,7 @@ class Watchdog:
 
         def mark() -> None:
             with contextlib.suppress(Exception):
-                trial.storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
+                _objective.record_failure(trial, reason, final=True)
                 trial.storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
 
         # in a thread of its own: the stuck trial may hold a storage lock (else its pid marks it dead)
@@ -233,7 +233,7 @@ class Watchdog:
                 return objective(trial)
             except TrialTimeout as e:
                 self._disarm(timer)
-                trial.set_user_attr("fail_reason", str(e))
+                _objective.record_failure(trial, str(e), final=True)  # (if the trial has not yet)
                 raise
             finally:
                 self._disarm(timer)
@@ -254,6 +254,7 @@ def run_worker(spec: StudySpec, study: optuna.Study, task: Any, store: Any, *, p
     """The trial loop of one process until the budget is reached (or the deadline passed)."""
     seed = _seed_worker(spec, study, index, workers, created)
     _objective.WORKER_INFO.update({"index": index, **({"seed": seed} if seed is not None else {})})
+    _objective.claim_trials(study)  # a trial names this worker from its creation on
     watchdog = Watchdog(trial_timeout) if trial_timeout else None
     sampler = study.sampler
     if workers > 1 and isinstance(sampler, optuna.samplers.TPESampler) and not getattr(sampler, "_constant_liar", True):
@@ -266,8 +267,8 @@ def run_worker(spec: StudySpec, study: optuna.Study, task: Any, store: Any, *, p
             _gradient_loop(spec, study, task, store, progress, watchdog, catch, index, deadline, who)
         else:
             _sampled_loop(spec, study, task, store, progress, watchdog, catch, deadline, who)
-    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: this worker's trial is failed and queued again
-        _objective.retry_interrupted(study)
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: this worker's trial is failed and queued again
+        _objective.retry_interrupted(study, e)
         raise
 
 
@@ -279,7 +280,7 @@ def _sampled_loop(spec: StudySpec, study: optuna.Study, task: Any, store: Any, p
     bar = _progress.Progress(study, spec, enabled=progress)
     index = evaluate.index = StudyIndex()  # the budget and the evaluated architectures, kept up to date
     try:
-        callbacks = [lambda s, t: bar.on_trial(s, t)] if progress else None
+        callbacks = [_objective.retry_failed, *([lambda s, t: bar.on_trial(s, t)] if progress else [])]
         while time.monotonic() < deadline:
             trials = study.get_trials(deepcopy=False)
             if _objective.recover_dead_local_trials(study, trials):
@@ -325,7 +326,7 @@ def _gradient_loop(spec: StudySpec, study: optuna.Study, task: Any, store: Any, 
             continue
         k = index % len(free) if free else 0
         objective.pending = free[k:] + free[:k]
-        _optimize_one(study, call, who, catch=catch, gc_after_trial=False)
+        _optimize_one(study, call, who, catch=catch, callbacks=[_objective.retry_failed], gc_after_trial=False)
 
 
 # -- N workers on this machine -----------------------------------------------------------------------

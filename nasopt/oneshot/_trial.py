@@ -54,7 +54,8 @@ def strategy_trials(study: optuna.Study, label: str) -> list[optuna.trial.Frozen
 
 
 def _done(study: optuna.Study, label: str) -> bool:
-    """COMPLETE or PRUNED, or FAIL with no retry pending (the retries are used up)."""
+    """COMPLETE or PRUNED, or FAIL with no retry pending: its architecture failed more than MAX_RETRY times
+    (an interrupted trial always has its retry queued, `nasopt.storage.RetryTrial`)."""
     trials = strategy_trials(study, label)
     retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
     return any(t.state in (TrialState.COMPLETE, TrialState.PRUNED)
@@ -97,9 +98,14 @@ class GradientObjective:
     def __call__(self, trial: optuna.Trial) -> Any:
         try:
             return self._run(trial)
-        except KeyboardInterrupt:  # the runner queues the interrupted trial again (same attrs: it resumes)
-            trial.storage.set_trial_system_attr(trial._trial_id, _objective.INTERRUPTED_KEY, True)
+        except KeyboardInterrupt as e:  # the runner queues the interrupted trial again (same attrs: it resumes)
+            _objective.interrupted(trial, e)
             raise
+        except Exception as e:  # the search failed (or its evaluation: recorded there); retried up to the cap
+            failure = _objective.architecture_failure(trial, e)
+            if failure is e:
+                raise
+            raise failure from e
 
     def _run(self, trial: optuna.Trial) -> Any:
         system = trial.storage.get_trial_system_attrs(trial._trial_id)
