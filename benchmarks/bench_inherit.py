@@ -18,8 +18,8 @@ import tempfile
 import optuna
 import torch
 
+from nasopt.artifacts._inherit import Recorder, artifact_store_for, inherit, save_weights
 from nasopt.data import load_task
-from nasopt.inherit import Recorder, artifact_store_for, inherit, save_weights
 from nasopt.search_spaces.mobile import MobileSpace
 from nasopt.space import random_arch
 from nasopt.train import TrainConfig, train

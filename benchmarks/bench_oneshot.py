@@ -4,7 +4,7 @@ The same supernet (the DARTS cell space's search network) and batch for every me
 the real code path (`nasopt.oneshot.darts.build_supernet`, `DARTS.step`):
 
 - memory: the peak bytes of tensors alive at once during the weight step's forward and backward
-  (activations kept for backward, gradients, temporaries; `nasopt.metrics.peak_live_bytes`), i.e. the
+  (activations kept for backward, gradients, temporaries; `nasopt.measure._metrics.peak_live_bytes`), i.e. the
   activation memory beyond the weights. Target: PC-DARTS with K=4 at most 40% of DARTS.
 - time: wall time of one full search step (architecture update, then weight update), median of
   `--steps` after one warm-up step, for DARTS first order, DARTS second order (unrolled) and PC-DARTS.
@@ -23,7 +23,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from nasopt.metrics import peak_live_bytes
+from nasopt.measure._metrics import peak_live_bytes
 from nasopt.oneshot import DARTS, MixedChooser
 from nasopt.oneshot.darts import build_supernet
 from nasopt.search_spaces.darts_cell import DartsCellSpace

@@ -52,12 +52,12 @@ import torch
 from optuna.trial import TrialState
 
 import nasopt
-from nasopt._objective import Objective
 from nasopt.data import load_task
-from nasopt.metrics import MeasureConfig, count_macs, count_params, flop_counter_macs, peak_memory
+from nasopt.measure._metrics import MeasureConfig, count_macs, count_params, flop_counter_macs, peak_memory
 from nasopt.search_spaces.nano import NanoSpace
-from nasopt.storage import close_storage, fast_sqlite, open_storage
-from nasopt.study import finished_count
+from nasopt.storage._open import close_storage, fast_sqlite, open_storage
+from nasopt.study._objective import Objective
+from nasopt.study._run import finished_count
 
 TARGET_MS = 50.0
 

@@ -27,7 +27,7 @@ def _job(args: tuple[dict[str, str], int, int]) -> dict:
 
     torch.set_num_threads(1)
     from nasopt.data import load_task
-    from nasopt.metrics import count_macs, count_params
+    from nasopt.measure._metrics import count_macs, count_params
     from nasopt.search_spaces.nano import NanoSpace
     from nasopt.space import arch_key
     from nasopt.train import TrainConfig, evaluate, train

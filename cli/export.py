@@ -13,7 +13,7 @@ __all__ = ["add_parser", "cmd_export", "resolve_study"]
 
 def default_space(class_name: str) -> Any:
     """A space of the CLI's table by its class name, at its default settings."""
-    from nasopt.cli.main import SPACES, make_space
+    from nasopt.search_spaces import SPACES, make_space
 
     names = {path.split(":")[1]: name for name, path in SPACES.items()}
     if class_name not in names:
@@ -23,10 +23,10 @@ def default_space(class_name: str) -> Any:
 
 def resolve_study(args: argparse.Namespace, *, load_data: bool = False, device: str = "cpu") -> tuple[Any, Any, str, Any]:
     """(study, Rebuilt, storage URL, study spec or None) from STUDY, --storage and --study-file."""
-    from nasopt.cli.main import load_study_file
-    from nasopt.rebuild import from_study
-    from nasopt.results import load_study
-    from nasopt.storage import DEFAULT_STORAGE
+    from nasopt.analysis._results import load_study
+    from nasopt.cli.studyfile import load_study_file
+    from nasopt.export._rebuild import from_study
+    from nasopt.storage._open import DEFAULT_STORAGE
 
     spec = load_study_file(args.study_file) if args.study_file else None
     storage = args.storage or (spec.storage if spec is not None else None) or DEFAULT_STORAGE
@@ -36,14 +36,14 @@ def resolve_study(args: argparse.Namespace, *, load_data: bool = False, device: 
 
 
 def artifact_store(study: Any, storage: str, spec: Any, directory: str | None) -> Any:
-    from nasopt.inherit import artifact_store_for
+    from nasopt.artifacts._inherit import artifact_store_for
 
     recorded = (study.user_attrs.get("nasopt") or {}).get("artifacts")
     return artifact_store_for(storage, directory or (spec.artifacts if spec is not None else None) or recorded)
 
 
 def _numbers(study: Any, args: argparse.Namespace) -> list[int]:
-    from nasopt.results import pareto_front
+    from nasopt.analysis._results import pareto_front
 
     if args.trial is not None and args.pareto:
         raise UserError("give --trial N or --pareto, not both")
@@ -60,9 +60,9 @@ def _numbers(study: Any, args: argparse.Namespace) -> list[int]:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from nasopt.export import prepare_trial, write_export
-    from nasopt.inherit import WEIGHTS_ATTR
-    from nasopt.storage import mask_url
+    from nasopt.export._export import prepare_trial, write_export
+    from nasopt.keys import WEIGHTS_ATTR
+    from nasopt.storage._open import mask_url
 
     study, rebuilt, storage, spec = resolve_study(args)
     numbers = _numbers(study, args)

@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from nasopt.errors import UserError
-from nasopt.rebuild import ShapeTask
+from nasopt.export._rebuild import ShapeTask
 
 __all__ = ["add_parser", "cmd_latency_table"]
 
@@ -22,8 +22,9 @@ def _input_shape(text: str) -> tuple[int, ...]:
 
 
 def _space_and_task(args: argparse.Namespace) -> tuple[Any, Any, str | None]:
-    from nasopt.cli.main import load_study_file, make_space
+    from nasopt.cli.studyfile import load_study_file
     from nasopt.data import load_task
+    from nasopt.search_spaces import make_space
 
     if args.study and args.space:
         raise UserError("give --space NAME or --study FILE, not both")
@@ -48,7 +49,7 @@ def _space_and_task(args: argparse.Namespace) -> tuple[Any, Any, str | None]:
 
 
 def cmd_latency_table(args: argparse.Namespace) -> int:
-    from nasopt.latency_table import build_table, default_path
+    from nasopt.measure._latency_table import build_table, default_path
 
     space, task, storage = _space_and_task(args)
     table = build_table(space, task, device=args.device, batch_size=args.batch, threads=args.threads,

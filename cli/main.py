@@ -6,191 +6,23 @@ Every user mistake is a `UserError`: one line on stderr, exit code 2, nothing wr
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
-import runpy
 import signal
 import sys
 import threading
 import warnings
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
+from nasopt.cli.studyfile import apply_sets, load_study_file
 from nasopt.errors import Terminated, UserError
 
-# The one place that lists the spaces by name (the engine never imports search_spaces).
-SPACES = {
-    "nano": "nasopt.search_spaces.nano:NanoSpace",
-    "mobile": "nasopt.search_spaces.mobile:MobileSpace",
-    "layers": "nasopt.search_spaces.layers:LayersSpace",
-    "nb201": "nasopt.search_spaces.nb201:NB201Space",
-    "darts_cell": "nasopt.search_spaces.darts_cell:DartsCellSpace",
-    "conv1d": "nasopt.search_spaces.conv1d:Conv1dSpace",
-}
-_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
-
-
-def make_space(name: str) -> Any:
-    """The space called `name` with its default settings."""
-    import importlib
-
-    if name not in SPACES:
-        raise UserError(f"unknown space {name!r}; known spaces: {', '.join(SPACES)}")
-    module, cls = SPACES[name].split(":")
-    return getattr(importlib.import_module(module), cls)()
-
-
-def load_study_file(path: str) -> Any:
-    """Execute a study file and return its `study` (a StudySpec); every failure is one UserError."""
-    from nasopt.study import StudySpec
-
-    file = Path(path)
-    if not file.is_file():
-        raise UserError(f"study file {path} not found; give the path of a .py file that defines `study = "
-                        "nasopt.StudySpec(...)` (examples in studies/)")
-    if file.suffix.lower() in (".yaml", ".yml"):  # the same fields as StudySpec, names for objects
-        from nasopt.cli.yamlstudy import load_yaml_study
-
-        return load_yaml_study(str(file))
-    try:
-        namespace = runpy.run_path(str(file), run_name="__nasopt_study__")
-    except UserError as e:
-        raise UserError(f"{path}: {e}") from None
-    except SyntaxError as e:
-        raise UserError(f"{path}:{e.lineno}: syntax error: {e.msg}; fix the study file") from None
-    except Exception as e:  # the file is user code: any error it raises is the user's to fix
-        raise UserError(f"{path}: {type(e).__name__}: {e}") from None
-    spec = namespace.get("study")
-    if spec is None:
-        raise UserError(f"{path} defines no `study`; add `study = nasopt.StudySpec(name=..., space=...)`")
-    if isinstance(spec, dict):
-        spec = _from_dict(spec)
-    if not isinstance(spec, StudySpec):
-        raise UserError(f"{path}: `study` must be a nasopt.StudySpec, but got {type(spec).__name__}")
-    return spec
-
-
-def _from_dict(values: dict[str, Any]) -> Any:
-    from nasopt.study import StudySpec
-
-    values = dict(values)
-    if isinstance(values.get("space"), str):
-        values["space"] = make_space(values["space"])
-    try:
-        return StudySpec(**values)
-    except TypeError as e:
-        raise UserError(f"bad study: {e}") from None
-
-
-def _parse(key: str, raw: str, current: Any, kind: Any) -> Any:
-    text = str(kind)
-    if raw.lower() in ("none", "null") and "None" in text:
-        return None
-    try:
-        if isinstance(current, bool) or text.startswith("bool"):
-            if raw.lower() not in _TRUE + _FALSE:
-                raise ValueError
-            return raw.lower() in _TRUE
-        if isinstance(current, int) or text.startswith("int"):
-            return int(raw)
-        if isinstance(current, float) or text.startswith("float"):
-            return float(raw)
-    except ValueError:
-        want = "true/false" if "bool" in text or isinstance(current, bool) else text.split(" |")[0]
-        raise UserError(f"--set {key}={raw}: expected {want}, got {raw!r}") from None
-    return raw
-
-
-def apply_sets(spec: Any, sets: Sequence[str]) -> Any:
-    """Apply `--set key=value` overrides (`train.epochs=3`, `sampler=tpe`, `space=nano`, ...)."""
-    from nasopt.pruners import make_pruner
-    from nasopt.samplers import make_sampler
-
-    nested = {"train": spec.train, "measure": spec.measure}
-    scalar = [f.name for f in dataclasses.fields(spec) if f.name not in ("objectives", "constraints", "allow_changed")
-              and f.name not in nested]
-    known = scalar + [f"{n}.{f.name}" for n, obj in nested.items() for f in dataclasses.fields(obj)]
-    known += list(dict.fromkeys(f"strategy.{f.name}" for cls in _strategy_classes() for f in dataclasses.fields(cls)))
-    top: dict[str, Any] = {}
-    samplers = []
-    for item in sets:
-        key, sep, raw = item.partition("=")
-        if not sep and key in known:
-            raise UserError(f"--set {key} has no value; write --set {key}=VALUE")
-        if not sep or key not in known:
-            raise UserError(f"unknown --set key {key!r}; known keys: {', '.join(known)}")
-        if key.startswith("strategy."):  # applies to every gradient method of the study file
-            name = key.split(".", 1)[1]
-            strategies = top.get("strategy", spec.strategy)
-            if strategies is None:
-                raise UserError(f"--set {key} needs a study with a `strategy` (or --set strategy=darts first)")
-            many = isinstance(strategies, (list, tuple))
-            changed = []
-            for st in strategies if many else [strategies]:
-                fields = {f.name: f for f in dataclasses.fields(st)}
-                if name not in fields:
-                    raise UserError(f"--set {key}: {type(st).__name__} has no field {name!r}; its fields: "
-                                    f"{', '.join(fields)}")
-                changed.append(dataclasses.replace(st, **{name: _parse(key, raw, getattr(st, name), fields[name].type)}))
-            top["strategy"] = changed if many else changed[0]
-        elif key == "strategy":
-            top["strategy"] = make_strategy(raw)
-            top["sampler"] = None
-        elif "." in key:
-            group, name = key.split(".", 1)
-            field = {f.name: f for f in dataclasses.fields(nested[group])}[name]
-            value = _parse(key, raw, getattr(nested[group], name), field.type)
-            nested[group] = dataclasses.replace(nested[group], **{name: value})
-        elif key == "space":
-            top["space"] = make_space(raw)
-        elif key == "pruner":
-            top["pruner"] = make_pruner(raw, max_epochs=spec.train.epochs)
-        elif key == "sampler":
-            samplers.append(raw)  # built last: it may need the (overridden) space and seed
-        else:
-            field = {f.name: f for f in dataclasses.fields(spec)}[key]
-            top[key] = _parse(key, raw, getattr(spec, key), field.type)
-    spec = dataclasses.replace(spec, **top, **nested)
-    for name in samplers:
-        sampler = make_sampler(name, seed=spec.seed, n_objectives=len(spec.objectives), space=spec.space)
-        spec = dataclasses.replace(spec, sampler=sampler, strategy=None)
-    return spec
-
-
-# gradient methods by name (`--set strategy=NAME`): "module:Class" and the settings that make the variant
-STRATEGIES: dict[str, tuple[str, dict[str, Any]]] = {
-    "darts": ("nasopt.oneshot.darts:DARTS", {}),
-    "darts_2nd": ("nasopt.oneshot.darts:DARTS", {"unrolled": True}),
-    "pc_darts": ("nasopt.oneshot.darts:DARTS", {"partial_channels": 4}),
-    "proxyless": ("nasopt.oneshot.proxyless:ProxylessNAS", {}),
-    "enas": ("nasopt.oneshot.enas:ENAS", {}),
-}
-
-
-def _strategy_classes() -> list[Any]:
-    import importlib
-
-    paths = dict.fromkeys(path for path, _ in STRATEGIES.values())
-    return [getattr(importlib.import_module(p.split(":")[0]), p.split(":")[1]) for p in paths]
-
-
-def make_strategy(name: str) -> Any:
-    """A gradient method by name with its default settings (`--set strategy=NAME`)."""
-    import importlib
-
-    if name not in STRATEGIES:
-        raise UserError(f"unknown strategy {name!r}; gradient methods: {', '.join(STRATEGIES)} "
-                        "(samplers go in --sampler)")
-    path, kwargs = STRATEGIES[name]
-    module, cls = path.split(":")
-    return getattr(importlib.import_module(module), cls)(**kwargs)
-
+__all__ = ["main", "entry", "parser", "load_study_file", "apply_sets"]
 
 def cmd_run(args: argparse.Namespace) -> int:
     import nasopt
-    from nasopt.storage import DEFAULT_STORAGE, mask_url
-    from nasopt.study import finished_count
+    from nasopt.storage._open import DEFAULT_STORAGE, mask_url
+    from nasopt.study._run import finished_count
 
     sets = list(args.set or [])
     sets += [f"sampler={args.sampler}"] if args.sampler else []
@@ -210,7 +42,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 130
     where = f"(storage {mask_url(args.storage or spec.storage or DEFAULT_STORAGE)})"
     if spec.strategy is not None:
-        from nasopt.oneshot._trial import STRATEGY_KEY
+        from nasopt.keys import STRATEGY_KEY
 
         gradient = [t for t in study.get_trials(deepcopy=False) if STRATEGY_KEY in t.system_attrs and t.state.is_finished()]
         print(f"study {spec.name!r}: {len(gradient)} gradient trial(s) finished, "
@@ -224,7 +56,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _table(study: Any, top: int) -> str:
     import pandas as pd
 
-    from nasopt.results import pareto_front, trials_frame
+    from nasopt.analysis._results import pareto_front, trials_frame
 
     multi = len(study.directions) > 1
     frame = pareto_front(study=study) if multi else trials_frame(study=study)
@@ -243,7 +75,7 @@ def _table(study: Any, top: int) -> str:
 def cmd_ls(args: argparse.Namespace) -> int:
     import optuna
 
-    from nasopt.storage import open_storage
+    from nasopt.storage._open import open_storage
 
     storage = open_storage(args.storage, create=False, heartbeat=False)
     summaries = optuna.get_all_study_summaries(storage, include_best_trial=False)
@@ -262,7 +94,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from nasopt.results import load_study
+    from nasopt.analysis._results import load_study
 
     study = load_study(args.study, args.storage)
     print(_table(study, top=args.top))
@@ -270,7 +102,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
-    from nasopt.storage import open_storage
+    from nasopt.storage._open import open_storage
 
     storage = open_storage(args.storage, create=False, heartbeat=False)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
@@ -280,7 +112,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
         warnings.simplefilter("ignore", FutureWarning)
         from optuna_dashboard import run_server
 
-    from nasopt.dashboard import FeasibilityView, artifact_folder
+    from nasopt.analysis._dashboard import FeasibilityView, artifact_folder
 
     store = artifact_folder(args.storage, args.artifacts)  # trial pictures and kept weights, if the study has any
     print(f"optuna-dashboard on http://{args.host}:{args.port}/ (Ctrl-C to stop)", file=sys.stderr)
@@ -296,7 +128,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 def cmd_benchmark(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from nasopt.cli.api import benchmark
+    from nasopt.api import benchmark
 
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
     if args.runs < 1 or args.trials < 1:

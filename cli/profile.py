@@ -48,17 +48,17 @@ def _print(report: dict[str, Any]) -> None:
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
-    from nasopt.profile import profile_device
-    from nasopt.study import _device
+    from nasopt.data import resolve_device
+    from nasopt.measure._profile import profile_device
 
     if args.seconds <= 0:
         raise UserError(f"`--seconds > 0` must hold, but got {args.seconds}")
-    device = _device(args.device)
+    device = resolve_device(args.device)
     report = profile_device(device, seconds=args.seconds)
     if args.model:
-        from nasopt.energy import energy_per_inference
-        from nasopt.export import load_model, read_arch
-        from nasopt.metrics import count_macs, count_params, measure_latency
+        from nasopt.export._export import load_model, read_arch
+        from nasopt.measure._energy import energy_per_inference
+        from nasopt.measure._metrics import count_macs, count_params, measure_latency
 
         arch = read_arch(args.model)
         model = load_model(args.model, device=device)

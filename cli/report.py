@@ -14,8 +14,8 @@ __all__ = ["add_parser", "cmd_report"]
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from nasopt.dashboard import artifact_folder
-    from nasopt.results import load_study
+    from nasopt.analysis._dashboard import artifact_folder
+    from nasopt.analysis._results import load_study
 
     study = load_study(args.study, args.storage)
     out = Path(args.output or f"{args.study}_report.html")
@@ -25,7 +25,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise UserError(f"cannot write {out}: the folder {out.parent} does not exist; create it or choose another -o")
     # the pictures kept with the study carry shapes; without them, pictures are drawn from the params
     store = artifact_folder(args.storage, args.artifacts)
-    from nasopt.report import write_report
+    from nasopt.analysis._report import write_report
 
     with warnings.catch_warnings():  # Optuna's plots are "experimental" for some arguments
         warnings.simplefilter("ignore")

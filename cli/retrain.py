@@ -31,9 +31,9 @@ def _train_config(study: Any, args: argparse.Namespace) -> Any:
 def _cell_space(space: Any, args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     """A cell space (one with `auxiliary` and `drop_path` arguments) with DARTS' evaluation setting:
     the auxiliary head on and drop path 0.2, unless --no-aux / --drop-path say otherwise."""
-    from nasopt.rebuild import _kwargs
+    from nasopt.export._rebuild import space_kwargs
 
-    kwargs = _kwargs(space)
+    kwargs = space_kwargs(space)
     if kwargs is None or "auxiliary" not in kwargs or "drop_path" not in kwargs:
         if args.drop_path is not None:
             raise UserError(f"--drop-path applies to cell spaces (darts_cell, conv1d), not {type(space).__name__}")
@@ -45,7 +45,7 @@ def _cell_space(space: Any, args: argparse.Namespace) -> tuple[Any, dict[str, An
 
 
 def _row(name: str, model: Any, task: Any, result: dict[str, Any]) -> dict[str, Any]:
-    from nasopt.metrics import count_macs, count_params
+    from nasopt.measure._metrics import count_macs, count_params
 
     aux = getattr(model, "auxiliary_head", None)  # trained with, not run at inference: not counted
     params = count_params(model) - (count_params(aux) if aux is not None else 0)
@@ -66,11 +66,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     import torch
 
     from nasopt.cli.export import resolve_study
-    from nasopt.data import load_task
-    from nasopt.export import check_params, completed_trial, describe_export, write_export
-    from nasopt.rebuild import normalisation, space_config
-    from nasopt.retrain import AUGMENTATIONS, augmentation_for, resnet18, retrain
-    from nasopt.study import _device
+    from nasopt.data import load_task, resolve_device
+    from nasopt.export._export import check_params, completed_trial, describe_export, write_export
+    from nasopt.export._rebuild import normalisation, space_config
+    from nasopt.export._retrain import AUGMENTATIONS, augmentation_for, resnet18, retrain
 
     if args.compare and args.compare not in BASELINES:
         raise UserError(f"unknown baseline {args.compare!r}; --compare takes {', '.join(BASELINES)}")
@@ -81,7 +80,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     target = Path(args.output) if args.output else None
     if target is not None and target.exists() and not args.force:  # refuse before any training
         raise UserError(f"{target} exists; pass --force to replace it, or choose another -o DIR")
-    device = _device(args.device)
+    device = resolve_device(args.device)
     study, rebuilt, storage, _ = resolve_study(args, load_data=args.dataset is None, device=device)
     trial = completed_trial(study, args.trial)
     params = dict(trial.params)

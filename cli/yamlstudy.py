@@ -72,7 +72,7 @@ def _construct(where: str, cls: Any, args: dict[str, Any]) -> Any:
 
 
 def _space(value: Any) -> Any:
-    from nasopt.cli.main import SPACES, make_space
+    from nasopt.search_spaces import SPACES, make_space
 
     name, args = _named("space", value)
     if name not in SPACES:
@@ -95,7 +95,7 @@ def _sampler(value: Any, seed: int, n_objectives: int, space: Any) -> Any:
 
 
 def _strategy(value: Any) -> Any:
-    from nasopt.cli.main import make_strategy
+    from nasopt.oneshot import make_strategy
 
     if isinstance(value, list):
         return [_strategy(v) for v in value]
@@ -136,8 +136,8 @@ def load_yaml_study(path: str) -> Any:
     """A StudySpec from a YAML study file; every mistake is one UserError naming the key."""
     import yaml
 
-    from nasopt.metrics import MeasureConfig
-    from nasopt.study import StudySpec
+    from nasopt.measure._metrics import MeasureConfig
+    from nasopt.study._run import StudySpec
     from nasopt.train import TrainConfig
 
     try:

@@ -22,17 +22,17 @@ __all__ = ["StudySpec", "TrainConfig", "MeasureConfig", "UserError", "run", "tri
 
 # public name -> the module that defines it. The one-line API resolves space and strategy names like
 # the CLI it lives beside; the engine itself never imports the front ends.
-_LAZY = {"StudySpec": "nasopt.study", "run": "nasopt.study", "TrainConfig": "nasopt.train",
-         "MeasureConfig": "nasopt.metrics", "trials_frame": "nasopt.results", "pareto_front": "nasopt.results",
-         "load_model": "nasopt.export", "nano_nas": "nasopt.cli.api", "search": "nasopt.cli.api",
-         "benchmark": "nasopt.cli.api"}
+_LAZY = {"StudySpec": "nasopt.study._run", "run": "nasopt.study._run", "TrainConfig": "nasopt.train",
+         "MeasureConfig": "nasopt.measure._metrics", "trials_frame": "nasopt.analysis._results", "pareto_front": "nasopt.analysis._results",
+         "load_model": "nasopt.export._export", "nano_nas": "nasopt.api", "search": "nasopt.api",
+         "benchmark": "nasopt.api"}
 
 if TYPE_CHECKING:
-    from nasopt.cli.api import benchmark, nano_nas, search
-    from nasopt.export import load_model
-    from nasopt.metrics import MeasureConfig
-    from nasopt.results import pareto_front, trials_frame
-    from nasopt.study import StudySpec, run
+    from nasopt.analysis._results import pareto_front, trials_frame
+    from nasopt.api import benchmark, nano_nas, search
+    from nasopt.export._export import load_model
+    from nasopt.measure._metrics import MeasureConfig
+    from nasopt.study._run import StudySpec, run
     from nasopt.train import TrainConfig
 
 

@@ -172,7 +172,7 @@ def _native_bf16(device: torch.device) -> bool:
     return False
 
 
-def _precision(model: nn.Module, device: torch.device, config: TrainConfig) -> str:
+def resolve_precision(model: nn.Module, device: torch.device, config: TrainConfig) -> str:
     if config.precision == "auto":
         grouped = _has_grouped_convs(model, (nn.Conv1d, nn.Conv2d, nn.Conv3d))
         return "bf16" if _native_bf16(device) and not grouped else "fp32"
@@ -216,7 +216,7 @@ def train(model: nn.Module, task: Any, config: TrainConfig, *, seed: int = 0,
     (`divergence_reason`), before `on_epoch` sees that epoch.
     """
     device = torch.device(task.device)
-    result = TrainResult(precision=_precision(model, device, config),
+    result = TrainResult(precision=resolve_precision(model, device, config),
                          channels_last=_use_channels_last(model, task, config))
     generator = torch.Generator().manual_seed(seed)
     fmt = torch.channels_last if result.channels_last else torch.contiguous_format

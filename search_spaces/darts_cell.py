@@ -224,7 +224,7 @@ class DartsCellSpace:
             self.concat = {t: getattr(self.genotype, f"{t}_concat") for t in CELL_TYPES}
 
     def config(self) -> dict[str, Any]:
-        """The constructor arguments that rebuild this space (`nasopt.rebuild.space_config`)."""
+        """The constructor arguments that rebuild this space (`nasopt.export._rebuild.space_config`)."""
         out: dict[str, Any] = {"C": self.C, "layers": self.layers, "stem_multiplier": self.stem_multiplier,
                                "auxiliary": self.auxiliary, "drop_path": self.drop_path, "skeleton": self.skeleton,
                                "ops": list(self.ops), "input_bn": self.input_bn, "search_C": self.search_C,

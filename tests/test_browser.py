@@ -23,11 +23,11 @@ import pytest
 from optuna.trial import TrialState
 
 import nasopt
+from nasopt.artifacts._inherit import artifact_store_for
+from nasopt.artifacts._pictures import draw_missing
 from nasopt.cli.main import main
 from nasopt.data import load_task
-from nasopt.inherit import artifact_store_for
 from nasopt.oneshot import DARTS
-from nasopt.pictures import draw_missing
 from nasopt.search_spaces.nano import NanoSpace
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)

@@ -16,8 +16,7 @@ from gradient_resume import kill_mid_search_and_resume
 from optuna.trial import TrialState
 
 import nasopt
-from nasopt.cli.main import make_strategy
-from nasopt.oneshot import ENAS, MixedOp
+from nasopt.oneshot import ENAS, MixedOp, make_strategy
 from nasopt.oneshot.enas import build_shared
 from nasopt.search_spaces.darts_cell import DartsCellSpace
 from nasopt.search_spaces.layers import LayersSpace

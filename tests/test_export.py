@@ -105,7 +105,7 @@ def test_export_pareto_with_study_file(run: dict) -> None:
         _outputs_agree(directory)
         # the exported weights are the trial's trained weights, not a fresh initialisation
         import nasopt
-        from nasopt.inherit import artifact_store_for, load_weights
+        from nasopt.artifacts._inherit import artifact_store_for, load_weights
 
         stored = load_weights(trial.user_attrs["weights_artifact"], artifact_store_for(run["url"]))
         for key, value in nasopt.load_model(directory).state_dict().items():
@@ -176,7 +176,7 @@ def test_manifest_input_feeds_sklearn_digits_to_the_recorded_accuracy(digits_exp
 
 def test_export_refuses_existing_dir_then_force_from_the_study_record(run: dict, capsys) -> None:
     from nasopt.data import load_task
-    from nasopt.rebuild import study_record
+    from nasopt.export._rebuild import study_record
 
     folder, url, out = run["folder"], run["url"], run["folder"] / "pareto"
     before = snapshot(out)
@@ -243,8 +243,9 @@ def test_bad_input(run: dict, capsys) -> None:
 
 
 def test_keep_front_weights(run: dict, capsys) -> None:
-    from nasopt.export import DROPPED_ATTR, keep_front_weights
-    from nasopt.inherit import artifact_store_for
+    from nasopt.artifacts._inherit import artifact_store_for
+    from nasopt.export._export import keep_front_weights
+    from nasopt.keys import DROPPED_ATTR
 
     study, url = run["study"], run["url"]
     dominated = [t.number for t in study.trials if t.state == TrialState.COMPLETE and t.number not in run["pareto"]

@@ -342,7 +342,7 @@ def test_database_restart_in_the_middle_of_a_study_loses_nothing(tmp_path, serve
 def test_a_pooled_connection_dropped_while_idle_is_replaced_quietly(pg_url, capsys, monkeypatch):
     """The server ends an idle pooled connection (a restart, an idle timeout): the next storage call
     pings it on checkout, gets a new one, and goes on, with no outage message and no retry."""
-    from nasopt import storage as nasopt_storage
+    from nasopt.storage import _open as nasopt_storage
 
     monkeypatch.setattr(nasopt_storage, "PING_IDLE", 0.2)
     storage = nasopt_storage.open_storage(pg_url)

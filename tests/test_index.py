@@ -1,4 +1,4 @@
-"""The runner's study index (nasopt._index): the budget counts and the duplicate lookup, kept up to date
+"""The runner's study index (nasopt.study._index): the budget counts and the duplicate lookup, kept up to date
 from the new and changed trials only, must equal a recount over all trials at every step."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ import optuna
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from nasopt._index import StudyIndex
-from nasopt.oneshot._trial import STRATEGY_KEY
-from nasopt.storage import retry_callback
+from nasopt.keys import STRATEGY_KEY
+from nasopt.storage._open import retry_callback
+from nasopt.study._index import StudyIndex
 
 OPS = CategoricalDistribution(["conv3x3", "skip", "zero"])
 

@@ -6,8 +6,8 @@ import optuna
 import torch
 
 import nasopt
+from nasopt.artifacts._inherit import Recorder, artifact_store_for, inherit, matching_prefix, save_weights
 from nasopt.data import load_task
-from nasopt.inherit import Recorder, artifact_store_for, inherit, matching_prefix, save_weights
 from nasopt.search_spaces.mobile import MobileSpace
 from nasopt.search_spaces.nano import NanoSpace
 

@@ -1,4 +1,4 @@
-"""The input an export's manifest states (`nasopt.rebuild.normalisation`): each dataset's raw data, fed
+"""The input an export's manifest states (`nasopt.export._rebuild.normalisation`): each dataset's raw data, fed
 exactly as the record says, is the network input the task trains on. The digits round trip through a
 real export and sklearn's load_digits() is in test_export.py."""
 
@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from test_data import all_batches, write_cifar10, write_images, write_mnist
 
 from nasopt.data import load_task
-from nasopt.rebuild import _stored_normalisation, normalisation
+from nasopt.export._rebuild import _stored_normalisation, normalisation
 
 
 def feed(record: dict, raw: np.ndarray) -> torch.Tensor:

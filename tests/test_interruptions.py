@@ -21,9 +21,10 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback as OptunaRetry
 from optuna.trial import FrozenTrial, TrialState
 from test_workers import ENV, counted, read_trials
 
-from nasopt import _objective
-from nasopt._buffer import BufferedStorage
-from nasopt.storage import FAILURE_KEY, FAILURES_KEY, MAX_RETRY, open_storage, stamp_trials
+from nasopt.keys import FAILURE_KEY, FAILURES_KEY
+from nasopt.storage._fast._buffer import BufferedStorage
+from nasopt.storage._open import MAX_RETRY, open_storage, stamp_trials
+from nasopt.study import _objective
 
 STUDIES = Path(__file__).parent / "studies"
 

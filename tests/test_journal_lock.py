@@ -29,7 +29,7 @@ from optuna.storages.journal import (
 )
 from optuna.trial import TrialState
 
-from nasopt._journal import JournalLock
+from nasopt.storage._journal import JournalLock
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork") or sys.platform == "win32", reason="flock: POSIX only")
 
@@ -45,7 +45,7 @@ study = nasopt.StudySpec(name="locks", space=NanoSpace(), dataset="nanobench",
 
 HOLDER = """
 import sys, time
-from nasopt.storage import open_storage
+from nasopt.storage._open import open_storage
 
 storage = open_storage(sys.argv[1])
 print("ready", flush=True)
@@ -253,7 +253,7 @@ def test_where_flock_is_refused_the_lock_is_optunas_alone(tmp_path, monkeypatch)
     """A file system that refuses flock (ENOLCK: an NFS mount without a lock manager): Optuna's lock file."""
     import errno
 
-    import nasopt._journal as journal
+    import nasopt.storage._journal as journal
 
     def refuse(fd: int, operation: int) -> None:
         raise OSError(errno.ENOLCK, "No locks available")

@@ -14,9 +14,15 @@ import torch
 from torch import nn
 
 import nasopt
-from nasopt import latency_table
-from nasopt.latency_table import LatencyTable, build_table, default_path, predicted_latency, shape_key
-from nasopt.metrics import flop_counter_macs, measure_latency
+from nasopt.measure import _latency_table as latency_table
+from nasopt.measure._latency_table import (
+    LatencyTable,
+    build_table,
+    default_path,
+    predicted_latency,
+    shape_key,
+)
+from nasopt.measure._metrics import flop_counter_macs, measure_latency
 from nasopt.search_spaces.mobile import MobileSpace
 from nasopt.space import fixed, random_arch
 
@@ -182,7 +188,7 @@ def test_cli_bad_inputs_are_one_line(tmp_path, monkeypatch, capsys, args, messag
 def test_a_discrete_study_can_take_its_latency_from_the_table(digits_task, tmp_path):
     """MeasureConfig(latency_table=...): latency_ms is the table's prediction, marked as predicted."""
     import nasopt
-    from nasopt.latency_table import LatencyTable
+    from nasopt.measure._latency_table import LatencyTable
 
     space = MobileSpace(**TINY)
     path = build_table(space, digits_task, repeats=3, warmup=0, threads=1).save(tmp_path / "t.json")

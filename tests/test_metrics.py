@@ -16,9 +16,9 @@ import torchvision
 from torch import nn
 
 from nasopt import MeasureConfig, UserError
-from nasopt.cli.main import SPACES, make_space
-from nasopt.metrics import count_macs, count_params, flop_counter_macs, measure_latency, peak_memory
+from nasopt.measure._metrics import count_macs, count_params, flop_counter_macs, measure_latency, peak_memory
 from nasopt.ops import build_op
+from nasopt.search_spaces import SPACES, make_space
 from nasopt.search_spaces.mobile import MobileSpace
 from nasopt.space import random_arch
 
@@ -121,7 +121,7 @@ def test_count_macs_is_quiet_on_first_import():
         logging.basicConfig(level=logging.DEBUG)
         warnings.simplefilter("always")
         from torch import nn
-        from nasopt.metrics import count_macs
+        from nasopt.measure._metrics import count_macs
         model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Hardswish(), nn.BatchNorm2d(8),
                               nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 2))
         print(count_macs(model, (3, 8, 8)))

@@ -12,10 +12,18 @@ import pytest
 import torch
 from optuna.artifacts import FileSystemArtifactStore, get_all_artifact_meta
 
-from nasopt.dashboard import FeasibilityView, artifact_folder
-from nasopt.graph import arch_graph
-from nasopt.inherit import WEIGHTS_ATTR, load_weights
-from nasopt.pictures import PICTURE_ATTR, draw_missing, keep_weights, picture_ids, picture_svg, save_picture
+from nasopt.analysis._dashboard import FeasibilityView, artifact_folder
+from nasopt.artifacts._graph import arch_graph
+from nasopt.artifacts._inherit import load_weights
+from nasopt.artifacts._pictures import (
+    PICTURE_ATTR,
+    draw_missing,
+    keep_weights,
+    picture_ids,
+    picture_svg,
+    save_picture,
+)
+from nasopt.keys import WEIGHTS_ATTR
 from nasopt.search_spaces.conv1d import Conv1dSpace
 from nasopt.search_spaces.darts_cell import DartsCellSpace
 from nasopt.search_spaces.layers import LayersSpace
@@ -23,7 +31,7 @@ from nasopt.search_spaces.mobile import MobileSpace
 from nasopt.search_spaces.nano import NanoSpace
 from nasopt.search_spaces.nb201 import NB201Space
 from nasopt.space import random_arch
-from nasopt.storage import open_storage
+from nasopt.storage._open import open_storage
 
 SPACES = {  # space, input shape
     "nano": (NanoSpace(C=8), (1, 8, 8)),

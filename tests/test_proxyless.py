@@ -15,9 +15,9 @@ from gradient_resume import kill_mid_search_and_resume
 from optuna.trial import TrialState
 
 import nasopt
-from nasopt import latency_table
-from nasopt.latency_table import build_table
-from nasopt.metrics import count_params, peak_live_bytes
+from nasopt.measure import _latency_table as latency_table
+from nasopt.measure._latency_table import build_table
+from nasopt.measure._metrics import count_params, peak_live_bytes
 from nasopt.oneshot import ProxylessNAS
 from nasopt.oneshot.mixed import param_key
 from nasopt.oneshot.proxyless import BinaryGateOp
@@ -34,7 +34,7 @@ STUDY = ROOT / "studies" / "tiny_proxyless.py"
 
 def macs_table(space, task, path, monkeypatch):
     """A table whose 'milliseconds' are MACs / 1e6: deterministic, so latency tests do not depend on load."""
-    from nasopt.metrics import flop_counter_macs
+    from nasopt.measure._metrics import flop_counter_macs
 
     with monkeypatch.context() as m:
         m.setattr(latency_table, "_measure", lambda jobs, *a, **k: [
@@ -221,7 +221,7 @@ def test_a_proxyless_run_is_one_complete_trial_like_a_sampled_one(digits_task, t
 
 
 def test_make_strategy_by_name():
-    from nasopt.cli.main import make_strategy
+    from nasopt.oneshot import make_strategy
 
     assert isinstance(make_strategy("proxyless"), ProxylessNAS)
 

@@ -10,14 +10,14 @@ import optuna
 import pytest
 from optuna.distributions import CategoricalDistribution
 
-from nasopt import plots
+from nasopt.analysis import _plots as plots
+from nasopt.analysis._report import search_metrics
+from nasopt.artifacts._inherit import artifact_store_for
+from nasopt.artifacts._pictures import draw_missing
 from nasopt.cli.main import main
-from nasopt.inherit import artifact_store_for
-from nasopt.pictures import draw_missing
-from nasopt.report import search_metrics
 from nasopt.search_spaces.nano import NANO_OPS, NanoSpace
 from nasopt.space import random_arch
-from nasopt.storage import open_storage
+from nasopt.storage._open import open_storage
 
 SPACE = NanoSpace(C=4)
 LIMIT = 2000

@@ -13,7 +13,7 @@ from optuna.testing.pytest_samplers import BasicSamplerTestCase, MultiObjectiveS
 from optuna.trial import TrialState
 
 from nasopt.errors import UserError
-from nasopt.metrics import count_macs, count_params
+from nasopt.measure._metrics import count_macs, count_params
 from nasopt.samplers import make_sampler
 from nasopt.samplers._pnas import ARCH_KEY, INFO_KEY, PNASSampler
 from nasopt.search_spaces.mobile import MobileSpace

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from nasopt import UserError
-from nasopt.cli.main import make_space
 from nasopt.ops import build_op
+from nasopt.search_spaces import make_space
 from nasopt.search_spaces.nb201 import EDGES, NB201_OPS, NB201Cell, NB201Space, format_arch, parse_arch
 from nasopt.space import fixed
 

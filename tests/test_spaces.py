@@ -1,6 +1,6 @@
 """The search-space contract, run over every space the CLI registers, plus space-specific rules.
 
-A new entry in `nasopt.cli.main.SPACES` is covered by the contract tests without editing this file.
+A new entry in `nasopt.search_spaces.SPACES` is covered by the contract tests without editing this file.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from optuna.distributions import CategoricalDistribution
 from torch import nn
 
 from nasopt import UserError
-from nasopt.cli.main import SPACES, make_space
+from nasopt.search_spaces import SPACES, make_space
 from nasopt.search_spaces.mobile import MobileSpace, strides_for
 from nasopt.search_spaces.nano import NanoSpace
 from nasopt.space import SearchSpace, arch_key, fixed

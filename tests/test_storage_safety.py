@@ -32,7 +32,7 @@ import sqlalchemy as sa
 from test_cli import ENV, MOBILE, NANO, _make_db, assert_user_error, nasopt, snapshot
 
 from nasopt.errors import UserError
-from nasopt.storage import _Outage, _sqlite_user_error, _transient, close_storage, open_storage
+from nasopt.storage._open import _Outage, _sqlite_user_error, _transient, close_storage, open_storage
 
 QUICK = 100  # seconds: every refusal here comes at once; the outage retry would take OUTAGE_TIMEOUT (120 s)
 
@@ -271,7 +271,7 @@ def test_sqlite_errors_of_the_file_are_not_an_outage():
 LAUNCH = """
 import os, sys, time
 from pathlib import Path
-import nasopt.study, nasopt.cli.main, optuna, sqlalchemy, torch  # the slow imports before the barrier
+import nasopt.study._run, nasopt.cli.main, optuna, sqlalchemy, torch  # the slow imports before the barrier
 barrier = Path(sys.argv[1])
 (barrier / f"ready.{os.getpid()}").touch()
 while len(list(barrier.glob("ready.*"))) < 2:
@@ -322,7 +322,7 @@ def test_a_finished_run_in_a_live_process_does_not_block_the_next(tmp_path):
     """The claim lasts while the run does: a notebook that ran the study earlier does not hold it."""
     import runpy
 
-    from nasopt.study import run as run_study
+    from nasopt.study._run import run as run_study
 
     spec = runpy.run_path(str(NANO))["study"]
     spec = spec.replace(train=dataclasses.replace(spec.train, epochs=1))  # as --set train.epochs=1

@@ -15,8 +15,8 @@ import pytest
 from optuna.trial import TrialState
 
 import nasopt
-from nasopt.cli.main import SPACES, make_space
 from nasopt.samplers import SAMPLERS, make_sampler
+from nasopt.search_spaces import SPACES, make_space
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

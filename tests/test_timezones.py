@@ -2,7 +2,7 @@
 path was not verified on, Optuna's own storage classes do the writing.
 
 Optuna (5.0, 5.1) stores `datetime_start`/`datetime_complete` as naive UTC in an RDB and as aware UTC in a
-journal, and hands out naive local time. nasopt's fast path (`nasopt._buffer`, `_batch`, `_load`) writes
+journal, and hands out naive local time. nasopt's fast path (`nasopt.storage._fast._buffer`, `_batch`, `_load`) writes
 and reads those columns itself, so outside UTC any slip shows as hours: the tests below run with the
 process in a zone east of UTC (JST, +9) and west of it (EST, -5), in-process and through `nasopt run`
 in a subprocess, on SQLite, a journal file and PostgreSQL. The zones are POSIX rules ("JST-9" is
@@ -29,12 +29,19 @@ import sqlalchemy as sa
 from optuna.trial import FrozenTrial, TrialState
 
 import nasopt
-from nasopt import _buffer, _load
-from nasopt._buffer import BufferedStorage, hold
-from nasopt._load import VERIFIED_OPTUNA, fast_path_verified, from_stored, seconds_since, stored_now
-from nasopt._objective import ORPHAN_AFTER, WORKER_KEY, recover_dead_local_trials
+from nasopt.keys import WORKER_KEY
 from nasopt.search_spaces.nano import NanoSpace
-from nasopt.storage import close_storage, open_storage
+from nasopt.storage._fast import _buffer, _load
+from nasopt.storage._fast._buffer import BufferedStorage, hold
+from nasopt.storage._fast._load import (
+    VERIFIED_OPTUNA,
+    fast_path_verified,
+    from_stored,
+    seconds_since,
+    stored_now,
+)
+from nasopt.storage._open import close_storage, open_storage
+from nasopt.study._objective import ORPHAN_AFTER, recover_dead_local_trials
 
 ROOT = Path(__file__).resolve().parent.parent
 STUDY = Path(__file__).parent / "studies" / "tiny_nano.py"
@@ -132,7 +139,7 @@ def test_the_fast_path_writes_and_reads_times_as_optuna_does(url, tz):
         assert _within(t.datetime_start, local0, local1), (t.number, t.datetime_start, local0)
         assert t.state == TrialState.RUNNING or _within(t.datetime_complete, local0, local1), t.number
         assert t.state == TrialState.RUNNING or t.duration < datetime.timedelta(seconds=5), (t.number, t.duration)
-    fresh = BufferedStorage(open_storage(url, heartbeat=False))  # another worker's read: nasopt._load
+    fresh = BufferedStorage(open_storage(url, heartbeat=False))  # another worker's read: nasopt.storage._fast._load
     for source in (fresh.get_all_trials(study._study_id), study.get_trials()):
         assert [(t.number, t.datetime_start, t.datetime_complete) for t in source] == \
             [(t.number, t.datetime_start, t.datetime_complete) for t in plain]
@@ -198,7 +205,7 @@ def test_pyproject_bounds_optuna_to_the_verified_versions():
 
 def test_an_unverified_optuna_gets_optunas_own_storage(tmp_path, monkeypatch, capsys, one_thread):
     """On an Optuna the fast path was not verified on, a real study runs on Optuna's own storage classes
-    (nothing of nasopt._batch/_load writes or reads), with one notice on stderr, and its trials are whole."""
+    (nothing of nasopt.storage._fast._batch/_load writes or reads), with one notice on stderr, and its trials are whole."""
     monkeypatch.setattr(_load, "VERIFIED_OPTUNA", frozenset({(4, 9)}))
     _buffer._unverified_notice.cache_clear()
 

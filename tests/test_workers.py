@@ -30,7 +30,7 @@ import nasopt
 from nasopt.errors import UserError
 from nasopt.samplers import REASampler
 from nasopt.search_spaces.nano import NanoSpace
-from nasopt.storage import mask_url, open_storage, scrub
+from nasopt.storage._open import mask_url, open_storage, scrub
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
 
@@ -223,7 +223,7 @@ def test_sixteen_workers_start_at_once_on_an_empty_database(tmp_path, pg_url):
     lambda: REASampler(seed=0),
 ], ids=["tpe", "nsga2", "random", "rea"])
 def test_worker_seeds_are_their_own_and_reproducible(make):
-    from nasopt.workers import seed_sampler, worker_seed
+    from nasopt.study._worker import seed_sampler, worker_seed
 
     def proposals(seed: int) -> list[int]:
         sampler = make()
@@ -308,7 +308,7 @@ def test_passwords_never_appear_in_messages(tmp_path, capsys):
     assert SECRET not in mask_url(f"postgresql://host/db?user=u&password={SECRET}")
     assert scrub(f"error near '{SECRET}'", url) == "error near '***'"
     # the outage messages of a running worker go through the same filter
-    from nasopt.storage import _Outage
+    from nasopt.storage._open import _Outage
 
     _Outage(url).lost(RuntimeError(f"server said {SECRET} at {url}"))
     err = capsys.readouterr().err

@@ -22,6 +22,6 @@ labels 0..K-1; an optional `classes` entry names the classes.
 """
 
 from nasopt.data._splits import Split, StreamSplit, Task, TensorSplit
-from nasopt.data._tasks import DATASETS, load_task
+from nasopt.data._tasks import DATASETS, load_task, resolve_device
 
-__all__ = ["DATASETS", "Split", "TensorSplit", "StreamSplit", "Task", "load_task"]
+__all__ = ["DATASETS", "Split", "TensorSplit", "StreamSplit", "Task", "load_task", "resolve_device"]

@@ -12,7 +12,7 @@ from nasopt.data._datasets import Raw, one_line, stratified_split
 from nasopt.data._splits import Task, channel_stats, resize, tensor_split
 from nasopt.errors import UserError
 
-__all__ = ["DATASETS", "load_task"]
+__all__ = ["DATASETS", "load_task", "resolve_device"]
 
 DATASETS: tuple[str, ...] = ("digits", "synthetic", "mnist", "fashion_mnist", "cifar10", "cifar100", "imagefolder",
                              "mnist1d", "tensors")
@@ -56,6 +56,16 @@ def _device(device: str | torch.device) -> torch.device:
         raise UserError(f"device={str(dev)!r} but this machine has {n_gpus} usable CUDA devices; pass "
                         "device='cpu' or an existing 'cuda:N'")
     return dev
+
+
+def resolve_device(name: str) -> str:
+    """The device a study or command runs on: "auto" is CUDA when present, else the CPU; a CUDA device that
+    this machine does not have is refused with the fix. The one rule for every command and the runner."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if str(name).startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device {name!r} asked for, but no CUDA device is available; use --device cpu")
+    return str(_device(name))
 
 
 def _is_int(v: object) -> bool:

@@ -210,7 +210,7 @@ def candidate_costs(chooser: MixedChooser, kind: str,
     MACs need the input's spatial size at each place (`spatial[name]`, recorded during one forward pass
     by `record_spatial`); both sum over every place the decision is used.
     """
-    from nasopt.metrics import count_params, flop_counter_macs
+    from nasopt.measure._metrics import count_params, flop_counter_macs
 
     out: dict[str, list[float]] = {}
     for name, places in chooser.full_width.items():

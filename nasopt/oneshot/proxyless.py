@@ -13,7 +13,7 @@ paths) in every slot, so a step holds the activations of one path per decision, 
   straight-through gate); after the Adam step (betas (0, 0.999)) the pair's two logits are shifted so
   that their total probability is unchanged, which leaves the other paths' probabilities as they were.
 
-Latency: a `nasopt.latency_table.LatencyTable` gives every candidate's latency at its slot's shape, so
+Latency: a `nasopt.measure._latency_table.LatencyTable` gives every candidate's latency at its slot's shape, so
 the expected latency E[LAT] = fixed part + sum over decisions of softmax(alpha) . latencies is
 differentiable in alpha. With `latency_target_ms=T` the architecture loss is
 
@@ -39,7 +39,7 @@ from optuna.distributions import CategoricalDistribution
 from torch import nn
 
 from nasopt.errors import UserError
-from nasopt.latency_table import LatencyTable, default_path, record_slots
+from nasopt.measure._latency_table import LatencyTable, default_path, record_slots
 from nasopt.oneshot._shared import SKIP_OPS, rng_state, set_rng_state, split_half
 from nasopt.oneshot.mixed import MixedChooser, MixedOp, Supernet, param_key
 from nasopt.space import Chooser, random_arch

@@ -46,7 +46,7 @@ from optuna.study import Study, StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from nasopt.errors import UserError
-from nasopt.metrics import count_macs, count_params
+from nasopt.measure._metrics import count_macs, count_params
 from nasopt.samplers._base import MISSING, ArchSampler, fit_value
 from nasopt.samplers._standin import StandInTrial
 from nasopt.samplers._surrogate import best_hv, ensemble_predict, pareto_mask, ranked, ridge

@@ -52,7 +52,7 @@ def definition(spec: Any) -> dict[str, Any]:
 
     A space whose constructor arguments can be captured (every bundled one) is compared by them; any
     other space by its decisions and their choices (`space.decisions`)."""
-    from nasopt.rebuild import space_config
+    from nasopt.export._rebuild import space_config
 
     cls = type(spec.space)
     out: dict[str, Any] = {"space": f"{cls.__module__}:{cls.__qualname__}"}
@@ -144,7 +144,7 @@ def check_allow(allow: Iterable[str]) -> None:
             raise UserError(f"--allow-changed {name!r} is not a field that may change on purpose{fixed}; it takes "
                             f"{', '.join(ALLOWABLE)} or one setting such as train.epochs")
         if "." in name and _root(name) in groups:
-            from nasopt.metrics import MeasureConfig
+            from nasopt.measure._metrics import MeasureConfig
             from nasopt.train import TrainConfig
 
             cls = {"train": TrainConfig, "measure": MeasureConfig}[_root(name)]

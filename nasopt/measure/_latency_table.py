@@ -39,7 +39,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from nasopt.errors import UserError
-from nasopt.metrics import device_name
+from nasopt.measure._metrics import device_name
 from nasopt.ops import OPS, Zero, build_op
 from nasopt.space import Chooser
 

@@ -56,7 +56,7 @@ def _same_space(a: Any, b: Any) -> bool:
     return list(da) == list(db) and all(repr(da[k]) == repr(db[k]) for k in da)
 
 
-def _kwargs(space: Any) -> dict[str, Any] | None:
+def space_kwargs(space: Any) -> dict[str, Any] | None:
     """The constructor arguments of `space` as plain JSON: its `config()`, else the attributes named like
     the arguments of its `__init__`; None when an argument is not kept or is not plain JSON."""
     if callable(getattr(space, "config", None)):
@@ -77,7 +77,7 @@ def space_config(space: Any) -> dict[str, Any] | None:
     """`{"class": "module:Class", "kwargs": {...}}` that rebuilds `space`, or None when it cannot be
     captured (a space defined inside a study file, or arguments that are not plain JSON)."""
     cls = type(space)
-    kwargs = _kwargs(space)
+    kwargs = space_kwargs(space)
     if kwargs is None:
         return None
     config = {"class": f"{cls.__module__}:{cls.__qualname__}", "kwargs": kwargs}
@@ -85,7 +85,7 @@ def space_config(space: Any) -> dict[str, Any] | None:
         again = space_from_config(config, trusted_only=False)
     except Exception:
         return None
-    return config if _same_space(space, again) and _kwargs(again) == kwargs else None
+    return config if _same_space(space, again) and space_kwargs(again) == kwargs else None
 
 
 def space_from_config(config: Mapping[str, Any], *, trusted_only: bool = True) -> Any:

@@ -6,7 +6,7 @@ params (at once when its process is known dead on this host, otherwise after the
 period), so no finished trial is lost or run twice.
 
 `workers=N` forks N worker processes here; the same call on another machine (same storage URL)
-joins the study. `n_trials` stays a budget for the whole study (see `nasopt.workers`).
+joins the study. `n_trials` stays a budget for the whole study (see `nasopt.study._worker`).
 """
 
 from __future__ import annotations
@@ -23,15 +23,14 @@ from typing import Any
 
 import optuna
 
-from nasopt import identity, nanobench, workers
-from nasopt._buffer import BufferedStorage
-from nasopt.data import DATASETS, load_task
+from nasopt import nanobench
+from nasopt.artifacts._inherit import artifact_store_for
+from nasopt.data import DATASETS, load_task, resolve_device
 from nasopt.errors import UserError, check_fields
-from nasopt.inherit import artifact_store_for
-from nasopt.limits import check_reachable
-from nasopt.metrics import MeasureConfig
+from nasopt.measure._metrics import MeasureConfig
 from nasopt.pruners import CurvePruner
-from nasopt.storage import (
+from nasopt.storage._fast._buffer import BufferedStorage
+from nasopt.storage._open import (
     DEFAULT_STORAGE,
     check_workers,
     close_storage,
@@ -40,6 +39,9 @@ from nasopt.storage import (
     open_storage,
     storage_url,
 )
+from nasopt.study import _identity as identity
+from nasopt.study import _worker as workers
+from nasopt.study._limits import check_reachable
 from nasopt.train import TrainConfig
 
 __all__ = ["StudySpec", "run", "METRICS", "finished_count"]
@@ -94,7 +96,7 @@ class StudySpec:
     storage: str | None = None
     inherit_weights: bool = False
     artifacts: str | None = None
-    # study-defining settings this file changes on purpose against the stored study (see nasopt.identity)
+    # study-defining settings this file changes on purpose against the stored study (see nasopt.study._identity)
     allow_changed: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -179,16 +181,6 @@ def _check_decisions(space: Any) -> None:
             raise UserError(f"space {name}: decision {key!r} has no choices; give it a non-empty list")
 
 
-def _device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device {name!r} asked for, but no CUDA device is available; use --device cpu")
-    return name
-
-
 def finished_count(study: optuna.Study) -> int:
     """Sampled trials that count against the budget: COMPLETE, PRUNED, and FAIL without a pending retry.
 
@@ -206,7 +198,7 @@ def _open_or_create(spec: StudySpec, storage_url: str | optuna.storages.BaseStor
     """The study, and whether this call created it (several workers may start at once: one creates)."""
     storage: Any = storage_url if isinstance(storage_url, optuna.storages.BaseStorage) else \
         open_storage(storage_url or spec.storage)
-    storage = BufferedStorage.around(storage)  # RDB: fewer round trips per trial, on a verified Optuna (nasopt._buffer)
+    storage = BufferedStorage.around(storage)  # RDB: fewer round trips per trial, on a verified Optuna (nasopt.storage._fast._buffer)
     sampler = spec.sampler if spec.sampler is not None else _default_sampler(spec)
     directions = [optuna.study.StudyDirection[d.upper()] for d in spec.directions]
     # Optuna would default to a MedianPruner: no pruning unless the study asks for it
@@ -233,7 +225,9 @@ def _open_or_create(spec: StudySpec, storage_url: str | optuna.storages.BaseStor
     fast_sqlite(storage)
     if study.metric_names is None:
         study.set_metric_names(list(spec.objectives))
-        from nasopt.rebuild import study_record  # the space's settings etc.: export/train rebuild from them
+        from nasopt.export._rebuild import (
+            study_record,  # the space's settings etc.: export/train rebuild from them
+        )
 
         study.set_user_attr("nasopt", {"space": type(spec.space).__name__, "dataset": spec.dataset,
                                        "objectives": dict(spec.objectives), "constraints": dict(spec.constraints),
@@ -259,10 +253,10 @@ def run(spec: StudySpec, *, storage: str | optuna.storages.BaseStorage | None = 
     forks that many worker processes (Linux/macOS; call it before multi-threaded torch work in this
     process) and needs a journal file or a database server; `trial_timeout` fails a trial that runs
     longer. Returns the Optuna study; Ctrl-C and SIGTERM stop after marking the running trial(s) for a
-    retry (`KeyboardInterrupt` / `nasopt.workers.Terminated` propagate).
+    retry (`KeyboardInterrupt` / `nasopt.study._worker.Terminated` propagate).
 
     An existing study is run only if the spec still defines it (same space, data, objectives, limits,
-    training and measurement; see `nasopt.identity`): `allow_changed` names settings that change on
+    training and measurement; see `nasopt.study._identity`): `allow_changed` names settings that change on
     purpose (`["train.epochs"]`), added to the spec's own `allow_changed`.
     """
     if isinstance(allow_changed, str):
@@ -300,7 +294,7 @@ def run(spec: StudySpec, *, storage: str | optuna.storages.BaseStorage | None = 
 
 def _run_checked(spec: StudySpec, storage: str | optuna.storages.BaseStorage | None, url: str, progress: bool,
                  n_workers: int, trial_timeout: float | None) -> optuna.Study:
-    dev = _device(spec.device)
+    dev = resolve_device(spec.device)
     task = _load(spec, dev)
     _check_batch(spec, task)
     _dry_build(spec, task)
@@ -310,7 +304,7 @@ def _run_checked(spec: StudySpec, storage: str | optuna.storages.BaseStorage | N
         if strategy is not None and hasattr(strategy, "check"):
             strategy.check(spec.space, task)  # e.g. DARTS on a space with depth choices: refused, nothing written
     if spec.measure.latency_table is not None and spec.dataset != "nanobench":  # missing or stale: before storage
-        from nasopt.latency_table import LatencyTable
+        from nasopt.measure._latency_table import LatencyTable
 
         LatencyTable.load(spec.measure.latency_table).check(spec.space, task, dev)
     level = optuna.logging.get_verbosity()
@@ -328,10 +322,10 @@ def _run_checked(spec: StudySpec, storage: str | optuna.storages.BaseStorage | N
             if spec.strategy is not None or spec.inherit_weights:
                 store = artifact_store_for(url, spec.artifacts)
             if spec.strategy is not None and n_workers > 1:
-                from nasopt.oneshot._trial import _done, labels
+                from nasopt.study._gradient import labels, strategy_done
 
                 strategies = spec.strategy if isinstance(spec.strategy, (list, tuple)) else [spec.strategy]
-                pending = [label for label in labels(strategies) if not _done(study, label)]
+                pending = [label for label in labels(strategies) if not strategy_done(study, label)]
                 n_workers = max(1, min(n_workers, len(pending)))  # one gradient trial per worker
             if n_workers == 1:
                 with workers.stop_signals():
@@ -362,11 +356,11 @@ def _check_batch(spec: StudySpec, task: Any) -> None:
 def _nothing_to_do(spec: StudySpec, study: optuna.Study) -> bool:
     """The study already has its budget (and nothing to retry): say so in one line instead of running."""
     if spec.strategy is not None:
-        from nasopt.oneshot._trial import _done, labels
+        from nasopt.study._gradient import labels, strategy_done
 
         strategies = spec.strategy if isinstance(spec.strategy, (list, tuple)) else [spec.strategy]
         done = labels(strategies)
-        if not all(_done(study, label) for label in done):
+        if not all(strategy_done(study, label) for label in done):
             return False
         print(f"nasopt: study {spec.name!r} already has the trial of {', '.join(done)}; nothing to run (give "
               "another strategy, or another `name` to search again)", file=sys.stderr)
@@ -397,9 +391,9 @@ def _dry_build(spec: StudySpec, task: Any) -> None:
     if getattr(task, "device", None) is not None:  # e.g. precision='fp16' on a CPU: refused before any write
         import torch
 
-        from nasopt.train import _precision
+        from nasopt.train import resolve_precision
 
-        _precision(model, torch.device(task.device), spec.train)
+        resolve_precision(model, torch.device(task.device), spec.train)
 
 
 def _load(spec: StudySpec, device: str) -> Any:

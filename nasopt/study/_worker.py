@@ -37,12 +37,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import optuna
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 
-from nasopt import _objective, _progress
-from nasopt._index import StudyIndex
 from nasopt.errors import Terminated, UserError
-from nasopt.storage import (
+from nasopt.storage._open import (
     GRACE_PERIOD,
     close_storage,
     on_close,
@@ -51,9 +49,11 @@ from nasopt.storage import (
     sqlite_lock,
     sqlite_path,
 )
+from nasopt.study import _objective, _progress
+from nasopt.study._index import StudyIndex, budget
 
 if TYPE_CHECKING:
-    from nasopt.study import StudySpec
+    from nasopt.study._run import StudySpec
 
 __all__ = ["Terminated", "TrialTimeout", "budget", "worker_seed", "seed_sampler", "run_worker", "supervise",
            "check_single_process"]
@@ -68,11 +68,6 @@ class TrialTimeout(_objective.NotRetried):
 
 
 # -- the budget ------------------------------------------------------------------------------------
-
-def budget(study: optuna.Study, trials: list[FrozenTrial] | None = None) -> tuple[int, int, int]:
-    """(finished, running, waiting) sampled trials; finished as in `nasopt.study.finished_count`."""
-    return StudyIndex().update(study.get_trials(deepcopy=False) if trials is None else trials).budget()
-
 
 def _fail_stale(study: optuna.Study) -> None:
     """Heartbeat-stale trials (their worker, maybe on another machine, went silent): fail and retry."""
@@ -306,7 +301,8 @@ def _gradient_loop(spec: StudySpec, study: optuna.Study, task: Any, store: Any, 
                    deadline: float, who: str = "") -> None:
     """Gradient methods run one trial each: this worker takes a method that no one else is running
     (workers start at different ones), and waits while the others' methods may still need a retry."""
-    from nasopt.oneshot._trial import STRATEGY_KEY, GradientObjective, _done, labels
+    from nasopt.keys import STRATEGY_KEY
+    from nasopt.study._gradient import GradientObjective, labels, strategy_done
 
     strategies = spec.strategy if isinstance(spec.strategy, (list, tuple)) else [spec.strategy]
     named = dict(zip(labels(strategies), strategies, strict=True))
@@ -314,7 +310,7 @@ def _gradient_loop(spec: StudySpec, study: optuna.Study, task: Any, store: Any, 
     call: Callable[[optuna.Trial], Any] = watchdog.wrap(objective) if watchdog is not None else objective
     while time.monotonic() < deadline:
         _objective.recover_dead_local_trials(study)
-        pending = [label for label in named if not _done(study, label)]
+        pending = [label for label in named if not strategy_done(study, label)]
         if not pending:
             return
         trials = study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))
@@ -379,16 +375,13 @@ def _child(index: int, workers: int, url: str, spec: StudySpec, task: Any, store
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         import torch
 
-        from nasopt.storage import _Outage
-
-        _Outage.who = f"worker {index}: "
         if "OMP_NUM_THREADS" not in os.environ:
             torch.set_num_threads(_threads(workers))
         with stop_signals(ignore_sigint=True):
             study = None
             try:
                 # a fresh connection pool and journal reader of its own (a journal's writer id is per object)
-                study = open_study(spec, open_storage(url))
+                study = open_study(spec, open_storage(url, who=f"worker {index}: "))
                 run_worker(spec, study, task, store, progress=False, trial_timeout=trial_timeout, index=index,
                            workers=workers, deadline=deadline)
                 code = 0

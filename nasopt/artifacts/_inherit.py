@@ -24,13 +24,12 @@ from optuna.artifacts import FileSystemArtifactStore, download_artifact, upload_
 from optuna.trial import TrialState
 from torch import nn
 
+from nasopt.keys import DECISIONS_ATTR, WEIGHTS_ATTR
 from nasopt.space import fixed
 
-__all__ = ["Recorder", "matching_prefix", "inherit", "save_weights", "load_weights", "artifact_store_for",
+__all__ = ["artifact_dir", "Recorder", "matching_prefix", "inherit", "save_weights", "load_weights", "artifact_store_for",
            "WEIGHTS_ATTR", "DECISIONS_ATTR"]
 
-WEIGHTS_ATTR = "weights_artifact"
-DECISIONS_ATTR = "decisions"
 
 
 class Recorder:
@@ -68,19 +67,24 @@ class Recorder:
         return {key: sum(p <= pos for p in positions) for key, pos in innermost.items()}
 
 
-def artifact_store_for(storage_url: str | None, directory: str | None = None) -> FileSystemArtifactStore:
-    """The artifact store of a study: `directory`, else `<name>.artifacts/` beside an SQLite or journal
-    file, else `./nasopt-artifacts`."""
-    if directory is None:
-        url = storage_url or "sqlite:///nasopt.db"
-        if url.startswith("sqlite:///") and url[len("sqlite:///"):] not in ("", ":memory:"):
-            directory = str(Path(url[len("sqlite:///"):]).with_suffix(".artifacts"))
-        elif url.startswith("journal:///") and url[len("journal:///"):]:
-            from nasopt.storage import journal_path
+def artifact_dir(storage_url: str | None, directory: str | None = None) -> str:
+    """Where a study's artifacts live — the one rule, for the runner and every command: `directory`, else
+    `<name>.artifacts/` beside an SQLite or journal file, else `./nasopt-artifacts`."""
+    if directory is not None:
+        return directory
+    url = storage_url or "sqlite:///nasopt.db"
+    if url.startswith("sqlite:///") and url[len("sqlite:///"):] not in ("", ":memory:"):
+        return str(Path(url[len("sqlite:///"):].split("?", 1)[0]).with_suffix(".artifacts"))
+    if url.startswith("journal:///") and url[len("journal:///"):]:
+        from nasopt.storage._open import journal_path
 
-            directory = str(Path(journal_path(url) or "nasopt.log").with_suffix(".artifacts"))
-        else:
-            directory = "nasopt-artifacts"
+        return str(Path(journal_path(url) or "nasopt.log").with_suffix(".artifacts"))
+    return "nasopt-artifacts"
+
+
+def artifact_store_for(storage_url: str | None, directory: str | None = None) -> FileSystemArtifactStore:
+    """The artifact store of a study (`artifact_dir`), its folder created."""
+    directory = artifact_dir(storage_url, directory)
     os.makedirs(directory, exist_ok=True)
     return FileSystemArtifactStore(directory)
 

@@ -38,6 +38,7 @@ from optuna.storages.journal import JournalStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from nasopt.errors import UserError
+from nasopt.keys import FAILURE_KEY, FAILURES_KEY, INTERRUPTED_KEY, WORKER_KEY
 
 __all__ = ["DEFAULT_STORAGE", "open_storage", "close_storage", "fast_sqlite", "mask_url", "scrub", "sqlite_path",
            "journal_path", "check_workers", "set_user_attrs", "storage_url", "StorageUnavailable",
@@ -59,8 +60,6 @@ T = TypeVar("T")
 
 
 # Why a trial failed, written with its FAIL (system attrs; the words are its `fail_reason` user attr):
-FAILURE_KEY = "nasopt:failure"  # {"by": "architecture" | "interruption", "retry": bool}; none: an interruption
-FAILURES_KEY = "nasopt:architecture_failures"  # architecture failures in the trial's retry chain, its own included
 
 
 class RetryTrial(RetryHeartbeatStaleTrialCallback):
@@ -71,7 +70,7 @@ class RetryTrial(RetryHeartbeatStaleTrialCallback):
     popped retry that still named its predecessor's dead process would look dead itself) and its failure;
     it keeps the count of architecture failures so far (`FAILURES_KEY`)."""
 
-    DROP = ("nasopt:worker", "nasopt:interrupted", FAILURE_KEY)
+    DROP = (WORKER_KEY, INTERRUPTED_KEY, FAILURE_KEY)
 
     def __call__(self, study: optuna.Study, trial: Any) -> None:
         if not retried(trial.system_attrs):
@@ -210,7 +209,7 @@ def _check_file(path: Path, url: str, kind: str, create: bool) -> None:
 @contextlib.contextmanager
 def sqlite_lock(path: Path) -> Iterator[None]:
     """An exclusive lock, among the processes on this machine, for creating the tables of the SQLite file
-    `path` and for claiming a study in it (`nasopt.workers.check_single_process`).
+    `path` and for claiming a study in it (`nasopt.study._worker.check_single_process`).
 
     It is a `flock` on the file's folder: the file may not exist yet, a lock file would be left behind,
     and a second descriptor on the database file itself would drop SQLite's own POSIX locks of this
@@ -335,10 +334,9 @@ class _Outage:
 
     local = threading.local()  # depth > 0: a retry loop further up the stack handles errors
 
-    who = ""  # "worker 3: " in a forked worker
-
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, who: str = "") -> None:
         self.url, self.timeout = url, OUTAGE_TIMEOUT
+        self.who = who  # "worker 3: " in a forked worker: names the process in its messages
         self._lock = threading.Lock()
         self.down_since: float | None = None
         self.up_since = time.monotonic()  # connected without a failed call since (opened, or back from an outage)
@@ -412,8 +410,8 @@ class _ResilientRDBStorage(RDBStorage):
     on evidence this process has (`_get_stale_trial_ids`).
     """
 
-    def __init__(self, url: str, **kwargs: Any) -> None:
-        self._outage = _Outage(url)
+    def __init__(self, url: str, who: str = "", **kwargs: Any) -> None:
+        self._outage = _Outage(url, who)
         self._stale_lock = threading.Lock()
         super().__init__(url, **kwargs)
 
@@ -456,7 +454,7 @@ class _ResilientRDBStorage(RDBStorage):
 
     def __setstate__(self, state: dict[Any, Any]) -> None:
         super().__setstate__(state)
-        self._outage = _Outage(self.url)
+        self._outage = _Outage(self.url)  # a process of its own: named by its own open_storage
         self._stale_lock = threading.Lock()
 
 
@@ -489,7 +487,7 @@ for _name in _RETRIED:
 def stamp_trials(storage: object, attrs: Mapping[str, Any]) -> None:
     """Write the system attrs `attrs` (the runner's worker record) with every trial this process creates, in
     the same transaction or journal line, and with every trial it takes from the queue (in the same
-    transaction on the fast path, `nasopt._buffer`; right after the state change on Optuna's own classes).
+    transaction on the fast path, `nasopt.storage._fast._buffer`; right after the state change on Optuna's own classes).
     A process killed between Optuna's `ask` and its objective's first write thus leaves a trial that names
     its process, and a worker on the same machine retries it at once. Only in the process that called it:
     a storage object that reaches another process (a fork) stamps nothing there."""
@@ -681,7 +679,7 @@ def _schema_lock(scheme: str, url: str, connection: Any) -> Iterator[None]:
         connection.commit()
 
 
-def _open_rdb(url: str, heartbeat: bool, create: bool = True) -> RDBStorage:
+def _open_rdb(url: str, heartbeat: bool, create: bool = True, who: str = "") -> RDBStorage:
     import sqlalchemy as sa
     from sqlalchemy.pool import NullPool
 
@@ -721,7 +719,7 @@ def _open_rdb(url: str, heartbeat: bool, create: bool = True) -> RDBStorage:
                                     "(nasopt run FILE --storage URL) or pass another --storage")
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                    storage = _ResilientRDBStorage(url, engine_kwargs=engine_kwargs, skip_compatibility_check=True,
+                    storage = _ResilientRDBStorage(url, who, engine_kwargs=engine_kwargs, skip_compatibility_check=True,
                                                    skip_table_creation=state == "current", **hb)
     finally:
         probe.dispose()
@@ -758,7 +756,7 @@ def _pre_ping_idle(engine: Any) -> None:
 def _open_journal(url: str, path: Path, create: bool) -> BaseStorage:
     from optuna.storages.journal import JournalFileBackend
 
-    from nasopt._journal import journal_lock
+    from nasopt.storage._journal import journal_lock
 
     _check_file(path, url, "journal", create)
     if not create and not path.exists():
@@ -772,13 +770,14 @@ def _open_journal(url: str, path: Path, create: bool) -> BaseStorage:
     return storage
 
 
-def open_storage(url: str | None = None, *, create: bool = True, heartbeat: bool = True) -> Any:
+def open_storage(url: str | None = None, *, create: bool = True, heartbeat: bool = True, who: str = "") -> Any:
     """Open (and with `create`, initialise) the storage at `url`.
 
     RDB storages get heartbeats, stale-trial retry, pre-ping pools and outage retry; a journal file
     gets none of these (its workers share one machine, where a dead worker is found by its pid).
     Raises `UserError` with the password masked when the URL cannot be used. With `create=False` a
-    missing file is an error instead of a new, empty storage.
+    missing file is an error instead of a new, empty storage. `who` ("worker 3: ") names the process in
+    the messages of a database outage.
     """
     url = url or DEFAULT_STORAGE
     scheme = _scheme(url)
@@ -800,7 +799,7 @@ def open_storage(url: str | None = None, *, create: bool = True, heartbeat: bool
         if not create and not sqlite.exists():
             raise UserError(f"no storage at {sqlite}; run a study first (nasopt run FILE) or pass --storage")
     try:
-        return _open_rdb(url, heartbeat, create)
+        return _open_rdb(url, heartbeat, create, who)
     except UserError:
         raise
     except Exception as e:  # driver missing, server down, wrong credentials, corrupt file: one line, masked
@@ -818,7 +817,7 @@ def set_user_attrs(trial: optuna.Trial, attrs: Mapping[str, Any]) -> None:
     """`trial.set_user_attr` for several keys: buffered while the runner holds the trial, else in ONE
     transaction on an RDB storage (one commit instead of one per key). Other storages get the public
     per-key calls."""
-    from nasopt._buffer import BufferedStorage
+    from nasopt.storage._fast._buffer import BufferedStorage
 
     if isinstance(trial.storage, BufferedStorage) and len(attrs) > 1:
         trial.storage.set_trial_user_attrs(trial._trial_id, dict(attrs))

@@ -23,7 +23,7 @@ server that CPU caps how many workers a few cores can feed; on SQLite every comm
 - a held trial's first heartbeat goes out with its first flush, not in a transaction of its own, and
   the heartbeat-stale check Optuna runs before every trial runs once per heartbeat interval;
 - a trial this process creates or takes from the queue gets the runner's worker record
-  (`nasopt.storage.stamp_trials`) and a heartbeat in the same transaction, and beats from then on (also
+  (`nasopt.storage._open.stamp_trials`) and a heartbeat in the same transaction, and beats from then on (also
   while the sampler works, before Optuna's heartbeat thread starts): a process killed at any moment leaves
   a trial that names it (retried at once on its machine) and goes stale after the grace period elsewhere.
 
@@ -31,7 +31,7 @@ Values are checked when they are buffered (JSON, distribution compatibility), so
 where it is made, not at the next flush.
 
 All of this relies on Optuna's private internals, so it runs only on the Optuna releases it was verified
-on (`nasopt._load.fast_path_verified`); on any other, `BufferedStorage.around` leaves the storage to
+on (`nasopt.storage._fast._load.fast_path_verified`); on any other, `BufferedStorage.around` leaves the storage to
 Optuna's own classes and says so once on stderr.
 """
 
@@ -54,8 +54,8 @@ from optuna import distributions
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from nasopt._batch import create_trial, start_trial, write_batch
-from nasopt._load import fast_path_verified, from_stored, read_study, unverified_notice
+from nasopt.storage._fast._batch import create_trial, start_trial, write_batch
+from nasopt.storage._fast._load import fast_path_verified, from_stored, read_study, unverified_notice
 
 try:  # Optuna's private cache, the fast path's base; an Optuna without it is one the path was not verified on
     from optuna.storages._cached_storage import _CachedStorage
@@ -171,7 +171,7 @@ class BufferedStorage(_CachedStorage):
     # -- trials of this process ------------------------------------------------------------------
 
     def _stamp(self) -> dict[str, str] | None:
-        """This process's worker record as JSON texts (`nasopt.storage.stamp_trials`), None when not set."""
+        """This process's worker record as JSON texts (`nasopt.storage._open.stamp_trials`), None when not set."""
         stamp = getattr(self._backend, "_nasopt_stamp", None)
         if stamp is None or stamp[0] != os.getpid():
             return None
@@ -202,7 +202,7 @@ class BufferedStorage(_CachedStorage):
         stamp = self._stamp() if template_trial is None else None
         beat = stamp is not None and self.get_heartbeat_interval() is not None
         frozen = (create_trial(self._backend, study_id, stamp, heartbeat=beat) if template_trial is None else None) \
-            or self._backend._create_new_trial(study_id, template_trial)  # (stamped there, `nasopt.storage`)
+            or self._backend._create_new_trial(study_id, template_trial)  # (stamped there, `nasopt.storage._open`)
         with self._lock:
             if study_id not in self._studies:
                 self._studies[study_id] = self._study_info()

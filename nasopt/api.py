@@ -6,6 +6,7 @@ starts is an ordinary study, stored like any other run.
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from typing import Any
@@ -13,8 +14,8 @@ from typing import Any
 import optuna
 from torch import nn
 
-from nasopt.cli.main import STRATEGIES, make_space, make_strategy
 from nasopt.errors import UserError
+from nasopt.search_spaces import make_space
 
 __all__ = ["nano_nas", "search", "benchmark", "STRATEGY_ALIASES"]
 
@@ -27,6 +28,8 @@ def _gradient(strategy: str, epochs: int, options: dict[str, Any]) -> Any:
     """The gradient method called `strategy` (darts, darts_2nd, pc_darts, proxyless, enas) with `epochs` and
     `options` as its settings; None when `strategy` names a sampler."""
     import dataclasses
+
+    from nasopt.oneshot import STRATEGIES, make_strategy
 
     name = STRATEGY_ALIASES.get(strategy, strategy)
     if name not in STRATEGIES:
@@ -115,7 +118,7 @@ def nano_nas(strategy: str = "evolution", *, population_size: int = 20, generati
     Evolution is regularized evolution over the nano space (population_size x generations trials);
     other strategies run population_size x generations trials too.
     """
-    options = {"population_size": population_size, "sample_size": max(2, population_size // 4)} \
+    options: dict[str, Any] = {"population_size": population_size, "sample_size": max(2, population_size // 4)} \
         if STRATEGY_ALIASES.get(strategy, strategy) == "rea" else {}
     result = search(strategy, space="nano", n_trials=population_size * generations, epochs=epochs,
                     study_name=kwargs.pop("study_name", f"nano_nas_{strategy}"), **options, **kwargs)
@@ -152,7 +155,11 @@ def benchmark(strategies: Any = ("random", "tpe", "rea"), *, num_runs: int = 3,
         factory(0)
     rows = []
     for strategy, factory in factories.items():
-        best_vals, best_tests, best_means, hits, seconds = [], [], [], [], []
+        best_vals: list[float] = []
+        best_tests: list[float] = []
+        best_means: list[float] = []
+        hits: list[int | None] = []
+        seconds: list[float] = []
         for run in range(num_runs):
             space_obj = space_of()
             sampler = factory(run)
@@ -163,7 +170,7 @@ def benchmark(strategies: Any = ("random", "tpe", "rea"), *, num_runs: int = 3,
             study = nasopt.run(spec, storage=storage or optuna.storages.InMemoryStorage(), progress=progress)
             seconds.append(time.perf_counter() - t0)
             best = study.best_trial
-            best_vals.append(best.value)
+            best_vals.append(float(best.value if best.value is not None else math.nan))
             if bench is not None:
                 best_tests.append(bench.mean_test_acc(best.params))
                 best_means.append(bench.mean_val_acc(best.params))

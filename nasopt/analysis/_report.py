@@ -22,8 +22,8 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from nasopt import plots
-from nasopt.pictures import picture_ids, picture_svg
+from nasopt.analysis import _plots as plots
+from nasopt.artifacts._pictures import picture_ids, picture_svg
 
 __all__ = ["write_report", "search_metrics", "render_report"]
 

@@ -3,7 +3,7 @@
 suggest -> (already evaluated? reuse) -> build -> cheap metrics -> hard constraints -> train ->
 objectives in the study's metric order. Reasons for PRUNED and FAIL states are user attrs.
 
-Every FAIL says why (`fail_reason`) and by whom (`nasopt.storage.FAILURE_KEY`): the architecture itself (an
+Every FAIL says why (`fail_reason`) and by whom (`nasopt.storage._open.FAILURE_KEY`): the architecture itself (an
 exception, out of memory, a non-finite objective: retried with the same params while its chain has failed
 at most MAX_RETRY times; a `--trial-timeout`: never retried) or an interruption from outside (SIGTERM,
 Ctrl-C, a dead process, a stale heartbeat: always retried, never counted).
@@ -24,18 +24,17 @@ import torch
 from optuna.artifacts._upload import ARTIFACTS_ATTR_PREFIX
 from optuna.trial import FrozenTrial, TrialState
 
-from nasopt._buffer import flush, hold
-from nasopt._index import StudyIndex
-from nasopt._load import seconds_since
+from nasopt.artifacts._inherit import Recorder, inherit, save_weights
+from nasopt.artifacts._pictures import keep_weights, save_picture
 from nasopt.errors import Terminated, UserError
-from nasopt.identity import accepted_changes
-from nasopt.inherit import DECISIONS_ATTR, Recorder, inherit, save_weights
-from nasopt.metrics import count_macs, count_params, measure_latency, peak_memory
+from nasopt.keys import DECISIONS_ATTR, INTERRUPTED_KEY, PICTURE_ATTR, WORKER_KEY
+from nasopt.measure._metrics import count_macs, count_params, measure_latency, peak_memory
 from nasopt.nanobench import NanoBench
-from nasopt.pictures import PICTURE_ATTR, keep_weights, save_picture
 from nasopt.pruners import CurvePruner
 from nasopt.space import fixed
-from nasopt.storage import (
+from nasopt.storage._fast._buffer import flush, hold
+from nasopt.storage._fast._load import seconds_since
+from nasopt.storage._open import (
     FAILURE_KEY,
     FAILURES_KEY,
     MAX_RETRY,
@@ -43,10 +42,12 @@ from nasopt.storage import (
     set_user_attrs,
     stamp_trials,
 )
+from nasopt.study._identity import accepted_changes
+from nasopt.study._index import StudyIndex
 from nasopt.train import train
 
 if TYPE_CHECKING:
-    from nasopt.study import StudySpec
+    from nasopt.study._run import StudySpec
 
 __all__ = ["Objective", "CATCH", "TrialFailed", "NotRetried", "claim_trials", "architecture_failure",
            "record_failure", "interrupted", "retry_failed", "recover_dead_local_trials", "retry_interrupted",
@@ -58,7 +59,7 @@ class TrialFailed(Exception):
 
 
 class NotRetried(Exception):
-    """An architecture failure that is never retried (`nasopt.workers.TrialTimeout`: it would hang again)."""
+    """An architecture failure that is never retried (`nasopt.study._worker.TrialTimeout`: it would hang again)."""
 
 
 # an architecture failure ends its trial as FAIL (reason stored, retry queued) and the study goes on
@@ -66,8 +67,6 @@ CATCH: tuple[type[Exception], ...] = (TrialFailed,)
 OOM: tuple[type[BaseException], ...] = tuple(
     {getattr(torch, "OutOfMemoryError", MemoryError), torch.cuda.OutOfMemoryError, MemoryError})
 
-WORKER_KEY = "nasopt:worker"  # system attr: host, pid, start time (and worker index and seed) of the runner
-INTERRUPTED_KEY = "nasopt:interrupted"
 ORPHAN_AFTER = 120.0  # seconds a RUNNING trial may go without a worker claiming it before it is retried
 WORKER_INFO: dict[str, Any] = {}  # this process's worker index and sampler seed (set by the runner)
 
@@ -108,7 +107,7 @@ def _alive(worker: dict[str, Any]) -> bool:
 
 def claim_trials(study: optuna.Study) -> None:
     """Every trial this process creates or takes from the queue names its worker from its first moment
-    (`nasopt.storage.stamp_trials`; marked "at": "ask" until the objective writes the record again)."""
+    (`nasopt.storage._open.stamp_trials`; marked "at": "ask" until the objective writes the record again)."""
     stamp_trials(study._storage, {WORKER_KEY: {**_worker(), "at": "ask"}})
 
 
@@ -270,7 +269,7 @@ class Objective:
         self.spec, self.task, self.store = spec, task, store
         self.table = None
         if spec.measure.latency_table is not None and not isinstance(task, NanoBench):
-            from nasopt.latency_table import LatencyTable
+            from nasopt.measure._latency_table import LatencyTable
 
             self.table = LatencyTable.load(spec.measure.latency_table)
             self.table.check(spec.space, task, getattr(task, "device", None))
@@ -387,8 +386,8 @@ class Objective:
         model = space.build(arch, task, recorder or fixed).to(task.device)
         t1 = time.perf_counter()
         if self.table is not None:  # predicted from the latency table instead of timed
-            from nasopt.latency_table import predicted_latency
-            from nasopt.metrics import Latency
+            from nasopt.measure._latency_table import predicted_latency
+            from nasopt.measure._metrics import Latency
 
             ms, provenance = predicted_latency(self.table, space, arch, task)
             latency = Latency(median_ms=ms, iqr_ms=0.0, provenance=provenance)
@@ -405,7 +404,7 @@ class Objective:
         strategy = {} if "strategy" in trial.user_attrs else {"strategy": type(study.sampler).__name__}
         extra: dict[str, Any] = {}
         if "energy_mj" in spec.objectives or "energy_mj" in spec.constraints:
-            from nasopt.energy import energy_per_inference
+            from nasopt.measure._energy import energy_per_inference
 
             joules, provenance = energy_per_inference(model, task.input_shape, task.device)
             metrics["energy_mj"] = round(joules * 1e3, 9)

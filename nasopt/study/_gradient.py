@@ -26,16 +26,15 @@ from optuna.artifacts import download_artifact, upload_artifact
 from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
-from nasopt import _objective
-from nasopt.storage import set_user_attrs
+from nasopt.keys import CHECKPOINT_KEY, STRATEGY_KEY
+from nasopt.storage._open import set_user_attrs
+from nasopt.study import _objective
 
 if TYPE_CHECKING:
-    from nasopt.study import StudySpec
+    from nasopt.study._run import StudySpec
 
 __all__ = ["STRATEGY_KEY", "CHECKPOINT_KEY", "GradientObjective", "labels", "strategy_trials"]
 
-STRATEGY_KEY = "nasopt:strategy"  # system attr: the label of the gradient method that owns the trial
-CHECKPOINT_KEY = "nasopt:checkpoint"  # user attr: artifact id of the last epoch's checkpoint
 
 
 def labels(strategies: Sequence[Any]) -> list[str]:
@@ -53,9 +52,9 @@ def strategy_trials(study: optuna.Study, label: str) -> list[optuna.trial.Frozen
     return [t for t in study.get_trials(deepcopy=False) if t.system_attrs.get(STRATEGY_KEY) == label]
 
 
-def _done(study: optuna.Study, label: str) -> bool:
+def strategy_done(study: optuna.Study, label: str) -> bool:
     """COMPLETE or PRUNED, or FAIL with no retry pending: its architecture failed more than MAX_RETRY times
-    (an interrupted trial always has its retry queued, `nasopt.storage.RetryTrial`)."""
+    (an interrupted trial always has its retry queued, `nasopt.storage._open.RetryTrial`)."""
     trials = strategy_trials(study, label)
     retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
     return any(t.state in (TrialState.COMPLETE, TrialState.PRUNED)

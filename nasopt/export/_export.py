@@ -36,12 +36,12 @@ import torch
 from torch import nn
 
 from nasopt.errors import UserError
-from nasopt.rebuild import ShapeTask, space_from_config
+from nasopt.export._rebuild import ShapeTask, space_from_config
+from nasopt.keys import DROPPED_ATTR
 
 __all__ = ["FORMAT", "write_export", "load_model", "read_arch", "check_outputs", "versions", "prepare_trial",
            "describe_export", "completed_trial", "check_params", "keep_front_weights", "DROPPED_ATTR"]
 
-DROPPED_ATTR = "weights_dropped"  # study user attr: trials whose weights left with the Pareto front
 
 FORMAT = "nasopt-export/1"
 FILES = ("arch.json", "model.pt", "model.ts", "model.onnx", "manifest.json")
@@ -262,7 +262,8 @@ def completed_trial(study: Any, number: int) -> Any:
 
 
 def _weights(trial: Any, store: Any) -> tuple[dict[str, torch.Tensor], str]:
-    from nasopt.inherit import WEIGHTS_ATTR, load_weights
+    from nasopt.artifacts._inherit import load_weights
+    from nasopt.keys import WEIGHTS_ATTR
 
     artifact = trial.user_attrs[WEIGHTS_ATTR]
     try:
@@ -284,7 +285,7 @@ def _genotype(space: Any, params: Mapping[str, Any]) -> str | None:
 
 def check_params(model: nn.Module, trial: Any, source: str) -> None:
     """The rebuilt network must have the parameter count the study recorded for the trial."""
-    from nasopt.metrics import count_params
+    from nasopt.measure._metrics import count_params
 
     n_params, recorded = count_params(model), trial.user_attrs.get("params")
     if recorded is not None and int(recorded) != n_params:
@@ -297,7 +298,7 @@ def prepare_trial(study: Any, number: int, rebuilt: Any, *, store: Any = None, u
                   storage: str | None = None) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
     """(model, arch, manifest) of one COMPLETE trial, with its stored trained weights (or, with
     `untrained`, fresh ones). Every check happens here, before anything is written."""
-    from nasopt.inherit import WEIGHTS_ATTR
+    from nasopt.keys import WEIGHTS_ATTR
 
     trial = completed_trial(study, number)
     has_weights = bool(trial.user_attrs.get(WEIGHTS_ATTR))
@@ -346,7 +347,7 @@ def describe_export(model: nn.Module, space: Any, params: Mapping[str, Any], spa
                     *, search_latency: Any = None, normalisation: Any = None, **manifest: Any) -> tuple[dict, dict]:
     """arch.json's content and the manifest (params, MACs, latency and memory measured now on the CPU,
     with provenance, plus `manifest`'s entries) of `model`, an architecture of `space`."""
-    from nasopt.metrics import count_macs, count_params, measure_latency, peak_memory
+    from nasopt.measure._metrics import count_macs, count_params, measure_latency, peak_memory
 
     model = model.cpu().eval()
     shape = tuple(int(v) for v in task.input_shape)
@@ -384,7 +385,7 @@ def keep_front_weights(study: Any, store: Any) -> list[int]:
     cannot change), so `export` can say why. Returns the numbers dropped now."""
     from optuna.trial import TrialState
 
-    from nasopt.inherit import WEIGHTS_ATTR
+    from nasopt.keys import WEIGHTS_ATTR
 
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if not complete:

@@ -1,6 +1,6 @@
-"""A trial's writes to an RDB storage, for `nasopt._buffer`, in SQLAlchemy Core on one connection instead
+"""A trial's writes to an RDB storage, for `nasopt.storage._fast._buffer`, in SQLAlchemy Core on one connection instead
 of ORM objects (a short trial's CPU was mostly ORM bookkeeping, and the database's CPU is shared by every
-worker); the reads are in `nasopt._load`:
+worker); the reads are in `nasopt.storage._fast._load`:
 
 - `write_batch`: a trial's held writes (params, attributes, intermediate values, its first heartbeat
   and, at the end, its values and final state) in one transaction; on PostgreSQL in ONE statement
@@ -26,7 +26,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from nasopt._load import autocommit, from_stored, stored_now
+from nasopt.storage._fast._load import autocommit, from_stored, stored_now
 
 __all__ = ["write_batch", "create_trial", "start_trial"]
 

@@ -14,12 +14,13 @@ from __future__ import annotations
 import copy
 import os
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from optuna.artifacts import FileSystemArtifactStore
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial
+
+from nasopt.artifacts._inherit import artifact_dir
 
 __all__ = ["FeasibilityView", "artifact_folder"]
 
@@ -95,10 +96,7 @@ class FeasibilityView(_Delegating):
 
 
 def artifact_folder(storage_url: str | None, directory: str | None = None) -> FileSystemArtifactStore | None:
-    """The study's artifact store if its folder exists (`directory`, else `<db>.artifacts/` beside an
-    SQLite file, else `./nasopt-artifacts`), None otherwise: a viewer never creates it."""
-    if directory is None:
-        url = storage_url or "sqlite:///nasopt.db"
-        path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else ""
-        directory = str(Path(path).with_suffix(".artifacts")) if path not in ("", ":memory:") else "nasopt-artifacts"
+    """The study's artifact store if its folder exists (`artifact_dir`: the runner's rule, journal files
+    included), None otherwise: a viewer never creates it."""
+    directory = artifact_dir(storage_url, directory)
     return FileSystemArtifactStore(directory) if os.path.isdir(directory) else None

@@ -55,7 +55,7 @@ class _WrittenBytes(TorchDispatchMode):
 
 def estimate_energy(model: nn.Module, input_shape: Sequence[int], *, batch_size: int = 1) -> tuple[float, dict[str, Any]]:
     """Joules per inference from MACs and memory traffic (see the module doc for the constants)."""
-    from nasopt.metrics import count_macs
+    from nasopt.measure._metrics import count_macs
 
     macs = count_macs(model, input_shape)
     weights = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
@@ -124,7 +124,7 @@ class _Rapl:
         return self.total_uj * 1e-6
 
 
-def _nvml_handle(device: torch.device) -> Any:
+def nvml_handle(device: torch.device) -> Any:
     try:
         import pynvml
 
@@ -186,7 +186,7 @@ def energy_per_inference(model: nn.Module, input_shape: Sequence[int], device: s
                             "note": "package energy above the idle power measured just before; other processes' "
                                     "load on the socket counts too", "batch_size": batch_size,
                             "torch": torch.__version__, **info}
-        if device.type == "cuda" and (handle := _nvml_handle(device)) is not None:
+        if device.type == "cuda" and (handle := nvml_handle(device)) is not None:
             import pynvml
 
             joules, info = _measure(model, x, lambda: pynvml.nvmlDeviceGetTotalEnergyConsumption(handle) * 1e-3,

@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
-from nasopt.energy import PJ_PER_DRAM_BYTE, PJ_PER_MAC, PJ_PER_SRAM_BYTE, POWERCAP, rapl_domains
-from nasopt.metrics import device_name
+from nasopt.measure._energy import PJ_PER_DRAM_BYTE, PJ_PER_MAC, PJ_PER_SRAM_BYTE, POWERCAP, rapl_domains
+from nasopt.measure._metrics import device_name
 
 __all__ = ["profile_device", "throughput"]
 
@@ -100,9 +100,9 @@ def _energy_source(device: torch.device, powercap: str) -> dict[str, Any]:
             return {"method": "measured", "source": "RAPL " + ", ".join(os.path.basename(d) for d in domains)}
         why = f"{powercap} absent" if not os.path.isdir(powercap) else f"no readable RAPL counter under {powercap}"
     else:
-        from nasopt.energy import _nvml_handle
+        from nasopt.measure._energy import nvml_handle
 
-        if _nvml_handle(device) is not None:
+        if nvml_handle(device) is not None:
             return {"method": "measured", "source": "NVML total energy counter"}
         why = "NVML's energy counter is not available (pip install nvidia-ml-py; Volta or later)"
     return {"method": "estimate", "why": why,

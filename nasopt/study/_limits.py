@@ -44,7 +44,7 @@ def _choices(dist: Any) -> list[Any]:
 
 
 def _counter(space: Any, task: Any, metrics: list[str]) -> Any:
-    from nasopt.metrics import count_macs, count_params
+    from nasopt.measure._metrics import count_macs, count_params
 
     cache: dict[str, dict[str, float] | None] = {}
 

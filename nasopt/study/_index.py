@@ -14,7 +14,9 @@ from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
 
-__all__ = ["StudyIndex", "arch_key"]
+from nasopt.keys import STRATEGY_KEY
+
+__all__ = ["StudyIndex", "arch_key", "budget"]
 
 _DONE = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -38,8 +40,6 @@ class StudyIndex:
     """The budget counts and the evaluated architectures of one study, updated from its trials."""
 
     def __init__(self) -> None:
-        from nasopt.oneshot._trial import STRATEGY_KEY
-
         self._strategy_key = STRATEGY_KEY
         self._final: set[int] = set()  # numbers of the finished trials filed so far
         self._done = 0  # COMPLETE + PRUNED sampled trials
@@ -91,6 +91,12 @@ class StudyIndex:
 
     def evaluated(self, params: dict[str, Any], number: int, settings: Any = None) -> FrozenTrial | None:
         """The first COMPLETE or PRUNED trial (not itself a reuse) with these params, other than `number`,
-        that ran under the same accepted `settings` (see `nasopt.identity`)."""
+        that ran under the same accepted `settings` (see `nasopt.study._identity`)."""
         found = self._evaluated.get((arch_key(params), _settings_key(settings)))
         return found if found is not None and found.number != number else None
+
+
+def budget(study: Any, trials: list[FrozenTrial] | None = None) -> tuple[int, int, int]:
+    """(finished, running, waiting) sampled trials of `study` (finished as in `StudyIndex.budget`), from a
+    fresh read of its trials unless `trials` are given."""
+    return StudyIndex().update(study.get_trials(deepcopy=False) if trials is None else trials).budget()

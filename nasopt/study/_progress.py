@@ -8,16 +8,17 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 from tqdm.auto import tqdm
 
+from nasopt.study._index import budget
+
 if TYPE_CHECKING:
-    from nasopt.study import StudySpec
+    from nasopt.study._run import StudySpec
 
 
 class Progress:
     def __init__(self, study: optuna.Study, spec: StudySpec, *, enabled: bool = True) -> None:
-        from nasopt.study import finished_count
 
-        self.study, self.spec, self._count, self.enabled = study, spec, finished_count, enabled
-        self.bar: Any = tqdm(total=spec.n_trials, initial=min(finished_count(study), spec.n_trials),
+        self.study, self.spec, self._count, self.enabled = study, spec, _finished, enabled
+        self.bar: Any = tqdm(total=spec.n_trials, initial=min(_finished(study), spec.n_trials),
                              desc=spec.name, unit="trial", disable=not enabled, dynamic_ncols=True)
         self.refresh()
 
@@ -48,3 +49,7 @@ class Progress:
 
     def close(self) -> None:
         self.bar.close()
+
+
+def _finished(study: Any) -> int:
+    return budget(study)[0]

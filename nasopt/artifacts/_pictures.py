@@ -1,6 +1,6 @@
 """Architecture pictures (SVG written here, no plotting library) and the artifacts the dashboard shows.
 
-`to_svg(graph)` draws the DAG of `nasopt.graph.arch_graph`: a layered top-to-bottom layout (longest
+`to_svg(graph)` draws the DAG of `nasopt.artifacts._graph.arch_graph`: a layered top-to-bottom layout (longest
 path, op nodes pulled down next to the state they feed, a few barycenter sweeps against crossings),
 edges that skip layers bent round the side, nodes coloured by op family, stages of a block chain
 boxed, one panel per cell type. SVG is text, so pictures need neither kaleido nor a browser.
@@ -37,13 +37,13 @@ import optuna
 from optuna.artifacts import upload_artifact
 from optuna.trial import FrozenTrial, TrialState
 
-from nasopt.graph import arch_graph
-from nasopt.inherit import WEIGHTS_ATTR, artifact_store_for, save_weights
+from nasopt.artifacts._graph import arch_graph
+from nasopt.artifacts._inherit import artifact_store_for, save_weights
+from nasopt.keys import PICTURE_ATTR, WEIGHTS_ATTR
 
 __all__ = ["to_svg", "picture_svg", "save_picture", "keep_weights", "draw_missing", "picture_ids",
            "PICTURE_ATTR", "PICTURE_SUFFIX"]
 
-PICTURE_ATTR = "picture_artifact"
 PICTURE_SUFFIX = "_architecture.svg"
 _DASHBOARD_PREFIX = "dashboard:artifacts:"  # optuna-dashboard's study-level record of a trial's artifact
 _log = logging.getLogger("nasopt")

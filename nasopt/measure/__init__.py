@@ -1,0 +1,37 @@
+"""Measurements of a network: parameters, multiply-adds, latency and memory (`MeasureConfig`), the
+latency table, energy per inference and the hardware profile.
+"""
+
+from nasopt.measure._energy import (
+    PJ_PER_DRAM_BYTE,
+    PJ_PER_MAC,
+    PJ_PER_SRAM_BYTE,
+    energy_per_inference,
+    estimate_energy,
+    rapl_domains,
+)
+from nasopt.measure._latency_table import (
+    FORMAT,
+    LatencyTable,
+    Slot,
+    build_table,
+    default_path,
+    predicted_latency,
+    record_slots,
+    shape_key,
+    space_slug,
+)
+from nasopt.measure._metrics import (
+    Latency,
+    MeasureConfig,
+    count_macs,
+    count_params,
+    device_name,
+    flop_counter_macs,
+    measure_latency,
+    peak_live_bytes,
+    peak_memory,
+)
+from nasopt.measure._profile import profile_device, throughput
+
+__all__ = ['energy_per_inference', 'estimate_energy', 'rapl_domains', 'PJ_PER_MAC', 'PJ_PER_DRAM_BYTE', 'PJ_PER_SRAM_BYTE', 'FORMAT', 'Slot', 'LatencyTable', 'build_table', 'predicted_latency', 'record_slots', 'default_path', 'space_slug', 'shape_key', 'MeasureConfig', 'count_params', 'count_macs', 'flop_counter_macs', 'Latency', 'measure_latency', 'peak_memory', 'peak_live_bytes', 'device_name', 'profile_device', 'throughput']
