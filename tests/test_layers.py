@@ -161,7 +161,26 @@ def test_no_module_imports_another_modules_private_name():
         for target, name, line in imports(module, path, known):
             if name is not None and name.startswith("_") and not name.startswith("__") and target != module:
                 bad.append(f"{path.relative_to(ROOT)}:{line}: {target}.{name}")
+        bad += _private_attributes(module, path, known)
     assert not bad, "\n".join(bad)
+
+
+def _private_attributes(module: str, path: Path, known: dict[str, Path]) -> list[str]:
+    """`other_module._name` where `other_module` was imported as a module (`from nasopt.study import _objective`)."""
+    tree = ast.parse(path.read_text())
+    aliases: dict[str, str] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            for alias in node.names:
+                if f"{node.module}.{alias.name}" in known:
+                    aliases[alias.asname or alias.name] = f"{node.module}.{alias.name}"
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name in known and alias.asname:
+                    aliases[alias.asname] = alias.name
+    return [f"{path.relative_to(ROOT)}:{node.lineno}: {aliases[node.value.id]}.{node.attr}" for node in ast.walk(tree)
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases
+            and node.attr.startswith("_") and not node.attr.startswith("__") and aliases[node.value.id] != module]
 
 
 def test_the_wheel_lists_every_folder_with_an_init():

@@ -61,7 +61,7 @@ def _complete(study: optuna.Study) -> list[FrozenTrial]:
     return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
 
 
-def _dominated(points: np.ndarray, signs: np.ndarray) -> np.ndarray:
+def dominated(points: np.ndarray, signs: np.ndarray) -> np.ndarray:
     """For each row of `points`: is another row at least as good everywhere and better somewhere?"""
     p = points * signs  # larger is better in every column
     ge = (p[None, :, :] >= p[:, None, :]).all(-1)
@@ -86,14 +86,14 @@ def pareto_pairs(study: optuna.Study) -> go.Figure | None:
         return None
     complete = [t for t in _complete(study) if feasible(t)]
     infeasible = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished() and not feasible(t)]
-    dominated = (_dominated(np.array([t.values for t in complete]), _signs(study)) if complete
+    behind = (dominated(np.array([t.values for t in complete]), _signs(study)) if complete
                  else np.zeros(0, bool))
     pairs = list(itertools.combinations(range(len(names)), 2))
     cols = min(3, len(pairs))
     rows = -(-len(pairs) // cols)
     fig = make_subplots(rows=rows, cols=cols, horizontal_spacing=0.09, vertical_spacing=0.16)
-    groups = [("Pareto-optimal", [t for t, d in zip(complete, dominated, strict=True) if not d], "#d62728", "circle"),
-              ("dominated", [t for t, d in zip(complete, dominated, strict=True) if d], "#1f77b4", "circle"),
+    groups = [("Pareto-optimal", [t for t, d in zip(complete, behind, strict=True) if not d], "#d62728", "circle"),
+              ("dominated", [t for t, d in zip(complete, behind, strict=True) if d], "#1f77b4", "circle"),
               ("infeasible", infeasible, "#9a9a9a", "x")]
     for k, (i, j) in enumerate(pairs):
         row, col = k // cols + 1, k % cols + 1
@@ -139,7 +139,7 @@ def pareto_evolution(study: optuna.Study, snapshots: int = 4) -> go.Figure | Non
         if not seen:
             continue
         pts = np.array([t.values[:2] for t in seen])
-        front = [t for t, d in zip(seen, _dominated(pts, signs), strict=True) if not d]
+        front = [t for t, d in zip(seen, dominated(pts, signs), strict=True) if not d]
         front.sort(key=lambda t: t.values[0])
         shade = 0.25 + 0.75 * (k + 1) / len(cuts)
         fig.add_trace(go.Scatter(x=[t.values[0] for t in front], y=[t.values[1] for t in front],

@@ -71,7 +71,7 @@ def _pareto(study: optuna.Study) -> list[FrozenTrial]:
         return []
     signs = np.array([1.0 if d == optuna.study.StudyDirection.MAXIMIZE else -1.0 for d in study.directions])
     values = np.array([t.values for t in complete])
-    front = [t for t, d in zip(complete, plots._dominated(values, signs), strict=True) if not d]
+    front = [t for t, d in zip(complete, plots.dominated(values, signs), strict=True) if not d]
     index = plots.main_objective(study)
     return sorted(front, key=lambda t: -signs[index] * t.values[index])
 

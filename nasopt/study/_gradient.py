@@ -17,7 +17,7 @@ import io
 import os
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import optuna
@@ -89,16 +89,18 @@ def _load_checkpoint(artifact_id: str, store: Any) -> dict[str, Any] | None:
 class GradientObjective:
     """The objective of `study.optimize` for gradient trials; `pending` labels still to run, in order."""
 
-    def __init__(self, spec: StudySpec, task: Any, store: Any, strategies: dict[str, Any], progress: bool) -> None:
+    def __init__(self, spec: StudySpec, task: Any, store: Any, strategies: dict[str, Any], progress: bool, *,
+                 worker: Mapping[str, Any] | None = None) -> None:
         self.spec, self.task, self.store, self.strategies, self.progress = spec, task, store, strategies, progress
-        self.evaluate = _objective.Objective(spec, task)
+        self.worker = dict(worker or {})
+        self.evaluate = _objective.Objective(spec, task, worker=self.worker)
         self.pending = list(strategies)
 
     def __call__(self, trial: optuna.Trial) -> Any:
         try:
             return self._run(trial)
         except KeyboardInterrupt as e:  # the runner queues the interrupted trial again (same attrs: it resumes)
-            _objective.interrupted(trial, e)
+            _objective.interrupted(trial, e, self.worker)
             raise
         except Exception as e:  # the search failed (or its evaluation: recorded there); retried up to the cap
             failure = _objective.architecture_failure(trial, e)
@@ -129,7 +131,7 @@ class GradientObjective:
 
     def _search(self, trial: optuna.Trial, strategy: Any, label: str, system: dict[str, Any]) -> tuple[Any, Any]:
         spec = self.spec
-        trial.storage.set_trial_system_attr(trial._trial_id, _objective.WORKER_KEY, _objective._worker())
+        trial.storage.set_trial_system_attr(trial._trial_id, _objective.WORKER_KEY, _objective.worker_record(self.worker))
         checkpoint_id = trial.user_attrs.get(CHECKPOINT_KEY)
         resume = _load_checkpoint(checkpoint_id, self.store) if checkpoint_id else None
         alphas: list[dict[str, Any]] = list(trial.user_attrs.get("alphas", [])) if resume else []

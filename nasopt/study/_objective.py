@@ -17,6 +17,7 @@ import socket
 import sys
 import time
 import traceback
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import optuna
@@ -49,7 +50,7 @@ from nasopt.train import train
 if TYPE_CHECKING:
     from nasopt.study._run import StudySpec
 
-__all__ = ["Objective", "CATCH", "TrialFailed", "NotRetried", "claim_trials", "architecture_failure",
+__all__ = ["Objective", "CATCH", "TrialFailed", "NotRetried", "claim_trials", "latency_table_for", "worker_record", "process_alive", "architecture_failure",
            "record_failure", "interrupted", "retry_failed", "recover_dead_local_trials", "retry_interrupted",
            "retry_own_running", "trial_seed"]
 
@@ -68,7 +69,6 @@ OOM: tuple[type[BaseException], ...] = tuple(
     {getattr(torch, "OutOfMemoryError", MemoryError), torch.cuda.OutOfMemoryError, MemoryError})
 
 ORPHAN_AFTER = 120.0  # seconds a RUNNING trial may go without a worker claiming it before it is retried
-WORKER_INFO: dict[str, Any] = {}  # this process's worker index and sampler seed (set by the runner)
 
 
 def _stat(pid: int) -> list[str] | None:
@@ -86,11 +86,14 @@ def _start_time(pid: int) -> str | None:
     return fields[19] if fields and len(fields) > 19 else None
 
 
-def _worker() -> dict[str, Any]:
-    return {"host": socket.gethostname(), "pid": os.getpid(), "start": _start_time(os.getpid()), **WORKER_INFO}
+def worker_record(info: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """This process as a trial's runner: host, pid, start time, plus `info` (the worker's index and sampler
+    seed, passed down by the runner)."""
+    return {"host": socket.gethostname(), "pid": os.getpid(), "start": _start_time(os.getpid()), **(info or {})}
 
 
-def _alive(worker: dict[str, Any]) -> bool:
+def process_alive(worker: Mapping[str, Any]) -> bool:
+    """Whether the process a worker record names is alive on this host (a reused pid is not)."""
     pid = int(worker.get("pid", -1))
     try:
         os.kill(pid, 0)
@@ -105,10 +108,22 @@ def _alive(worker: dict[str, Any]) -> bool:
     return started is None or worker.get("start") is None or started == worker["start"]
 
 
-def claim_trials(study: optuna.Study) -> None:
+def latency_table_for(spec: StudySpec, task: Any) -> Any:
+    """The study's latency table, loaded and checked against its space, data and device (a missing or stale
+    table is a UserError), or None when latency is timed per trial (or looked up in nano-bench)."""
+    if spec.measure.latency_table is None or isinstance(task, NanoBench):
+        return None
+    from nasopt.measure._latency_table import LatencyTable
+
+    table = LatencyTable.load(spec.measure.latency_table)
+    table.check(spec.space, task, getattr(task, "device", None))
+    return table
+
+
+def claim_trials(study: optuna.Study, info: Mapping[str, Any] | None = None) -> None:
     """Every trial this process creates or takes from the queue names its worker from its first moment
     (`nasopt.storage._open.stamp_trials`; marked "at": "ask" until the objective writes the record again)."""
-    stamp_trials(study._storage, {WORKER_KEY: {**_worker(), "at": "ask"}})
+    stamp_trials(study._storage, {WORKER_KEY: {**worker_record(info), "at": "ask"}})
 
 
 def _retry(study: optuna.Study, trial: FrozenTrial, reason: str) -> bool:
@@ -138,7 +153,7 @@ def recover_dead_local_trials(study: optuna.Study, trials: list[FrozenTrial] | N
         worker = t.system_attrs.get(WORKER_KEY)
         reason = None
         if isinstance(worker, dict) and worker.get("host") == host:
-            if worker.get("pid") != os.getpid() and not _alive(worker):
+            if worker.get("pid") != os.getpid() and not process_alive(worker):
                 reason = (f"interrupted: its process died (pid {worker.get('pid')} on {host}: SIGKILL, the OOM "
                           "killer, a crash)")
         elif not isinstance(worker, dict) or worker.get("at") == "ask":
@@ -182,12 +197,12 @@ def _interruption(error: BaseException | None) -> str:
     return "interrupted by SIGTERM" if isinstance(error, Terminated) else "interrupted by Ctrl-C (SIGINT)"
 
 
-def interrupted(trial: optuna.Trial, error: BaseException) -> None:
+def interrupted(trial: optuna.Trial, error: BaseException, info: Mapping[str, Any] | None = None) -> None:
     """A signal stopped the trial (Optuna fails it next): its reason, and the marks `retry_interrupted` looks
     for (buffered on the fast path: they go out with the FAIL, in one transaction)."""
     storage, trial_id = trial.storage, trial._trial_id
     if (storage.get_trial_system_attrs(trial_id).get(WORKER_KEY) or {}).get("pid") != os.getpid():  # stopped at once
-        storage.set_trial_system_attr(trial_id, WORKER_KEY, _worker())
+        storage.set_trial_system_attr(trial_id, WORKER_KEY, worker_record(info))
     storage.set_trial_system_attr(trial_id, INTERRUPTED_KEY, True)
     storage.set_trial_system_attr(trial_id, FAILURE_KEY, {"by": "interruption", "retry": True})
     storage.set_trial_user_attr(trial_id, "fail_reason", _interruption(error))
@@ -265,16 +280,15 @@ def trial_seed(base: int, number: int) -> int:
 class Objective:
     """Callable passed to `study.optimize`; holds the spec and the loaded task."""
 
-    def __init__(self, spec: StudySpec, task: Any, store: Any = None) -> None:
+    def __init__(self, spec: StudySpec, task: Any, store: Any = None, *, worker: Mapping[str, Any] | None = None,
+                 index: StudyIndex | None = None) -> None:
         self.spec, self.task, self.store = spec, task, store
+        self.worker = dict(worker or {})  # this worker's index and sampler seed, for its trials' records
         self.table = None
-        if spec.measure.latency_table is not None and not isinstance(task, NanoBench):
-            from nasopt.measure._latency_table import LatencyTable
-
-            self.table = LatencyTable.load(spec.measure.latency_table)
-            self.table.check(spec.space, task, getattr(task, "device", None))
-        # the study's trials as the runner last read them, indexed (saves a read and a pass per trial)
-        self.index: StudyIndex | None = None
+        self.table = latency_table_for(spec, task)
+        # the study's trials as the runner last read them, indexed (saves a read and a pass per trial); the
+        # runner keeps it up to date, without one each trial reads the study
+        self.index = index
         self._settings: dict[str, Any] | None = None  # changes accepted with allow_changed (read once)
 
     def settings(self, study: optuna.Study) -> dict[str, Any]:
@@ -324,7 +338,7 @@ class Objective:
             set_user_attrs(trial, attrs)
             raise
         except KeyboardInterrupt as e:
-            interrupted(trial, e)
+            interrupted(trial, e, self.worker)
             raise
         except Exception as e:
             failure = architecture_failure(trial, e)
@@ -338,6 +352,26 @@ class Objective:
             if reason:
                 raise optuna.TrialPruned(reason)
 
+    def _check_limits(self, trial: optuna.Trial, metrics: dict[str, float]) -> None:
+        """The hard limits, as Optuna constraints (for the samplers) and as a prune before any training."""
+        violated = []
+        for metric, limit in self.spec.constraints.items():
+            trial.set_constraint(metric, metrics[metric] - limit)
+            if metrics[metric] > limit:
+                violated.append(f"{metric}={metrics[metric]:g} > {limit:g}")
+        if violated:
+            raise optuna.TrialPruned("constraint violated before training: " + ", ".join(violated))
+
+    def _after_epoch(self, trial: optuna.Trial, curve: list[dict[str, float]]) -> None:
+        """The pruners after an epoch: nasopt's curve pruner, or Optuna's (single-objective studies only)."""
+        self._check_pruner(trial, curve)
+        if len(self.spec.objectives) == 1 and not isinstance(self.spec.pruner, CurvePruner):
+            epoch, val_acc = int(curve[-1]["epoch"]), float(curve[-1]["val_acc"])
+            trial.report(val_acc, epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned by {type(trial.study.pruner).__name__} at epoch {epoch} "
+                                         f"(val_acc={val_acc:.4f})")
+
     def _lookup(self, trial: optuna.Trial, arch: dict[str, Any], seed: int) -> list[float]:
         """nano-bench: answer from the table, epoch by epoch so that pruners see the curve."""
         record = self.task.query(arch, seed)
@@ -345,19 +379,12 @@ class Objective:
         settings = self.settings(trial.study)
         set_user_attrs(trial, {"arch": self.spec.space.describe(arch), **metrics, "seed": record["seed"],
                                "benchmark": "nanobench", **({"settings": settings} if settings else {})})
-        for metric, limit in self.spec.constraints.items():
-            trial.set_constraint(metric, metrics[metric] - limit)
-            if metrics[metric] > limit:
-                raise optuna.TrialPruned(f"constraint violated before training: {metric}={metrics[metric]:g} > {limit:g}")
+        self._check_limits(trial, metrics)
         curve: list[dict[str, float]] = []
+        self._curve = curve  # a pruned look-up stores its curve so far (see __call__)
         for epoch, val_acc in enumerate(record["curve"], 1):
             curve.append({"epoch": epoch, "val_acc": val_acc})
-            self._check_pruner(trial, curve)
-            if len(self.spec.objectives) == 1 and not isinstance(self.spec.pruner, CurvePruner):
-                trial.report(val_acc, epoch)
-                if trial.should_prune():
-                    trial.set_user_attr("curve", curve)
-                    raise optuna.TrialPruned(f"pruned by {type(trial.study.pruner).__name__} at epoch {epoch}")
+            self._after_epoch(trial, curve)
         set_user_attrs(trial, {"curve": curve, "accuracy": record["val_acc"],
                                "timings": {"train_s": record["train_s"], "simulated": True}})
         metrics["accuracy"] = record["val_acc"]
@@ -368,7 +395,7 @@ class Objective:
         study = trial.study
         system = trial.storage.get_trial_system_attrs(trial._trial_id)
         hold(trial)  # writes go out together: after suggest, before training, per epoch, with the result
-        trial.storage.set_trial_system_attr(trial._trial_id, WORKER_KEY, _worker())
+        trial.storage.set_trial_system_attr(trial._trial_id, WORKER_KEY, worker_record(self.worker))
         if system.get(INTERRUPTED_KEY):  # a retry inherits its original's attrs: this one is not interrupted
             trial.storage.set_trial_system_attr(trial._trial_id, INTERRUPTED_KEY, False)
         t0 = time.perf_counter()
@@ -416,16 +443,9 @@ class Objective:
                                            **latency.provenance}})
         # the architecture picture for the dashboard (infeasible ones too); never fails the trial
         save_picture(trial, space, arch, self.store, task=task, directory=spec.artifacts)
-        violated = []
-        for metric, limit in spec.constraints.items():
-            trial.set_constraint(metric, metrics[metric] - limit)
-            if metrics[metric] > limit:
-                violated.append(f"{metric}={metrics[metric]:g} > {limit:g}")
-        if violated:
-            raise optuna.TrialPruned("constraint violated before training: " + ", ".join(violated))
+        self._check_limits(trial, metrics)
         flush(trial)  # the dashboard shows the metrics while the network trains
 
-        single = len(spec.objectives) == 1
         curve: list[dict[str, float]] = []
         self._curve = curve
 
@@ -433,12 +453,7 @@ class Objective:
             curve.append({k: round(v, 6) for k, v in record.items()})
             if epoch < spec.train.epochs:  # the last epoch's curve goes out with the result (one commit)
                 trial.set_user_attr("curve", curve)
-            self._check_pruner(trial, curve)
-            if single and not isinstance(spec.pruner, CurvePruner):
-                trial.report(record["val_acc"], epoch)
-                if trial.should_prune():
-                    raise optuna.TrialPruned(f"pruned by {type(study.pruner).__name__} at epoch {epoch} "
-                                             f"(val_acc={record['val_acc']:.4f})")
+            self._after_epoch(trial, curve)
             if epoch < spec.train.epochs:
                 flush(trial)
 

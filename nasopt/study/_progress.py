@@ -8,17 +8,19 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 from tqdm.auto import tqdm
 
-from nasopt.study._index import budget
+from nasopt.study._index import StudyIndex, budget
 
 if TYPE_CHECKING:
     from nasopt.study._run import StudySpec
 
 
 class Progress:
-    def __init__(self, study: optuna.Study, spec: StudySpec, *, enabled: bool = True) -> None:
-
-        self.study, self.spec, self._count, self.enabled = study, spec, _finished, enabled
-        self.bar: Any = tqdm(total=spec.n_trials, initial=min(_finished(study), spec.n_trials),
+    def __init__(self, study: optuna.Study, spec: StudySpec, *, enabled: bool = True,
+                 index: StudyIndex | None = None) -> None:
+        """`index`: the runner's index of the study's trials (kept up to date by the runner); without one
+        (the fork supervisor) each redraw counts from a fresh read."""
+        self.study, self.spec, self.enabled, self.index = study, spec, enabled, index
+        self.bar: Any = tqdm(total=spec.n_trials, initial=min(self._count(), spec.n_trials),
                              desc=spec.name, unit="trial", disable=not enabled, dynamic_ncols=True)
         self.refresh()
 
@@ -26,7 +28,7 @@ class Progress:
         """Redraw; `done` is the finished count when the caller has just computed it."""
         if not self.enabled:
             return
-        done = min(self._count(self.study) if done is None else done, self.spec.n_trials)
+        done = min(self._count() if done is None else done, self.spec.n_trials)
         self.bar.n = done
         complete = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         postfix: dict[str, Any] = {}
@@ -50,6 +52,5 @@ class Progress:
     def close(self) -> None:
         self.bar.close()
 
-
-def _finished(study: Any) -> int:
-    return budget(study)[0]
+    def _count(self) -> int:
+        return (self.index.budget() if self.index is not None else budget(self.study))[0]

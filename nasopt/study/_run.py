@@ -42,6 +42,7 @@ from nasopt.storage._open import (
 from nasopt.study import _identity as identity
 from nasopt.study import _worker as workers
 from nasopt.study._limits import check_reachable
+from nasopt.study._objective import latency_table_for
 from nasopt.train import TrainConfig
 
 __all__ = ["StudySpec", "run", "METRICS", "finished_count"]
@@ -303,10 +304,7 @@ def _run_checked(spec: StudySpec, storage: str | optuna.storages.BaseStorage | N
     for strategy in (spec.strategy if isinstance(spec.strategy, (list, tuple)) else [spec.strategy]):
         if strategy is not None and hasattr(strategy, "check"):
             strategy.check(spec.space, task)  # e.g. DARTS on a space with depth choices: refused, nothing written
-    if spec.measure.latency_table is not None and spec.dataset != "nanobench":  # missing or stale: before storage
-        from nasopt.measure._latency_table import LatencyTable
-
-        LatencyTable.load(spec.measure.latency_table).check(spec.space, task, dev)
+    latency_table_for(spec, task)  # a missing or stale latency table: refused before the storage is touched
     level = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # the progress bar and our messages say it all
     deadline = time.monotonic() + spec.timeout if spec.timeout else math.inf

@@ -248,8 +248,8 @@ def run_worker(spec: StudySpec, study: optuna.Study, task: Any, store: Any, *, p
                deadline: float = math.inf, created: bool = False) -> None:
     """The trial loop of one process until the budget is reached (or the deadline passed)."""
     seed = _seed_worker(spec, study, index, workers, created)
-    _objective.WORKER_INFO.update({"index": index, **({"seed": seed} if seed is not None else {})})
-    _objective.claim_trials(study)  # a trial names this worker from its creation on
+    info = {"index": index, **({"seed": seed} if seed is not None else {})}  # in each of its trials' records
+    _objective.claim_trials(study, info)  # a trial names this worker from its creation on
     watchdog = Watchdog(trial_timeout) if trial_timeout else None
     sampler = study.sampler
     if workers > 1 and isinstance(sampler, optuna.samplers.TPESampler) and not getattr(sampler, "_constant_liar", True):
@@ -259,9 +259,9 @@ def run_worker(spec: StudySpec, study: optuna.Study, task: Any, store: Any, *, p
     who = f"worker {index}: " if workers > 1 else ""
     try:
         if spec.strategy is not None:
-            _gradient_loop(spec, study, task, store, progress, watchdog, catch, index, deadline, who)
+            _gradient_loop(spec, study, task, store, progress, watchdog, catch, index, deadline, who, info)
         else:
-            _sampled_loop(spec, study, task, store, progress, watchdog, catch, deadline, who)
+            _sampled_loop(spec, study, task, store, progress, watchdog, catch, deadline, who, info)
     except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: this worker's trial is failed and queued again
         _objective.retry_interrupted(study, e)
         raise
@@ -269,11 +269,11 @@ def run_worker(spec: StudySpec, study: optuna.Study, task: Any, store: Any, *, p
 
 def _sampled_loop(spec: StudySpec, study: optuna.Study, task: Any, store: Any, progress: bool,
                   watchdog: Watchdog | None, catch: tuple[type[Exception], ...], deadline: float,
-                  who: str = "") -> None:
-    evaluate = _objective.Objective(spec, task, store)
+                  who: str = "", info: dict[str, Any] | None = None) -> None:
+    index = StudyIndex()  # the budget and the evaluated architectures, kept up to date for objective and bar
+    evaluate = _objective.Objective(spec, task, store, worker=info, index=index)
     objective: Callable[[optuna.Trial], Any] = watchdog.wrap(evaluate) if watchdog is not None else evaluate
-    bar = _progress.Progress(study, spec, enabled=progress)
-    index = evaluate.index = StudyIndex()  # the budget and the evaluated architectures, kept up to date
+    bar = _progress.Progress(study, spec, enabled=progress, index=index.update(study.get_trials(deepcopy=False)))
     try:
         callbacks = [_objective.retry_failed, *([lambda s, t: bar.on_trial(s, t)] if progress else [])]
         while time.monotonic() < deadline:
@@ -298,7 +298,7 @@ def _sampled_loop(spec: StudySpec, study: optuna.Study, task: Any, store: Any, p
 
 def _gradient_loop(spec: StudySpec, study: optuna.Study, task: Any, store: Any, progress: bool,
                    watchdog: Watchdog | None, catch: tuple[type[Exception], ...], index: int,
-                   deadline: float, who: str = "") -> None:
+                   deadline: float, who: str = "", info: dict[str, Any] | None = None) -> None:
     """Gradient methods run one trial each: this worker takes a method that no one else is running
     (workers start at different ones), and waits while the others' methods may still need a retry."""
     from nasopt.keys import STRATEGY_KEY
@@ -306,7 +306,7 @@ def _gradient_loop(spec: StudySpec, study: optuna.Study, task: Any, store: Any, 
 
     strategies = spec.strategy if isinstance(spec.strategy, (list, tuple)) else [spec.strategy]
     named = dict(zip(labels(strategies), strategies, strict=True))
-    objective = GradientObjective(spec, task, store, named, progress)
+    objective = GradientObjective(spec, task, store, named, progress, worker=info)
     call: Callable[[optuna.Trial], Any] = watchdog.wrap(objective) if watchdog is not None else objective
     while time.monotonic() < deadline:
         _objective.recover_dead_local_trials(study)
@@ -345,11 +345,11 @@ def check_single_process(study: optuna.Study, url: str) -> None:
         claims += [t.system_attrs.get(key) for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
         for worker in claims:
             if (isinstance(worker, dict) and worker.get("host") == socket.gethostname()
-                    and worker.get("pid") != os.getpid() and _objective._alive(worker)):
+                    and worker.get("pid") != os.getpid() and _objective.process_alive(worker)):
                 raise UserError(f"another nasopt run (pid {worker['pid']}) is running study {study.study_name!r} "
                                 "in this SQLite file, which serves one process; wait for it, or use a journal file "
                                 "(--storage journal:///nasopt.log) or PostgreSQL to run several workers")
-        mine = _objective._worker()
+        mine = _objective.worker_record()
         storage.set_study_system_attr(study_id, key, mine)
 
     def give_back() -> None:
