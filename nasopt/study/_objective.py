@@ -362,11 +362,12 @@ class Objective:
         if violated:
             raise optuna.TrialPruned("constraint violated before training: " + ", ".join(violated))
 
-    def _after_epoch(self, trial: optuna.Trial, curve: list[dict[str, float]]) -> None:
-        """The pruners after an epoch: nasopt's curve pruner, or Optuna's (single-objective studies only)."""
+    def _after_epoch(self, trial: optuna.Trial, curve: list[dict[str, float]], val_acc: float) -> None:
+        """The pruners after an epoch: nasopt's curve pruner, or Optuna's (single-objective studies only), which
+        gets the epoch's `val_acc` unrounded (the curve keeps 6 digits), as the trial's value will be."""
         self._check_pruner(trial, curve)
         if len(self.spec.objectives) == 1 and not isinstance(self.spec.pruner, CurvePruner):
-            epoch, val_acc = int(curve[-1]["epoch"]), float(curve[-1]["val_acc"])
+            epoch = int(curve[-1]["epoch"])
             trial.report(val_acc, epoch)
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned by {type(trial.study.pruner).__name__} at epoch {epoch} "
@@ -384,7 +385,7 @@ class Objective:
         self._curve = curve  # a pruned look-up stores its curve so far (see __call__)
         for epoch, val_acc in enumerate(record["curve"], 1):
             curve.append({"epoch": epoch, "val_acc": val_acc})
-            self._after_epoch(trial, curve)
+            self._after_epoch(trial, curve, val_acc)
         set_user_attrs(trial, {"curve": curve, "accuracy": record["val_acc"],
                                "timings": {"train_s": record["train_s"], "simulated": True}})
         metrics["accuracy"] = record["val_acc"]
@@ -453,7 +454,7 @@ class Objective:
             curve.append({k: round(v, 6) for k, v in record.items()})
             if epoch < spec.train.epochs:  # the last epoch's curve goes out with the result (one commit)
                 trial.set_user_attr("curve", curve)
-            self._after_epoch(trial, curve)
+            self._after_epoch(trial, curve, record["val_acc"])
             if epoch < spec.train.epochs:
                 flush(trial)
 
