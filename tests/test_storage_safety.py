@@ -32,7 +32,10 @@ import sqlalchemy as sa
 from test_cli import ENV, MOBILE, NANO, _make_db, assert_user_error, nasopt, snapshot
 
 from nasopt.errors import UserError
-from nasopt.storage._open import _Outage, _sqlite_user_error, _transient, close_storage, open_storage
+from nasopt.storage._open import close_storage, open_storage
+from nasopt.storage._outage import Outage as _Outage
+from nasopt.storage._outage import sqlite_user_error as _sqlite_user_error
+from nasopt.storage._outage import transient as _transient
 
 QUICK = 100  # seconds: every refusal here comes at once; the outage retry would take OUTAGE_TIMEOUT (120 s)
 

@@ -308,7 +308,7 @@ def test_passwords_never_appear_in_messages(tmp_path, capsys):
     assert SECRET not in mask_url(f"postgresql://host/db?user=u&password={SECRET}")
     assert scrub(f"error near '{SECRET}'", url) == "error near '***'"
     # the outage messages of a running worker go through the same filter
-    from nasopt.storage._open import _Outage
+    from nasopt.storage._outage import Outage as _Outage
 
     _Outage(url).lost(RuntimeError(f"server said {SECRET} at {url}"))
     err = capsys.readouterr().err

@@ -1,13 +1,16 @@
-"""Storages: URLs and their checks, open/close, riding out outages, the artifact location rule, the
-journal lock; the fast path of the RDB storage fenced in `_fast` (the only importer of Optuna's private
-storage modules).
+"""Storages: URLs and their checks (`_urls`), the schema and the creation locks (`_schema`), opening and
+closing (`_open`), riding out outages (`_outage`), the retry rule and the worker record of new trials
+(`_retry`), the journal lock (`_journal`); the fast path of the RDB storage fenced in `_fast` (the only
+importer of Optuna's private storage modules).
 """
 
 from nasopt.storage._journal import LOCK_SUFFIX, NOTICE, RECORD_SUFFIX, JournalLock, journal_lock
 from nasopt.storage._open import (
     DEFAULT_STORAGE,
-    FAILURE_KEY,
-    FAILURES_KEY,
+    GRACE_PERIOD,
+    HEARTBEAT_INTERVAL,
+    MAX_RETRY,
+    OUTAGE_TIMEOUT,
     StorageUnavailable,
     check_workers,
     close_storage,
@@ -26,4 +29,8 @@ from nasopt.storage._open import (
     storage_url,
 )
 
-__all__ = ['JournalLock', 'journal_lock', 'NOTICE', 'LOCK_SUFFIX', 'RECORD_SUFFIX', 'DEFAULT_STORAGE', 'open_storage', 'close_storage', 'fast_sqlite', 'mask_url', 'scrub', 'sqlite_path', 'journal_path', 'check_workers', 'set_user_attrs', 'storage_url', 'StorageUnavailable', 'retry_callback', 'retried', 'stamp_trials', 'sqlite_lock', 'on_close', 'FAILURE_KEY', 'FAILURES_KEY']
+__all__ = ["open_storage", "close_storage", "fast_sqlite", "set_user_attrs", "sqlite_lock", "on_close",
+           "DEFAULT_STORAGE", "mask_url", "scrub", "sqlite_path", "journal_path", "check_workers", "storage_url",
+           "StorageUnavailable", "retry_callback", "retried", "stamp_trials", "MAX_RETRY", "GRACE_PERIOD",
+           "HEARTBEAT_INTERVAL", "OUTAGE_TIMEOUT", "JournalLock", "journal_lock", "NOTICE", "LOCK_SUFFIX",
+           "RECORD_SUFFIX"]

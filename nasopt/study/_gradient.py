@@ -54,7 +54,7 @@ def strategy_trials(study: optuna.Study, label: str) -> list[optuna.trial.Frozen
 
 def strategy_done(study: optuna.Study, label: str) -> bool:
     """COMPLETE or PRUNED, or FAIL with no retry pending: its architecture failed more than MAX_RETRY times
-    (an interrupted trial always has its retry queued, `nasopt.storage._open.RetryTrial`)."""
+    (an interrupted trial always has its retry queued, `nasopt.storage._retry.RetryTrial`)."""
     trials = strategy_trials(study, label)
     retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
     return any(t.state in (TrialState.COMPLETE, TrialState.PRUNED)

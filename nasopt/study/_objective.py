@@ -3,7 +3,7 @@
 suggest -> (already evaluated? reuse) -> build -> cheap metrics -> hard constraints -> train ->
 objectives in the study's metric order. Reasons for PRUNED and FAIL states are user attrs.
 
-Every FAIL says why (`fail_reason`) and by whom (`nasopt.storage._open.FAILURE_KEY`): the architecture itself (an
+Every FAIL says why (`fail_reason`) and by whom (`nasopt.keys.FAILURE_KEY`): the architecture itself (an
 exception, out of memory, a non-finite objective: retried with the same params while its chain has failed
 at most MAX_RETRY times; a `--trial-timeout`: never retried) or an interruption from outside (SIGTERM,
 Ctrl-C, a dead process, a stale heartbeat: always retried, never counted).
@@ -28,7 +28,7 @@ from optuna.trial import FrozenTrial, TrialState
 from nasopt.artifacts._inherit import Recorder, inherit, save_weights
 from nasopt.artifacts._pictures import keep_weights, save_picture
 from nasopt.errors import Terminated, UserError
-from nasopt.keys import DECISIONS_ATTR, INTERRUPTED_KEY, PICTURE_ATTR, WORKER_KEY
+from nasopt.keys import DECISIONS_ATTR, FAILURE_KEY, FAILURES_KEY, INTERRUPTED_KEY, PICTURE_ATTR, WORKER_KEY
 from nasopt.measure._metrics import count_macs, count_params, measure_latency, peak_memory
 from nasopt.nanobench import NanoBench
 from nasopt.pruners import CurvePruner
@@ -36,8 +36,6 @@ from nasopt.space import fixed
 from nasopt.storage._fast._buffer import flush, hold
 from nasopt.storage._fast._load import seconds_since
 from nasopt.storage._open import (
-    FAILURE_KEY,
-    FAILURES_KEY,
     MAX_RETRY,
     retry_callback,
     set_user_attrs,
@@ -122,7 +120,7 @@ def latency_table_for(spec: StudySpec, task: Any) -> Any:
 
 def claim_trials(study: optuna.Study, info: Mapping[str, Any] | None = None) -> None:
     """Every trial this process creates or takes from the queue names its worker from its first moment
-    (`nasopt.storage._open.stamp_trials`; marked "at": "ask" until the objective writes the record again)."""
+    (`nasopt.storage._retry.stamp_trials`; marked "at": "ask" until the objective writes the record again)."""
     stamp_trials(study._storage, {WORKER_KEY: {**worker_record(info), "at": "ask"}})
 
 

@@ -23,7 +23,7 @@ server that CPU caps how many workers a few cores can feed; on SQLite every comm
 - a held trial's first heartbeat goes out with its first flush, not in a transaction of its own, and
   the heartbeat-stale check Optuna runs before every trial runs once per heartbeat interval;
 - a trial this process creates or takes from the queue gets the runner's worker record
-  (`nasopt.storage._open.stamp_trials`) and a heartbeat in the same transaction, and beats from then on (also
+  (`nasopt.storage._retry.stamp_trials`) and a heartbeat in the same transaction, and beats from then on (also
   while the sampler works, before Optuna's heartbeat thread starts): a process killed at any moment leaves
   a trial that names it (retried at once on its machine) and goes stale after the grace period elsewhere.
 
@@ -171,7 +171,7 @@ class BufferedStorage(_CachedStorage):
     # -- trials of this process ------------------------------------------------------------------
 
     def _stamp(self) -> dict[str, str] | None:
-        """This process's worker record as JSON texts (`nasopt.storage._open.stamp_trials`), None when not set."""
+        """This process's worker record as JSON texts (`nasopt.storage._retry.stamp_trials`), None when not set."""
         stamp = getattr(self._backend, "_nasopt_stamp", None)
         if stamp is None or stamp[0] != os.getpid():
             return None
@@ -202,7 +202,7 @@ class BufferedStorage(_CachedStorage):
         stamp = self._stamp() if template_trial is None else None
         beat = stamp is not None and self.get_heartbeat_interval() is not None
         frozen = (create_trial(self._backend, study_id, stamp, heartbeat=beat) if template_trial is None else None) \
-            or self._backend._create_new_trial(study_id, template_trial)  # (stamped there, `nasopt.storage._open`)
+            or self._backend._create_new_trial(study_id, template_trial)  # (stamped there, `nasopt.storage._retry`)
         with self._lock:
             if study_id not in self._studies:
                 self._studies[study_id] = self._study_info()
