@@ -41,7 +41,7 @@ from nasopt.storage._fast._load import (
     stored_now,
 )
 from nasopt.storage._open import close_storage, open_storage
-from nasopt.study._objective import ORPHAN_AFTER, recover_dead_local_trials
+from nasopt.study._recovery import ORPHAN_AFTER, recover_dead_local_trials
 
 ROOT = Path(__file__).resolve().parent.parent
 STUDY = Path(__file__).parent / "studies" / "tiny_nano.py"

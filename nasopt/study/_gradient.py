@@ -26,9 +26,9 @@ from optuna.artifacts import download_artifact, upload_artifact
 from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
-from nasopt.keys import CHECKPOINT_KEY, STRATEGY_KEY
+from nasopt.keys import CHECKPOINT_KEY, STRATEGY_KEY, WORKER_KEY
 from nasopt.storage._open import set_user_attrs
-from nasopt.study import _objective
+from nasopt.study import _objective, _recovery
 
 if TYPE_CHECKING:
     from nasopt.study._run import StudySpec
@@ -100,10 +100,10 @@ class GradientObjective:
         try:
             return self._run(trial)
         except KeyboardInterrupt as e:  # the runner queues the interrupted trial again (same attrs: it resumes)
-            _objective.interrupted(trial, e, self.worker)
+            _recovery.interrupted(trial, e, self.worker)
             raise
         except Exception as e:  # the search failed (or its evaluation: recorded there); retried up to the cap
-            failure = _objective.architecture_failure(trial, e)
+            failure = _recovery.architecture_failure(trial, e)
             if failure is e:
                 raise
             raise failure from e
@@ -131,7 +131,7 @@ class GradientObjective:
 
     def _search(self, trial: optuna.Trial, strategy: Any, label: str, system: dict[str, Any]) -> tuple[Any, Any]:
         spec = self.spec
-        trial.storage.set_trial_system_attr(trial._trial_id, _objective.WORKER_KEY, _objective.worker_record(self.worker))
+        trial.storage.set_trial_system_attr(trial._trial_id, WORKER_KEY, _recovery.worker_record(self.worker))
         checkpoint_id = trial.user_attrs.get(CHECKPOINT_KEY)
         resume = _load_checkpoint(checkpoint_id, self.store) if checkpoint_id else None
         alphas: list[dict[str, Any]] = list(trial.user_attrs.get("alphas", [])) if resume else []

@@ -28,11 +28,10 @@ import random
 import signal
 import socket
 import sys
-import threading
 import time
 import traceback
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -40,6 +39,7 @@ import optuna
 from optuna.trial import TrialState
 
 from nasopt.errors import Terminated, UserError
+from nasopt.keys import WORKER_KEY
 from nasopt.storage._open import (
     GRACE_PERIOD,
     close_storage,
@@ -49,8 +49,9 @@ from nasopt.storage._open import (
     sqlite_lock,
     sqlite_path,
 )
-from nasopt.study import _objective, _progress
+from nasopt.study import _objective, _progress, _recovery
 from nasopt.study._index import StudyIndex, budget
+from nasopt.study._signals import EXIT_HUNG, TrialTimeout, Watchdog, stop_signals
 
 if TYPE_CHECKING:
     from nasopt.study._run import StudySpec
@@ -59,12 +60,6 @@ __all__ = ["Terminated", "TrialTimeout", "budget", "worker_seed", "seed_sampler"
            "check_single_process"]
 
 POLL = 0.5  # seconds an idle worker waits before it counts the study again
-EXIT_HUNG = 3  # a worker ended by its watchdog: the supervisor starts a new one
-HARD_GRACE = 5.0  # extra seconds a timed-out trial gets to return before its process is ended
-
-
-class TrialTimeout(_objective.NotRetried):
-    """A trial ran longer than `trial_timeout`."""
 
 
 # -- the budget ------------------------------------------------------------------------------------
@@ -157,90 +152,6 @@ def _seed_worker(spec: StudySpec, study: optuna.Study, index: int, workers: int,
     return seed
 
 
-# -- signals and the watchdog ------------------------------------------------------------------------
-
-@contextlib.contextmanager
-def stop_signals(*, ignore_sigint: bool = False) -> Iterator[None]:
-    """SIGTERM raises `Terminated` (once: the clean-up that follows is not interrupted again); SIGINT
-    stays Ctrl-C, or is ignored in a forked worker, whose supervisor forwards a SIGTERM instead."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    stopping = False
-
-    def on_term(signum: int, frame: Any) -> None:
-        nonlocal stopping
-        if not stopping:
-            stopping = True
-            raise Terminated()
-
-    old_term = signal.signal(signal.SIGTERM, on_term)
-    old_int = signal.signal(signal.SIGINT, signal.SIG_IGN) if ignore_sigint else None
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old_term)
-        if old_int is not None:
-            signal.signal(signal.SIGINT, old_int)
-
-
-class Watchdog:
-    """Fails a trial that runs longer than `seconds` (see the module docstring)."""
-
-    def __init__(self, seconds: float, grace: float = HARD_GRACE) -> None:
-        self.seconds, self.grace = seconds, grace
-        self._armed: object | None = None
-
-    def _alarm(self, signum: int, frame: Any) -> None:
-        if self._armed is not None:  # re-fires every second until the trial is out (a swallowed one)
-            raise TrialTimeout(f"timed out after {self.seconds:g} s (--trial-timeout)")
-
-    def _hard(self, token: object, trial: optuna.Trial) -> None:
-        if self._armed is not token:
-            return
-        reason = f"timed out after {self.seconds:g} s (--trial-timeout) and did not stop; its worker was ended"
-
-        def mark() -> None:
-            with contextlib.suppress(Exception):
-                _objective.record_failure(trial, reason, final=True)
-                trial.storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-
-        # in a thread of its own: the stuck trial may hold a storage lock (else its pid marks it dead)
-        marker = threading.Thread(target=mark, daemon=True)
-        marker.start()
-        marker.join(timeout=10)
-        print(f"nasopt: trial {trial.number} {reason}", file=sys.stderr, flush=True)
-        os._exit(EXIT_HUNG)
-
-    def wrap(self, objective: Callable[[optuna.Trial], Any]) -> Callable[[optuna.Trial], Any]:
-        if threading.current_thread() is not threading.main_thread():
-            raise UserError("--trial-timeout needs the run in the main thread (it uses SIGALRM)")
-        signal.signal(signal.SIGALRM, self._alarm)
-
-        def call(trial: optuna.Trial) -> Any:
-            token = object()
-            timer = threading.Timer(self.seconds + self.grace, self._hard, args=(token, trial))
-            timer.daemon = True
-            self._armed = token
-            signal.setitimer(signal.ITIMER_REAL, self.seconds, 1.0)
-            timer.start()
-            try:
-                return objective(trial)
-            except TrialTimeout as e:
-                self._disarm(timer)
-                _objective.record_failure(trial, str(e), final=True)  # (if the trial has not yet)
-                raise
-            finally:
-                self._disarm(timer)
-
-        return call
-
-    def _disarm(self, timer: threading.Timer) -> None:
-        self._armed = None
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        timer.cancel()
-
-
 # -- one worker ------------------------------------------------------------------------------------
 
 def run_worker(spec: StudySpec, study: optuna.Study, task: Any, store: Any, *, progress: bool,
@@ -249,13 +160,13 @@ def run_worker(spec: StudySpec, study: optuna.Study, task: Any, store: Any, *, p
     """The trial loop of one process until the budget is reached (or the deadline passed)."""
     seed = _seed_worker(spec, study, index, workers, created)
     info = {"index": index, **({"seed": seed} if seed is not None else {})}  # in each of its trials' records
-    _objective.claim_trials(study, info)  # a trial names this worker from its creation on
+    _recovery.claim_trials(study, info)  # a trial names this worker from its creation on
     watchdog = Watchdog(trial_timeout) if trial_timeout else None
     sampler = study.sampler
     if workers > 1 and isinstance(sampler, optuna.samplers.TPESampler) and not getattr(sampler, "_constant_liar", True):
         print("nasopt: warning: TPESampler(constant_liar=False) with several workers proposes near-duplicate "
               "architectures; set constant_liar=True", file=sys.stderr)
-    catch = (*_objective.CATCH, TrialTimeout)
+    catch = (*_recovery.CATCH, TrialTimeout)
     who = f"worker {index}: " if workers > 1 else ""
     try:
         if spec.strategy is not None:
@@ -263,7 +174,7 @@ def run_worker(spec: StudySpec, study: optuna.Study, task: Any, store: Any, *, p
         else:
             _sampled_loop(spec, study, task, store, progress, watchdog, catch, deadline, who, info)
     except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: this worker's trial is failed and queued again
-        _objective.retry_interrupted(study, e)
+        _recovery.retry_interrupted(study, e)
         raise
 
 
@@ -275,10 +186,10 @@ def _sampled_loop(spec: StudySpec, study: optuna.Study, task: Any, store: Any, p
     objective: Callable[[optuna.Trial], Any] = watchdog.wrap(evaluate) if watchdog is not None else evaluate
     bar = _progress.Progress(study, spec, enabled=progress, index=index.update(study.get_trials(deepcopy=False)))
     try:
-        callbacks = [_objective.retry_failed, *([lambda s, t: bar.on_trial(s, t)] if progress else [])]
+        callbacks = [_recovery.retry_failed, *([lambda s, t: bar.on_trial(s, t)] if progress else [])]
         while time.monotonic() < deadline:
             trials = study.get_trials(deepcopy=False)
-            if _objective.recover_dead_local_trials(study, trials):
+            if _recovery.recover_dead_local_trials(study, trials):
                 trials = study.get_trials(deepcopy=False)
             finished, running, waiting = index.update(trials).budget()
             if finished >= spec.n_trials:
@@ -309,7 +220,7 @@ def _gradient_loop(spec: StudySpec, study: optuna.Study, task: Any, store: Any, 
     objective = GradientObjective(spec, task, store, named, progress, worker=info)
     call: Callable[[optuna.Trial], Any] = watchdog.wrap(objective) if watchdog is not None else objective
     while time.monotonic() < deadline:
-        _objective.recover_dead_local_trials(study)
+        _recovery.recover_dead_local_trials(study)
         pending = [label for label in named if not strategy_done(study, label)]
         if not pending:
             return
@@ -322,7 +233,7 @@ def _gradient_loop(spec: StudySpec, study: optuna.Study, task: Any, store: Any, 
             continue
         k = index % len(free) if free else 0
         objective.pending = free[k:] + free[:k]
-        _optimize_one(study, call, who, catch=catch, callbacks=[_objective.retry_failed], gc_after_trial=False)
+        _optimize_one(study, call, who, catch=catch, callbacks=[_recovery.retry_failed], gc_after_trial=False)
 
 
 # -- N workers on this machine -----------------------------------------------------------------------
@@ -339,17 +250,17 @@ def check_single_process(study: optuna.Study, url: str) -> None:
     if path is None:
         return
     storage, study_id = study._storage, study._study_id
-    key = _objective.WORKER_KEY
+    key = WORKER_KEY
     with sqlite_lock(path):
         claims = [storage.get_study_system_attrs(study_id).get(key)]
         claims += [t.system_attrs.get(key) for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
         for worker in claims:
             if (isinstance(worker, dict) and worker.get("host") == socket.gethostname()
-                    and worker.get("pid") != os.getpid() and _objective.process_alive(worker)):
+                    and worker.get("pid") != os.getpid() and _recovery.process_alive(worker)):
                 raise UserError(f"another nasopt run (pid {worker['pid']}) is running study {study.study_name!r} "
                                 "in this SQLite file, which serves one process; wait for it, or use a journal file "
                                 "(--storage journal:///nasopt.log) or PostgreSQL to run several workers")
-        mine = _objective.worker_record()
+        mine = _recovery.worker_record()
         storage.set_study_system_attr(study_id, key, mine)
 
     def give_back() -> None:
