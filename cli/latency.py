@@ -6,7 +6,6 @@ import argparse
 from typing import Any
 
 from nasopt.errors import UserError
-from nasopt.export._rebuild import ShapeTask
 
 __all__ = ["add_parser", "cmd_latency_table"]
 
@@ -42,6 +41,8 @@ def _space_and_task(args: argparse.Namespace) -> tuple[Any, Any, str | None]:
     if args.input_shape:
         if args.dataset:
             raise UserError("give --dataset or --input-shape, not both")
+        from nasopt.export import ShapeTask  # torch: loaded only when the command runs, not for --help
+
         return space, ShapeTask("shape", _input_shape(args.input_shape), args.num_classes), storage
     if (dataset or "digits") == "nanobench":
         raise UserError("nanobench is a table of results, not data: give --dataset digits or --input-shape C,H,W")
