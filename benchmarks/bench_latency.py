@@ -1,7 +1,7 @@
 """Latency lookup table: how well the summed table predicts measured end-to-end latency.
 
 Draws random architectures of the default mobile space and compares `LatencyTable.predict` (the table
-of `nasopt.measure._latency_table.build_table`) with `nasopt.measure._metrics.measure_latency` of each built network (eval,
+of `nasopt.measure._latency_build.build_table`) with `nasopt.measure._metrics.measure_latency` of each built network (eval,
 batch 1). On a machine shared with other work the load, and with it every latency, drifts by up to 2x
 within a minute, so the benchmark runs `--rounds` rounds of (a fresh table, then every architecture
 measured once) and compares the medians over rounds: table and measurements see the same load. Prints the mean absolute (percentage) error, the mean signed error (bias) and the
@@ -21,7 +21,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from nasopt.measure._latency_table import build_table
+from nasopt.measure._latency_build import build_table
 from nasopt.measure._metrics import measure_latency
 from nasopt.search_spaces.mobile import MobileSpace
 from nasopt.space import random_arch

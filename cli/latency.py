@@ -50,7 +50,8 @@ def _space_and_task(args: argparse.Namespace) -> tuple[Any, Any, str | None]:
 
 
 def cmd_latency_table(args: argparse.Namespace) -> int:
-    from nasopt.measure._latency_table import build_table, default_path
+    from nasopt.measure._latency_build import build_table
+    from nasopt.measure._latency_table import default_path
 
     space, task, storage = _space_and_task(args)
     table = build_table(space, task, device=args.device, batch_size=args.batch, threads=args.threads,

@@ -14,10 +14,10 @@ import torch
 from torch import nn
 
 import nasopt
-from nasopt.measure import _latency_table as latency_table
+from nasopt.measure import _latency_build as latency_build
+from nasopt.measure._latency_build import build_table
 from nasopt.measure._latency_table import (
     LatencyTable,
-    build_table,
     default_path,
     predicted_latency,
     shape_key,
@@ -59,7 +59,7 @@ class ShapeRecorder:
 
 
 def test_table_covers_every_op_and_shape_of_random_architectures(digits_task, monkeypatch):
-    monkeypatch.setattr(latency_table, "_measure", lambda jobs, *a, **k: [(0.0, 0.0)] * len(jobs))
+    monkeypatch.setattr(latency_build, "_measure", lambda jobs, *a, **k: [(0.0, 0.0)] * len(jobs))
     space = MobileSpace(**TINY)
     table = build_table(space, digits_task, repeats=1, warmup=0)
     recorder = ShapeRecorder()
@@ -76,7 +76,7 @@ def test_table_covers_every_op_and_shape_of_random_architectures(digits_task, mo
 
 def test_predictor_sums_the_entries_of_an_architecture_exactly(digits_task, monkeypatch):
     """With multiply-adds in place of times, the prediction must be the network's own MAC count."""
-    monkeypatch.setattr(latency_table, "_measure", macs_instead_of_time)
+    monkeypatch.setattr(latency_build, "_measure", macs_instead_of_time)
     space = MobileSpace(**TINY)
     table = build_table(space, digits_task, repeats=1, warmup=0)
     for seed in range(8):
@@ -114,7 +114,7 @@ def test_predictor_tracks_measured_latency(digits_task, tmp_path):
 
 
 def test_stale_or_missing_tables_say_how_to_rebuild(digits_task, tmp_path, monkeypatch):
-    monkeypatch.setattr(latency_table, "_measure", lambda jobs, *a, **k: [(0.0, 0.0)] * len(jobs))
+    monkeypatch.setattr(latency_build, "_measure", lambda jobs, *a, **k: [(0.0, 0.0)] * len(jobs))
     space = MobileSpace(**TINY)
     path = build_table(space, digits_task, repeats=1).save(tmp_path / "t.json")
     table = LatencyTable.load(path)

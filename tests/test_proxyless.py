@@ -15,8 +15,8 @@ from gradient_resume import kill_mid_search_and_resume
 from optuna.trial import TrialState
 
 import nasopt
-from nasopt.measure import _latency_table as latency_table
-from nasopt.measure._latency_table import build_table
+from nasopt.measure import _latency_build as latency_build
+from nasopt.measure._latency_build import build_table
 from nasopt.measure._metrics import count_params, peak_live_bytes
 from nasopt.oneshot import ProxylessNAS
 from nasopt.oneshot.mixed import param_key
@@ -37,7 +37,7 @@ def macs_table(space, task, path, monkeypatch):
     from nasopt.measure._metrics import flop_counter_macs
 
     with monkeypatch.context() as m:
-        m.setattr(latency_table, "_measure", lambda jobs, *a, **k: [
+        m.setattr(latency_build, "_measure", lambda jobs, *a, **k: [
             (flop_counter_macs(module, tuple(x.shape[1:])) / 1e6, 0.0) for module, x in jobs])
         return build_table(space, task, repeats=1, warmup=0).save(path)
 

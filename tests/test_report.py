@@ -10,7 +10,7 @@ import optuna
 import pytest
 from optuna.distributions import CategoricalDistribution
 
-from nasopt.analysis import _plots as plots
+from nasopt.analysis import _plot_archs as arch_plots
 from nasopt.analysis._report import search_metrics
 from nasopt.artifacts._inherit import artifact_store_for
 from nasopt.artifacts._pictures import draw_missing
@@ -73,8 +73,8 @@ def test_search_metrics(study_db):
     assert m["unique_architectures"] == len({repr(sorted(t.params.items())) for t in study.trials})
     assert 0 < m["mean_pairwise_distance"] <= 1 and m["best"]["accuracy"] == 0.8
     assert m["strategies"] == ["RandomSampler", "TPESampler", "darts"]
-    assert plots.hamming({"a": 1, "b": 2}, {"a": 1, "b": 3}) == 0.5
-    assert plots.hamming({"a": 1}, {"a": 1, "b": 3}) == 0.5  # a decision only one architecture has differs
+    assert arch_plots.hamming({"a": 1, "b": 2}, {"a": 1, "b": 3}) == 0.5
+    assert arch_plots.hamming({"a": 1}, {"a": 1, "b": 3}) == 0.5  # a decision only one architecture has differs
 
 
 def test_report_command_writes_one_self_contained_file(study_db, capsys):
@@ -125,5 +125,5 @@ def test_alpha_candidates_are_named_from_the_distributions():
         params={"normal.n0.op0": "skip"}, distributions={"normal.n0.op0": CategoricalDistribution(["a", "skip"])},
         values=[1.0], user_attrs={"alphas": [{"epoch": 1, "weights": {"normal.n0.e1": [0.2, 0.3, 0.5],
                                                                      "normal.n0.op0": [0.5, 0.5]}}]})
-    fig = plots.alpha_evolution(trial)
+    fig = arch_plots.alpha_evolution(trial)
     assert {d.name for d in fig.data} == {"none", "a", "skip"}

@@ -22,6 +22,7 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from nasopt.analysis import _plot_archs as arch_plots
 from nasopt.analysis import _plots as plots
 from nasopt.artifacts._pictures import picture_ids, picture_svg
 
@@ -44,7 +45,7 @@ def search_metrics(study: optuna.Study) -> dict[str, Any]:
     archs = [t.params for t in finished if t.params]
     unique = {tuple(sorted((k, repr(v)) for k, v in a.items())) for a in archs}
     distinct = [dict(u) for u in unique]
-    pairs = [plots.hamming(a, b) for i, a in enumerate(distinct) for b in distinct[i + 1:]]
+    pairs = [arch_plots.hamming(a, b) for i, a in enumerate(distinct) for b in distinct[i + 1:]]
     cost = {"cpu": 0.0, "gpu": 0.0}
     for t in finished:
         cost[_device(t)] += _hours(t)
@@ -163,13 +164,13 @@ def render_report(study: optuna.Study, store: Any = None) -> str:
         header, *rows = _strategy_rows(study)
         sections.append(("strategies", "Strategy comparison", [_table(header, rows), plots.strategy_box(study)]))
     sections.append(("importance", "Decision importances", list(plots.importances(study))))
-    sections.append(("dna", "Architecture DNA", [plots.architecture_dna(study)]))
-    sections.append(("ops", "Operation frequencies over time", [plots.op_frequencies(study)]))
-    sections.append(("landscape", "Search landscape", [plots.landscape(study)]))
-    sections.append(("curves", "Learning curves", [plots.learning_curves(study)]))
+    sections.append(("dna", "Architecture DNA", [arch_plots.architecture_dna(study)]))
+    sections.append(("ops", "Operation frequencies over time", [arch_plots.op_frequencies(study)]))
+    sections.append(("landscape", "Search landscape", [arch_plots.landscape(study)]))
+    sections.append(("curves", "Learning curves", [arch_plots.learning_curves(study)]))
     gradient = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("alphas")]
     sections.append(("alphas", "Architecture weights of the gradient runs",
-                     [plots.alpha_evolution(t) for t in gradient]))
+                     [arch_plots.alpha_evolution(t) for t in gradient]))
 
     parts, toc = [], []
     for anchor, title, items in sections:

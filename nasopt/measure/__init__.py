@@ -10,11 +10,11 @@ from nasopt.measure._energy import (
     estimate_energy,
     rapl_domains,
 )
+from nasopt.measure._latency_build import build_table
 from nasopt.measure._latency_table import (
     FORMAT,
     LatencyTable,
     Slot,
-    build_table,
     default_path,
     predicted_latency,
     record_slots,
