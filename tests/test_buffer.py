@@ -191,7 +191,7 @@ def test_a_sampled_study_writes_few_transactions_per_trial(tmp_path):
 
 def test_another_worker_sees_states_at_once_and_params_as_soon_as_they_exist(url, monkeypatch):
     a, b = _study(url), optuna.load_study(study_name="buffer", storage=BufferedStorage(open_storage(url, heartbeat=False)))
-    monkeypatch.setattr("nasopt.storage._fast._buffer.COALESCE", 0.0)
+    monkeypatch.setattr("nasopt.storage._fast._cache.COALESCE", 0.0)
     trial = a.ask()
     hold(trial)
 
@@ -204,11 +204,11 @@ def test_another_worker_sees_states_at_once_and_params_as_soon_as_they_exist(url
     assert seen().params == trial.params  # read again: it had no params when last read
     trial.set_user_attr("curve", [0.5])
     flush(trial)
-    monkeypatch.setattr("nasopt.storage._fast._buffer.REFRESH", 3600.0)
+    monkeypatch.setattr("nasopt.storage._fast._cache.REFRESH", 3600.0)
     assert "curve" not in seen().user_attrs  # a running trial's attributes may lag (by REFRESH)...
-    monkeypatch.setattr("nasopt.storage._fast._buffer.REFRESH", 0.0)
+    monkeypatch.setattr("nasopt.storage._fast._cache.REFRESH", 0.0)
     assert seen().user_attrs["curve"] == [0.5]  # ...and are read again after it
-    monkeypatch.setattr("nasopt.storage._fast._buffer.REFRESH", 3600.0)
+    monkeypatch.setattr("nasopt.storage._fast._cache.REFRESH", 3600.0)
     a.tell(trial, [0.8, 20.0])
     done = seen()  # a state change is read at once, with everything written with it
     assert done.state == TrialState.COMPLETE and done.values == [0.8, 20.0] and done.user_attrs["curve"] == [0.5]
@@ -297,7 +297,7 @@ def test_a_trial_gone_silent_on_another_machine_is_failed_and_retried(tmp_path, 
 def test_trials_read_in_full_are_the_trials_optuna_reads(url, zone, monkeypatch):
     """A worker's read of the study (`nasopt.storage._fast._load`: Core, two statements) gives what Optuna's own read
     (ORM) gives, field for field: a fresh reader, and a reader that follows the study step by step."""
-    monkeypatch.setattr("nasopt.storage._fast._buffer.COALESCE", 0.0)
+    monkeypatch.setattr("nasopt.storage._fast._cache.COALESCE", 0.0)
     study = _study(url)
     outside = _outside(url)
     follower = BufferedStorage(open_storage(url, heartbeat=False))

@@ -2,7 +2,7 @@
 path was not verified on, Optuna's own storage classes do the writing.
 
 Optuna (5.0, 5.1) stores `datetime_start`/`datetime_complete` as naive UTC in an RDB and as aware UTC in a
-journal, and hands out naive local time. nasopt's fast path (`nasopt.storage._fast._buffer`, `_batch`, `_load`) writes
+journal, and hands out naive local time. nasopt's fast path (`nasopt.storage._fast._buffer`, `_cache`, `_batch`, `_load`) writes
 and reads those columns itself, so outside UTC any slip shows as hours: the tests below run with the
 process in a zone east of UTC (JST, +9) and west of it (EST, -5), in-process and through `nasopt run`
 in a subprocess, on SQLite, a journal file and PostgreSQL. The zones are POSIX rules ("JST-9" is
@@ -31,7 +31,7 @@ from optuna.trial import FrozenTrial, TrialState
 import nasopt
 from nasopt.keys import WORKER_KEY
 from nasopt.search_spaces.nano import NanoSpace
-from nasopt.storage._fast import _buffer, _load
+from nasopt.storage._fast import _buffer, _cache, _load
 from nasopt.storage._fast._buffer import BufferedStorage, hold
 from nasopt.storage._fast._load import (
     VERIFIED_OPTUNA,
@@ -212,8 +212,8 @@ def test_an_unverified_optuna_gets_optunas_own_storage(tmp_path, monkeypatch, ca
     def fast_path(*_args, **_kwargs):
         raise AssertionError("the fast path ran on an unverified Optuna")
 
-    for name in ("write_batch", "create_trial", "read_study"):
-        monkeypatch.setattr(_buffer, name, fast_path)
+    for module, name in ((_buffer, "write_batch"), (_buffer, "create_trial"), (_cache, "read_study")):
+        monkeypatch.setattr(module, name, fast_path)
     db = tmp_path / "fallback.db"
     spec = nasopt.StudySpec(name="fallback", space=NanoSpace(C=8), dataset="digits",
                             objectives={"accuracy": "maximize", "params": "minimize"},

@@ -1,25 +1,18 @@
-"""Fewer database round trips per trial: Optuna's trial cache, plus write-behind for this process's trials.
+"""Fewer database round trips per trial: write-behind for this process's trials, on the fast path's trial cache.
 
 A short trial on an RDB storage used to cost about 15 transactions and 50 statements: one per
 parameter, one per attribute, three full reads of its own trial (each 6 lazy loads); now 4 and 10. On a database
 server that CPU caps how many workers a few cores can feed; on SQLite every commit is an fsync.
-`BufferedStorage` is Optuna's `_CachedStorage` with three additions:
+`BufferedStorage` is the write side, built on the read side (`nasopt.storage._fast._cache.CachedReads`: Optuna's
+`_CachedStorage` serving this process's running trials from local copies, with coalesced, narrow reads of the
+study), and adds:
 
-- the trials this process created (or took from the queue) are served from a local copy while they
-  run: reading one's own trial costs nothing;
 - while the runner `hold`s a trial, its writes (params, user/system attrs, intermediate values) are
   kept in memory and written together, in ONE transaction, at `flush` and at the state change that
   ends the trial (Optuna's `_CachedStorage` makes the same promise: every write before a state
   change is persistent once the state change is). The runner flushes after `suggest` (other workers
   and the dashboard see the architecture, a killed trial is retried with its params) and after every
   epoch; without `hold` every write goes through at once, as before;
-- two reads of the study's trials within `COALESCE` seconds, with no write of this process between
-  them, are one read (the runner's budget read and `ask`'s look for queued trials);
-- a read is one transaction: the states of the trials that may have changed, then in full only what
-  did: new trials, trials whose state changed, and other workers' running trials with new params or
-  system attrs, or last read over `REFRESH` seconds ago (their user attrs — a curve, say — may lag by
-  that much; their states, params and system attrs never lag). A new trial with nothing written yet
-  is cached empty, without a load;
 - a held trial's first heartbeat goes out with its first flush, not in a transaction of its own, and
   the heartbeat-stale check Optuna runs before every trial runs once per heartbeat interval;
 - a trial this process creates or takes from the queue gets the runner's worker record
@@ -45,7 +38,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Container, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
@@ -55,17 +48,10 @@ from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from nasopt.storage._fast._batch import create_trial, start_trial, write_batch
-from nasopt.storage._fast._load import fast_path_verified, from_stored, read_study, unverified_notice
-
-try:  # Optuna's private cache, the fast path's base; an Optuna without it is one the path was not verified on
-    from optuna.storages._cached_storage import _CachedStorage
-except ImportError:  # pragma: no cover  (then `fast_path_verified()` is False: BufferedStorage is never built)
-    _CachedStorage = object  # type: ignore[misc,assignment]
+from nasopt.storage._fast._cache import CachedReads, copy_trial
+from nasopt.storage._fast._load import fast_path_verified, unverified_notice
 
 __all__ = ["BufferedStorage", "hold", "flush"]
-
-COALESCE = 0.05  # seconds within which a second read of the study's trials reuses the first
-REFRESH = 1.0  # seconds after which another worker's running trial is read in full again
 
 
 @dataclass
@@ -79,20 +65,16 @@ class _Pending:
         return bool(self.params or self.user or self.system or self.intermediate)
 
 
-class BufferedStorage(_CachedStorage):
+class BufferedStorage(CachedReads):
     """Optuna's `_CachedStorage` around an `RDBStorage`, with local copies of this process's running
-    trials and write-behind for the held ones (see the module docstring)."""
+    trials (`CachedReads`) and write-behind for the held ones (see the module docstring)."""
 
     def __init__(self, backend: RDBStorage) -> None:
         super().__init__(backend)
-        self._own: dict[int, FrozenTrial] = {}  # trial_id -> this process's running trial
         self._pending: dict[int, _Pending] = {}  # held trials' unwritten changes
-        self._last_read: dict[int, float] = {}  # study_id -> monotonic time of the last remote read
-        self._seen: dict[int, float] = {}  # trial_id -> when it was last read in full
         self._beats: set[int] = set()  # own running trials whose heartbeat thread has beaten
         self._beat: set[int] = set()  # of those, the ones whose first beat waits for their next flush
         self._stale_checked: dict[int, float] = {}  # study_id -> monotonic time of the last stale check
-        self._mutex = threading.RLock()
 
     @staticmethod
     def around(storage: Any) -> Any:
@@ -105,15 +87,6 @@ class BufferedStorage(_CachedStorage):
             _unverified_notice()
             return storage
         return BufferedStorage(storage)
-
-    def __getstate__(self) -> dict[Any, Any]:
-        state = super().__getstate__()
-        state.pop("_mutex", None)
-        return state
-
-    def __setstate__(self, state: dict[Any, Any]) -> None:
-        super().__setstate__(state)
-        self._mutex = threading.RLock()
 
     # -- holding and flushing ------------------------------------------------------------------
 
@@ -210,16 +183,10 @@ class BufferedStorage(_CachedStorage):
         with self._mutex:
             self._last_read.clear()
             if frozen.state == TrialState.RUNNING:
-                self._own[frozen._trial_id] = _copy(frozen)
+                self._own[frozen._trial_id] = copy_trial(frozen)
         if beat and frozen.state == TrialState.RUNNING:
             self._prebeat(frozen._trial_id)
         return frozen._trial_id
-
-    @staticmethod
-    def _study_info() -> Any:
-        from optuna.storages._cached_storage import _StudyInfo
-
-        return _StudyInfo()
 
     def set_trial_state_values(self, trial_id: int, state: TrialState,
                                values: Sequence[float] | None = None) -> bool:
@@ -318,106 +285,10 @@ class BufferedStorage(_CachedStorage):
             if own is not None:
                 own.intermediate_values[step] = intermediate_value
 
-    def get_trial(self, trial_id: int) -> FrozenTrial:
-        with self._mutex:
-            own = self._own.get(trial_id)
-            if own is not None:
-                return _copy(own)
-        return super().get_trial(trial_id)
-
-    # -- reading the study -----------------------------------------------------------------------
-
-    def _add_trials_to_cache(self, study_id: int, trials: list[FrozenTrial]) -> None:
-        super()._add_trials_to_cache(study_id, trials)
-        # every distribution the study has used is known here, so held params are checked without a query
-        known = self._studies[study_id].param_distribution
-        for trial in trials:
-            for name, distribution in trial.distributions.items():
-                known.setdefault(name, distribution)
-
-    def _read_trials_from_remote_storage(self, study_id: int) -> None:
-        """Optuna re-reads every unfinished trial of the study, with all its params and attributes, at
-        every read: with W workers that is W-1 running trials (7 statements) per trial. Here a first,
-        narrow query asks for the states of the trials Optuna would read (and, for running ones, how many
-        params and system attrs they have); in the same transaction, only new trials, trials whose state
-        changed, and other workers' running trials with new params or system attrs, or read more than
-        `REFRESH` seconds ago, are loaded in full. A new running trial with neither is cached as it is
-        (empty), without a load."""
-        now = time.monotonic()
-        if now - self._last_read.get(study_id, -1e9) < COALESCE:
-            return
-        with self._lock:
-            if study_id not in self._studies:
-                self._studies[study_id] = self._study_info()
-            study = self._studies[study_id]
-            last, unfinished = study.last_finished_trial_id, set(study.unfinished_trial_ids)
-        empty: list[FrozenTrial] = []
-
-        def choose(rows: list[Any]) -> set[int]:
-            load, empty[:] = set(), []
-            with self._lock:
-                for row in rows:
-                    trial_id, state = row.trial_id, row.state
-                    if trial_id in self._own:
-                        continue  # this process's running trial: the local copy is the newest
-                    where = self._trial_id_to_study_id_and_number.get(trial_id)
-                    cached = study.trials.get(where[1]) if where is not None else None
-                    if state == TrialState.RUNNING and not row.marks:
-                        if cached is None or cached.state != state:  # just created: nothing to read yet
-                            empty.append(FrozenTrial(
-                                number=row.number, state=state, value=None, values=None,
-                                datetime_start=from_stored(row.datetime_start), datetime_complete=None, params={},
-                                distributions={}, user_attrs={}, system_attrs={}, intermediate_values={},
-                                trial_id=trial_id))
-                    elif cached is None or cached.state != state or state == TrialState.WAITING or (
-                            state == TrialState.RUNNING and (
-                                row.marks != len(cached.params) + len(cached.system_attrs)
-                                or now - self._seen.get(trial_id, 0.0) > REFRESH)):
-                        load.add(trial_id)
-            return load
-
-        rows, trials = read_study(self._backend, study_id, last, unfinished, choose)
-        with self._lock:
-            self._add_trials_to_cache(study_id, empty + trials)
-            states = {row.trial_id: row.state for row in rows}
-            for trial in trials:
-                self._seen[trial._trial_id] = now
-                states[trial._trial_id] = trial.state
-            for trial_id, state in states.items():
-                if state.is_finished():
-                    study.last_finished_trial_id = max(study.last_finished_trial_id, trial_id)
-                    study.unfinished_trial_ids.discard(trial_id)
-                else:
-                    study.unfinished_trial_ids.add(trial_id)
-        self._last_read[study_id] = time.monotonic()
-
-    def get_all_trials(self, study_id: int, deepcopy: bool = True,
-                       states: Container[TrialState] | None = None) -> list[FrozenTrial]:
-        trials = super().get_all_trials(study_id, deepcopy=deepcopy, states=states)
-        with self._mutex:
-            if not self._own:
-                return trials
-            own = {t.number: t for t in self._own.values()}
-        # this process's running trials as it has changed them (the database may not have all of it yet)
-        return [(copy.deepcopy(own[t.number]) if deepcopy else own[t.number])
-                if t.number in own and t._trial_id == own[t.number]._trial_id and t.state == TrialState.RUNNING
-                else t for t in trials]
-
 
 @cache
 def _unverified_notice() -> None:
     print(unverified_notice(), file=sys.stderr)
-
-
-def _copy(trial: FrozenTrial) -> FrozenTrial:
-    """A copy of a running trial whose dicts are its own (what Optuna's `Trial` changes in its copy);
-    their values are shared: neither side changes one in place (a new attribute value replaces the old)."""
-    twin = copy.copy(trial)
-    twin._params, twin._distributions = dict(trial._params), dict(trial._distributions)
-    twin._user_attrs, twin._system_attrs = dict(trial._user_attrs), dict(trial._system_attrs)
-    twin.intermediate_values = dict(trial.intermediate_values)
-    twin._values = None if trial._values is None else list(trial._values)
-    return twin
 
 
 def hold(trial: Any) -> None:

@@ -1,4 +1,4 @@
-"""Reading a study's trials for `nasopt.storage._fast._buffer`: a narrow state query, then the changed trials in full,
+"""Reading a study's trials for `nasopt.storage._fast._cache`: a narrow state query, then the changed trials in full,
 in two Core statements whatever their number (Optuna's ORM read is six queries and their objects), on a
 connection in autocommit mode. A worker reads every trial of the others, so with W workers this runs
 W-1 times per trial.
@@ -25,7 +25,7 @@ from optuna.trial import FrozenTrial, TrialState
 __all__ = ["read_study", "autocommit", "VERIFIED_OPTUNA", "fast_path_verified", "unverified_notice", "stored_now", "from_stored",
            "seconds_since"]
 
-# Optuna releases (major, minor) the fast path (`nasopt.storage._fast._buffer`, `_batch`, this module) was verified on:
+# Optuna releases (major, minor) the fast path (`nasopt.storage._fast._buffer`, `_cache`, `_batch`, this module) was verified on:
 # the suite ran against them. On any other the runner uses Optuna's own storage classes (plain
 # RDBStorage behind Optuna's cache) and says so once. pyproject's `optuna` bound matches this set.
 VERIFIED_OPTUNA: frozenset[tuple[int, int]] = frozenset({(5, 0), (5, 1)})
