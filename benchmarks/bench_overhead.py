@@ -55,7 +55,7 @@ import nasopt
 from nasopt.data import load_task
 from nasopt.measure._metrics import MeasureConfig, count_macs, count_params, flop_counter_macs, peak_memory
 from nasopt.search_spaces.nano import NanoSpace
-from nasopt.storage._open import close_storage, fast_sqlite, open_storage
+from nasopt.storage import close_storage, fast_sqlite, open_storage
 from nasopt.study._objective import Objective
 from nasopt.study._run import finished_count
 

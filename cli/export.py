@@ -26,7 +26,7 @@ def resolve_study(args: argparse.Namespace, *, load_data: bool = False, device: 
     from nasopt.analysis._results import load_study
     from nasopt.cli.studyfile import load_study_file
     from nasopt.export._rebuild import from_study
-    from nasopt.storage._open import DEFAULT_STORAGE
+    from nasopt.storage import DEFAULT_STORAGE
 
     spec = load_study_file(args.study_file) if args.study_file else None
     storage = args.storage or (spec.storage if spec is not None else None) or DEFAULT_STORAGE
@@ -60,9 +60,10 @@ def _numbers(study: Any, args: argparse.Namespace) -> list[int]:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from nasopt.export._export import prepare_trial, write_export
+    from nasopt.export._export import write_export
+    from nasopt.export._trial import prepare_trial
     from nasopt.keys import WEIGHTS_ATTR
-    from nasopt.storage._open import mask_url
+    from nasopt.storage import mask_url
 
     study, rebuilt, storage, spec = resolve_study(args)
     numbers = _numbers(study, args)

@@ -21,7 +21,7 @@ __all__ = ["main", "entry", "parser", "load_study_file", "apply_sets"]
 
 def cmd_run(args: argparse.Namespace) -> int:
     import nasopt
-    from nasopt.storage._open import DEFAULT_STORAGE, mask_url
+    from nasopt.storage import DEFAULT_STORAGE, mask_url
     from nasopt.study._run import finished_count
 
     sets = list(args.set or [])
@@ -75,7 +75,7 @@ def _table(study: Any, top: int) -> str:
 def cmd_ls(args: argparse.Namespace) -> int:
     import optuna
 
-    from nasopt.storage._open import open_storage
+    from nasopt.storage import open_storage
 
     storage = open_storage(args.storage, create=False, heartbeat=False)
     summaries = optuna.get_all_study_summaries(storage, include_best_trial=False)
@@ -102,7 +102,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
-    from nasopt.storage._open import open_storage
+    from nasopt.storage import open_storage
 
     storage = open_storage(args.storage, create=False, heartbeat=False)
     if args.host not in ("127.0.0.1", "localhost", "::1"):

@@ -67,9 +67,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from nasopt.cli.export import resolve_study
     from nasopt.data import load_task, resolve_device
-    from nasopt.export._export import check_params, completed_trial, describe_export, write_export
+    from nasopt.export._export import write_export
     from nasopt.export._rebuild import normalisation, space_config
     from nasopt.export._retrain import AUGMENTATIONS, augmentation_for, resnet18, retrain
+    from nasopt.export._trial import check_params, completed_trial, describe_export
 
     if args.compare and args.compare not in BASELINES:
         raise UserError(f"unknown baseline {args.compare!r}; --compare takes {', '.join(BASELINES)}")

@@ -21,7 +21,7 @@ _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 def load_study_file(path: str) -> Any:
     """Execute a study file and return its `study` (a StudySpec); every failure is one UserError."""
-    from nasopt.study._run import StudySpec
+    from nasopt.study._spec import StudySpec
 
     file = Path(path)
     if not file.is_file():
@@ -50,7 +50,7 @@ def load_study_file(path: str) -> Any:
 
 
 def _from_dict(values: dict[str, Any]) -> Any:
-    from nasopt.study._run import StudySpec
+    from nasopt.study._spec import StudySpec
 
     values = dict(values)
     if isinstance(values.get("space"), str):

@@ -24,20 +24,7 @@ from typing import Any
 
 from nasopt.errors import UserError
 
-__all__ = ["load_yaml_study", "SAMPLER_CLASSES"]
-
-# sampler name -> its class, for the mapping form with arguments
-SAMPLER_CLASSES = {
-    "random": "optuna.samplers:RandomSampler",
-    "tpe": "optuna.samplers:TPESampler",
-    "nsga2": "optuna.samplers:NSGAIISampler",
-    "gp": "optuna.samplers:GPSampler",
-    "rea": "nasopt.samplers:REASampler",
-    "pnas": "nasopt.samplers:PNASSampler",
-    "rl": "nasopt.samplers:RLSampler",
-    "botorch": "nasopt.samplers:BoTorchPoolSampler",
-}
-
+__all__ = ["load_yaml_study"]
 
 def _class(path: str) -> Any:
     module, name = path.split(":")
@@ -81,14 +68,12 @@ def _space(value: Any) -> Any:
 
 
 def _sampler(value: Any, seed: int, n_objectives: int, space: Any) -> Any:
-    from nasopt.samplers import make_sampler
+    from nasopt.samplers import make_sampler, sampler_class
 
     name, args = _named("sampler", value)
-    if name not in SAMPLER_CLASSES:
-        raise UserError(f"unknown sampler {name!r}; known samplers: {', '.join(SAMPLER_CLASSES)}")
     if not args:
         return make_sampler(name, seed=seed, n_objectives=n_objectives, space=space)
-    cls = _class(SAMPLER_CLASSES[name])
+    cls = sampler_class(name)
     known = _parameters(cls)
     args = {**({"seed": seed} if "seed" in known else {}), **({"space": space} if "space" in known else {}), **args}
     return _construct(f"sampler({name})", cls, args)
@@ -137,7 +122,7 @@ def load_yaml_study(path: str) -> Any:
     import yaml
 
     from nasopt.measure._metrics import MeasureConfig
-    from nasopt.study._run import StudySpec
+    from nasopt.study._spec import StudySpec
     from nasopt.train import TrainConfig
 
     try:

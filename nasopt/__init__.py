@@ -22,7 +22,7 @@ __all__ = ["StudySpec", "TrainConfig", "MeasureConfig", "UserError", "run", "tri
 
 # public name -> the module that defines it. The one-line API resolves space and strategy names like
 # the CLI it lives beside; the engine itself never imports the front ends.
-_LAZY = {"StudySpec": "nasopt.study._run", "run": "nasopt.study._run", "TrainConfig": "nasopt.train",
+_LAZY = {"StudySpec": "nasopt.study._spec", "run": "nasopt.study._run", "TrainConfig": "nasopt.train",
          "MeasureConfig": "nasopt.measure._metrics", "trials_frame": "nasopt.analysis._results", "pareto_front": "nasopt.analysis._results",
          "load_model": "nasopt.export._export", "nano_nas": "nasopt.api", "search": "nasopt.api",
          "benchmark": "nasopt.api"}
@@ -32,7 +32,8 @@ if TYPE_CHECKING:
     from nasopt.api import benchmark, nano_nas, search
     from nasopt.export._export import load_model
     from nasopt.measure._metrics import MeasureConfig
-    from nasopt.study._run import StudySpec, run
+    from nasopt.study._run import run
+    from nasopt.study._spec import StudySpec
     from nasopt.train import TrainConfig
 
 

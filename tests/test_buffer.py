@@ -13,8 +13,8 @@ from optuna.trial import TrialState
 
 import nasopt
 from nasopt.search_spaces.nano import NanoSpace
+from nasopt.storage import open_storage
 from nasopt.storage._fast._buffer import BufferedStorage, flush, hold
-from nasopt.storage._open import open_storage
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

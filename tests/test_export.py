@@ -244,7 +244,7 @@ def test_bad_input(run: dict, capsys) -> None:
 
 def test_keep_front_weights(run: dict, capsys) -> None:
     from nasopt.artifacts._inherit import artifact_store_for
-    from nasopt.export._export import keep_front_weights
+    from nasopt.export._trial import keep_front_weights
     from nasopt.keys import DROPPED_ATTR
 
     study, url = run["study"], run["url"]

@@ -10,7 +10,7 @@ from optuna.distributions import CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from nasopt.keys import STRATEGY_KEY
-from nasopt.storage._open import retry_callback
+from nasopt.storage import retry_callback
 from nasopt.study._index import StudyIndex
 
 OPS = CategoricalDistribution(["conv3x3", "skip", "zero"])

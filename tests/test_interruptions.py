@@ -22,8 +22,8 @@ from optuna.trial import FrozenTrial, TrialState
 from test_workers import ENV, counted, read_trials
 
 from nasopt.keys import FAILURE_KEY, FAILURES_KEY
+from nasopt.storage import MAX_RETRY, open_storage, stamp_trials
 from nasopt.storage._fast._buffer import BufferedStorage
-from nasopt.storage._open import MAX_RETRY, open_storage, stamp_trials
 from nasopt.study import _recovery as _objective
 
 STUDIES = Path(__file__).parent / "studies"

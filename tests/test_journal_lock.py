@@ -45,7 +45,7 @@ study = nasopt.StudySpec(name="locks", space=NanoSpace(), dataset="nanobench",
 
 HOLDER = """
 import sys, time
-from nasopt.storage._open import open_storage
+from nasopt.storage import open_storage
 
 storage = open_storage(sys.argv[1])
 print("ready", flush=True)

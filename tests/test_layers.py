@@ -1,6 +1,7 @@
 """The house keeps its layers: no import cycle in nasopt (imports inside functions included), the engine
 and the spaces never import the CLI, no module imports another module's private name, and the wheel's
-package list is exactly the folders that hold an `__init__.py`.
+package list is exactly the folders that hold an `__init__.py`; only the fenced fast path imports Optuna's
+private storage modules, and no module is over 400 lines.
 
 Read from the source with `ast`, so a cycle closed by an import inside a function counts like any other.
 """
@@ -199,3 +200,41 @@ def test_the_wheel_lists_every_folder_with_an_init():
                 continue
             folders.add(".".join([package, *rel]))
     assert packages == folders
+
+
+def _optuna_private_imports(path: Path) -> list[str]:
+    """Imports of Optuna's private storage modules or names (`optuna.storages._rdb`, `from optuna.storages
+    import _x`): the storage format the fast path writes, which only the fenced path may rely on."""
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        for name in names:
+            parts = name.split(".")
+            if parts[:2] == ["optuna", "storages"] and any(p.startswith("_") and not p.startswith("__") for p in parts):
+                out.append(f"{node.lineno}: {name}")
+                break
+    return out
+
+
+def test_only_the_fenced_fast_path_imports_optunas_private_modules():
+    bad = [f"{path.relative_to(ROOT)}:{hit}" for module, path in modules().items()
+           if not module.startswith("nasopt.storage._fast") for hit in _optuna_private_imports(path)]
+    assert not bad, "\n".join(bad)
+
+
+def test_the_optuna_formats_nasopt_relies_on_match_the_installed_optuna():
+    from optuna.artifacts._upload import ARTIFACTS_ATTR_PREFIX
+
+    from nasopt.keys import OPTUNA_ARTIFACT_PREFIX
+
+    assert OPTUNA_ARTIFACT_PREFIX == ARTIFACTS_ATTR_PREFIX
+
+
+def test_no_module_is_over_400_lines():
+    long = {str(path.relative_to(ROOT)): n for path in modules().values()
+            if (n := len(path.read_text().splitlines())) > 400}
+    assert not long, f"split these by job (docs/ARCHITECTURE.md): {long}"

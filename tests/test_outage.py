@@ -16,8 +16,8 @@ from optuna.trial import FrozenTrial, TrialState
 from test_faults import EPOCHS, TRAIN_STUDY, Watcher, mid_training, retries_of, start
 from test_workers import NANO_STUDY, admin_connection, assert_settled, write_study
 
+from nasopt.storage import GRACE_PERIOD, OUTAGE_TIMEOUT, open_storage, retry_callback
 from nasopt.storage import _open as nasopt_storage
-from nasopt.storage._open import GRACE_PERIOD, OUTAGE_TIMEOUT, open_storage, retry_callback
 
 
 def block(url: str, seconds: float) -> None:

@@ -31,7 +31,7 @@ from nasopt.search_spaces.mobile import MobileSpace
 from nasopt.search_spaces.nano import NanoSpace
 from nasopt.search_spaces.nb201 import NB201Space
 from nasopt.space import random_arch
-from nasopt.storage._open import open_storage
+from nasopt.storage import open_storage
 
 SPACES = {  # space, input shape
     "nano": (NanoSpace(C=8), (1, 8, 8)),

@@ -14,8 +14,9 @@ import pytest
 import torch
 
 from nasopt.cli.main import main
-from nasopt.export._export import describe_export, write_export
+from nasopt.export._export import write_export
 from nasopt.export._rebuild import ShapeTask, space_config
+from nasopt.export._trial import describe_export
 from nasopt.measure._energy import PJ_PER_MAC, _Rapl, energy_per_inference, estimate_energy, rapl_domains
 from nasopt.search_spaces.nano import NanoSpace
 

@@ -17,7 +17,7 @@ from nasopt.artifacts._pictures import draw_missing
 from nasopt.cli.main import main
 from nasopt.search_spaces.nano import NANO_OPS, NanoSpace
 from nasopt.space import random_arch
-from nasopt.storage._open import open_storage
+from nasopt.storage import open_storage
 
 SPACE = NanoSpace(C=4)
 LIMIT = 2000

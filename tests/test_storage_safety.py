@@ -32,7 +32,7 @@ import sqlalchemy as sa
 from test_cli import ENV, MOBILE, NANO, _make_db, assert_user_error, nasopt, snapshot
 
 from nasopt.errors import UserError
-from nasopt.storage._open import close_storage, open_storage
+from nasopt.storage import close_storage, open_storage
 from nasopt.storage._outage import Outage as _Outage
 from nasopt.storage._outage import sqlite_user_error as _sqlite_user_error
 from nasopt.storage._outage import transient as _transient

@@ -31,6 +31,7 @@ from optuna.trial import FrozenTrial, TrialState
 import nasopt
 from nasopt.keys import WORKER_KEY
 from nasopt.search_spaces.nano import NanoSpace
+from nasopt.storage import close_storage, open_storage
 from nasopt.storage._fast import _buffer, _cache, _load
 from nasopt.storage._fast._buffer import BufferedStorage, hold
 from nasopt.storage._fast._load import (
@@ -40,7 +41,6 @@ from nasopt.storage._fast._load import (
     seconds_since,
     stored_now,
 )
-from nasopt.storage._open import close_storage, open_storage
 from nasopt.study._recovery import ORPHAN_AFTER, recover_dead_local_trials
 
 ROOT = Path(__file__).resolve().parent.parent

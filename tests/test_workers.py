@@ -30,7 +30,7 @@ import nasopt
 from nasopt.errors import UserError
 from nasopt.samplers import REASampler
 from nasopt.search_spaces.nano import NanoSpace
-from nasopt.storage._open import mask_url, open_storage, scrub
+from nasopt.storage import mask_url, open_storage, scrub
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
 

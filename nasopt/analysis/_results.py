@@ -14,7 +14,7 @@ import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
 from nasopt.errors import UserError
-from nasopt.storage._open import mask_url, open_storage
+from nasopt.storage import mask_url, open_storage
 
 __all__ = ["load_study", "trials_frame", "pareto_front", "study_names"]
 

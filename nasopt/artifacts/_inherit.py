@@ -76,7 +76,7 @@ def artifact_dir(storage_url: str | None, directory: str | None = None) -> str:
     if url.startswith("sqlite:///") and url[len("sqlite:///"):] not in ("", ":memory:"):
         return str(Path(url[len("sqlite:///"):].split("?", 1)[0]).with_suffix(".artifacts"))
     if url.startswith("journal:///") and url[len("journal:///"):]:
-        from nasopt.storage._open import journal_path
+        from nasopt.storage import journal_path
 
         return str(Path(journal_path(url) or "nasopt.log").with_suffix(".artifacts"))
     return "nasopt-artifacts"

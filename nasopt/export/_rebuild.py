@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from nasopt._json import plain
 from nasopt.errors import UserError
 
 __all__ = ["ShapeTask", "space_config", "space_from_config", "study_record", "normalisation", "input_record"]
@@ -37,17 +38,6 @@ class ShapeTask:
     input_shape: tuple[int, ...]
     num_classes: int
     device: str = "cpu"
-
-
-def _jsonable(value: Any) -> Any:
-    """Tuples to lists, recursively; anything that is not plain JSON raises TypeError."""
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    raise TypeError(f"{type(value).__name__} is not plain JSON")
 
 
 def _same_space(a: Any, b: Any) -> bool:
@@ -68,7 +58,7 @@ def space_kwargs(space: Any) -> dict[str, Any] | None:
             return None  # an argument the space does not keep: it could not be rebuilt faithfully
         kwargs = {p.name: getattr(space, p.name) for p in params}
     try:
-        return _jsonable(kwargs)
+        return plain(kwargs, strict=True)
     except TypeError:
         return None
 

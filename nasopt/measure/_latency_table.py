@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from nasopt._json import plain
 from nasopt.errors import UserError
 from nasopt.ops import Zero
 from nasopt.space import Chooser
@@ -115,13 +116,9 @@ def default_path(space: Any, device: str, storage: str | None = None) -> Path:
     return Path(name)
 
 
-def _jsonable(value: Any) -> Any:
-    return json.loads(json.dumps(value, default=str))
-
-
 def space_config(space: Any) -> dict[str, Any]:
     """The space's public settings (its constructor's values), as JSON: what the table's shapes depend on."""
-    return _jsonable({k: v for k, v in sorted(vars(space).items()) if not k.startswith("_") and not callable(v)})
+    return plain({k: v for k, v in sorted(vars(space).items()) if not k.startswith("_") and not callable(v)})
 
 
 def frame_key(structural: Sequence[str], arch: Mapping[str, Any]) -> str:

@@ -6,6 +6,7 @@ resolve to; a study file may just as well construct any Optuna sampler itself.
 
 from __future__ import annotations
 
+import importlib
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -17,7 +18,7 @@ from nasopt.samplers._pnas import PNASSampler
 from nasopt.samplers._rea import REASampler
 from nasopt.samplers._rl import RLSampler
 
-__all__ = ["SAMPLERS", "make_sampler", "REASampler", "PNASSampler", "RLSampler", "BoTorchPoolSampler"]
+__all__ = ["SAMPLERS", "SAMPLER_CLASSES", "make_sampler", "sampler_class", "REASampler", "PNASSampler", "RLSampler", "BoTorchPoolSampler"]
 
 
 def __getattr__(name: str) -> Any:
@@ -112,6 +113,28 @@ SAMPLERS: dict[str, SamplerFactory] = {
     "rl": _rl,
     "botorch": _botorch,
 }
+
+
+# name -> "module:Class", for a study file that names a sampler with its own arguments (`sampler: {name: tpe,
+# n_startup_trials: 5}`): the class those arguments go to
+SAMPLER_CLASSES = {
+    "random": "optuna.samplers:RandomSampler",
+    "tpe": "optuna.samplers:TPESampler",
+    "nsga2": "optuna.samplers:NSGAIISampler",
+    "gp": "optuna.samplers:GPSampler",
+    "rea": "nasopt.samplers:REASampler",
+    "pnas": "nasopt.samplers:PNASSampler",
+    "rl": "nasopt.samplers:RLSampler",
+    "botorch": "nasopt.samplers:BoTorchPoolSampler",
+}
+
+
+def sampler_class(name: str) -> type:
+    """The class of the sampler called `name`; raises `UserError` listing the known names."""
+    if name not in SAMPLER_CLASSES:
+        raise UserError(f"unknown sampler {name!r}; known samplers: {', '.join(SAMPLER_CLASSES)}")
+    module, attr = SAMPLER_CLASSES[name].split(":")
+    return getattr(importlib.import_module(module), attr)
 
 
 def make_sampler(name: str, *, seed: int | None = None, n_objectives: int = 1,

@@ -42,7 +42,6 @@ from optuna.distributions import (
     IntDistribution,
 )
 from optuna.study import Study, StudyDirection
-from optuna.study._multi_objective import _fast_non_domination_rank
 from optuna.trial import FrozenTrial, TrialState
 
 from nasopt.errors import UserError
@@ -154,12 +153,25 @@ def _fitness(population: Sequence[FrozenTrial], directions: Sequence[StudyDirect
     loss = np.array([t.values for t in population], dtype=float) * sign  # (n, n_objectives), minimised
     if loss.shape[1] == 1:
         return [(float(v), 0.0) for v in loss[:, 0]]
-    ranks = _fast_non_domination_rank(loss)
+    ranks = _non_domination_rank(loss)
     crowding = np.zeros(len(population))
     for rank in np.unique(ranks):
         front = np.flatnonzero(ranks == rank)
         crowding[front] = _crowding_distance(loss[front])
     return [(float(r), -float(c)) for r, c in zip(ranks, crowding, strict=True)]
+
+
+def _non_domination_rank(loss: np.ndarray) -> np.ndarray:
+    """The front of each point, shape (n, m) -> (n,), every column minimised: 0 for the points no other
+    point dominates, 1 for those only front 0 dominates, and so on (equal points share a front)."""
+    dominates = np.asarray((loss[:, None, :] <= loss[None, :, :]).all(-1) & (loss[:, None, :] < loss[None, :, :]).any(-1))
+    ranks = np.zeros(len(loss), dtype=int)
+    rest, rank = np.arange(len(loss)), 0
+    while rest.size:
+        dominated = dominates[np.ix_(rest, rest)].any(0)
+        ranks[rest[~dominated]] = rank
+        rest, rank = rest[dominated], rank + 1
+    return ranks
 
 
 def _crowding_distance(loss: np.ndarray) -> np.ndarray:

@@ -32,32 +32,23 @@ from nasopt.errors import UserError
 from nasopt.storage._outage import (
     GRACE_PERIOD,
     HEARTBEAT_INTERVAL,
-    OUTAGE_TIMEOUT,
     ResilientRDBStorage,
-    StorageUnavailable,
     first_line,
     sqlite_user_error,
-    transient,
 )
-from nasopt.storage._retry import MAX_RETRY, StampedJournalStorage, retried, retry_callback, stamp_trials
-from nasopt.storage._schema import foreign_error, schema_error, schema_lock, schema_state, sqlite_lock
+from nasopt.storage._retry import StampedJournalStorage, retry_callback
+from nasopt.storage._schema import foreign_error, schema_error, schema_lock, schema_state
 from nasopt.storage._urls import (
     DEFAULT_STORAGE,
-    check_workers,
     folder_of,
     journal_path,
     mask_url,
     scrub,
     sqlite_path,
-    storage_url,
     url_scheme,
 )
 
-__all__ = ["open_storage", "close_storage", "fast_sqlite", "set_user_attrs", "sqlite_lock", "on_close",
-           # defined beside it (storage/_urls, _outage, _retry), re-exported for the package's importers
-           "DEFAULT_STORAGE", "mask_url", "scrub", "sqlite_path", "journal_path", "check_workers", "storage_url",
-           "StorageUnavailable", "retry_callback", "retried", "stamp_trials", "MAX_RETRY", "GRACE_PERIOD",
-           "HEARTBEAT_INTERVAL", "OUTAGE_TIMEOUT", "transient"]
+__all__ = ["open_storage", "close_storage", "fast_sqlite", "set_user_attrs", "on_close"]
 
 CONNECT_TIMEOUT = 10  # seconds to wait for a database server to answer a new connection
 PING_IDLE = 1.0  # seconds a pooled connection may sit idle before it is pinged on checkout

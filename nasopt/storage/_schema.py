@@ -47,9 +47,9 @@ def schema_state(connection: Any) -> tuple[str, str | None, list[str]]:
 
 def _alembic_script() -> Any:
     from alembic.script import ScriptDirectory
-    from optuna.storages._rdb import storage as rdb_module
 
-    return ScriptDirectory(os.path.join(os.path.dirname(rdb_module.__file__), "alembic"))
+    # Optuna's migrations, read as files where its RDB storage keeps them (no import of its private modules)
+    return ScriptDirectory(os.path.join(os.path.dirname(optuna.storages.__file__), "_rdb", "alembic"))
 
 
 def _head_revision() -> str:

@@ -3,6 +3,7 @@ supervisor, signals and the watchdog, the sampled and gradient objectives, recov
 trials, the index of a study's trials, progress, and the study's identity check.
 """
 
-from nasopt.study._run import METRICS, StudySpec, finished_count, run
+from nasopt.study._run import finished_count, run
+from nasopt.study._spec import METRICS, StudySpec
 
 __all__ = ["StudySpec", "run", "METRICS", "finished_count"]

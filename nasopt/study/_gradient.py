@@ -27,11 +27,11 @@ from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
 from nasopt.keys import CHECKPOINT_KEY, STRATEGY_KEY, WORKER_KEY
-from nasopt.storage._open import set_user_attrs
+from nasopt.storage import set_user_attrs
 from nasopt.study import _objective, _recovery
 
 if TYPE_CHECKING:
-    from nasopt.study._run import StudySpec
+    from nasopt.study._spec import StudySpec
 
 __all__ = ["STRATEGY_KEY", "CHECKPOINT_KEY", "GradientObjective", "labels", "strategy_trials"]
 

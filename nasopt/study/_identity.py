@@ -21,23 +21,13 @@ import dataclasses
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from nasopt._json import plain
 from nasopt.errors import UserError
 
 __all__ = ["definition", "stored_definition", "check", "accepted_changes", "FIXED", "ALLOWABLE"]
 
 FIXED = ("space", "dataset", "image_size", "objectives")  # never within one study
 ALLOWABLE = ("data_dir", "val_fraction", "constraints", "train", "measure")  # with --allow-changed
-
-
-def _plain(value: Any) -> Any:
-    """JSON-like: tuples to lists, mappings to dicts with str keys, paths to str."""
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    return str(value)
 
 
 def _decisions(space: Any) -> dict[str, str]:
@@ -58,14 +48,14 @@ def definition(spec: Any) -> dict[str, Any]:
     out: dict[str, Any] = {"space": f"{cls.__module__}:{cls.__qualname__}"}
     config = space_config(spec.space)
     if config is not None:
-        out.update({f"space.{k}": _plain(v) for k, v in config["kwargs"].items()})
+        out.update({f"space.{k}": plain(v) for k, v in config["kwargs"].items()})
     else:
         out["space.decisions"] = _decisions(spec.space)
-    out.update({"dataset": spec.dataset, "data_dir": _plain(spec.data_dir), "val_fraction": spec.val_fraction,
-                "image_size": spec.image_size, "objectives": _plain(spec.objectives),
-                "constraints": _plain(spec.constraints)})
+    out.update({"dataset": spec.dataset, "data_dir": plain(spec.data_dir), "val_fraction": spec.val_fraction,
+                "image_size": spec.image_size, "objectives": plain(spec.objectives),
+                "constraints": plain(spec.constraints)})
     for group in ("train", "measure"):
-        out.update({f"{group}.{k}": _plain(v) for k, v in dataclasses.asdict(getattr(spec, group)).items()})
+        out.update({f"{group}.{k}": plain(v) for k, v in dataclasses.asdict(getattr(spec, group)).items()})
     return out
 
 

@@ -18,20 +18,19 @@ from typing import TYPE_CHECKING, Any
 
 import optuna
 import torch
-from optuna.artifacts._upload import ARTIFACTS_ATTR_PREFIX
 from optuna.trial import FrozenTrial, TrialState
 
 from nasopt.artifacts._inherit import Recorder, inherit, save_weights
 from nasopt.artifacts._pictures import keep_weights, save_picture
-from nasopt.keys import DECISIONS_ATTR, INTERRUPTED_KEY, PICTURE_ATTR, WORKER_KEY
+from nasopt.keys import DECISIONS_ATTR, INTERRUPTED_KEY, OPTUNA_ARTIFACT_PREFIX, PICTURE_ATTR, WORKER_KEY
 from nasopt.measure._metrics import count_macs, count_params, measure_latency, peak_memory
 from nasopt.nanobench import NanoBench
 from nasopt.pruners import CurvePruner
 from nasopt.space import fixed
-from nasopt.storage._fast._buffer import flush, hold
-from nasopt.storage._open import (
+from nasopt.storage import (
     set_user_attrs,
 )
+from nasopt.storage._fast._buffer import flush, hold
 from nasopt.study._identity import accepted_changes
 from nasopt.study._index import StudyIndex
 from nasopt.study._recovery import (
@@ -42,7 +41,7 @@ from nasopt.study._recovery import (
 from nasopt.train import train
 
 if TYPE_CHECKING:
-    from nasopt.study._run import StudySpec
+    from nasopt.study._spec import StudySpec
 
 __all__ = ["Objective", "latency_table_for", "trial_seed"]
 
@@ -97,9 +96,9 @@ class Objective:
                 trial.set_constraint(key.split(":", 1)[1], value)
         # the same architecture has the same picture: point to the original's file instead of drawing it again
         picture = prev.user_attrs.get(PICTURE_ATTR)
-        meta = prev.system_attrs.get(f"{ARTIFACTS_ATTR_PREFIX}{picture}") if picture else None
+        meta = prev.system_attrs.get(f"{OPTUNA_ARTIFACT_PREFIX}{picture}") if picture else None
         if meta is not None:
-            trial.storage.set_trial_system_attr(trial._trial_id, f"{ARTIFACTS_ATTR_PREFIX}{picture}", meta)
+            trial.storage.set_trial_system_attr(trial._trial_id, f"{OPTUNA_ARTIFACT_PREFIX}{picture}", meta)
         elif not isinstance(self.task, NanoBench):  # a table look-up draws no picture (see `_lookup`)
             save_picture(trial, self.spec.space, trial.params, self.store, task=self.task,
                          directory=self.spec.artifacts)

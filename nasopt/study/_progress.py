@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 from nasopt.study._index import StudyIndex, budget
 
 if TYPE_CHECKING:
-    from nasopt.study._run import StudySpec
+    from nasopt.study._spec import StudySpec
 
 
 class Progress:

@@ -19,8 +19,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from nasopt.errors import Terminated, UserError
 from nasopt.keys import FAILURE_KEY, FAILURES_KEY, INTERRUPTED_KEY, WORKER_KEY
+from nasopt.storage import MAX_RETRY, retry_callback, stamp_trials
 from nasopt.storage._fast._load import seconds_since
-from nasopt.storage._open import MAX_RETRY, retry_callback, stamp_trials
 
 __all__ = ["CATCH", "TrialFailed", "NotRetried", "ORPHAN_AFTER", "claim_trials", "worker_record", "process_alive",
            "architecture_failure", "record_failure", "interrupted", "retry_failed", "recover_dead_local_trials",

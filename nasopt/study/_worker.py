@@ -40,7 +40,7 @@ from optuna.trial import TrialState
 
 from nasopt.errors import Terminated, UserError
 from nasopt.keys import WORKER_KEY
-from nasopt.storage._open import (
+from nasopt.storage import (
     GRACE_PERIOD,
     close_storage,
     on_close,
@@ -54,7 +54,7 @@ from nasopt.study._index import StudyIndex, budget
 from nasopt.study._signals import EXIT_HUNG, TrialTimeout, Watchdog, stop_signals
 
 if TYPE_CHECKING:
-    from nasopt.study._run import StudySpec
+    from nasopt.study._spec import StudySpec
 
 __all__ = ["Terminated", "TrialTimeout", "budget", "worker_seed", "seed_sampler", "run_worker", "supervise",
            "check_single_process"]
@@ -107,8 +107,6 @@ def seed_sampler(sampler: Any, seed: int) -> int:
     Optuna's `reseed_rng()` draws fresh OS entropy; this gives a worker a seed of its own that is
     recorded and reproducible. Returns the number of generators seeded (0: none found, so the
     sampler's own `reseed_rng` was used instead)."""
-    from optuna.samplers._lazy_random_state import LazyRandomState
-
     draw = np.random.RandomState(seed)
     seen: set[int] = set()
     count = 0
@@ -120,7 +118,7 @@ def seed_sampler(sampler: Any, seed: int) -> int:
         seen.add(id(obj))
         for name, value in sorted(vars(obj).items()):
             s = int(draw.randint(2**31 - 1))
-            if isinstance(value, LazyRandomState):
+            if type(value).__name__ == "LazyRandomState":  # Optuna's lazily made RandomState (its `rng`)
                 value.rng.seed(s)
             elif isinstance(value, np.random.RandomState):
                 value.seed(s)
