@@ -21,7 +21,7 @@ with x as (N, L) or (N, C, L) sequences or (N, C, H, W) images (uint8 pixels or 
 labels 0..K-1; an optional `classes` entry names the classes.
 """
 
-from nasopt.data._splits import Split, StreamSplit, Task, TensorSplit
+from nasopt.data._splits import KINDS, Split, StreamSplit, Task, TensorSplit
 from nasopt.data._tasks import DATASETS, load_task, resolve_device
 
-__all__ = ["DATASETS", "Split", "TensorSplit", "StreamSplit", "Task", "load_task", "resolve_device"]
+__all__ = ["DATASETS", "KINDS", "Split", "TensorSplit", "StreamSplit", "Task", "load_task", "resolve_device"]

@@ -4,8 +4,9 @@ DataLoader (`StreamSplit`), and the `Task` that holds them."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -15,7 +16,10 @@ from torch.utils.data import DataLoader, Dataset
 from nasopt.data._datasets import Stats
 from nasopt.errors import UserError
 
-__all__ = ["Split", "TensorSplit", "StreamSplit", "Task", "resize", "channel_stats", "affine", "tensor_split"]
+__all__ = ["KINDS", "Split", "TensorSplit", "StreamSplit", "Task", "resize", "channel_stats", "affine", "tensor_split"]
+
+
+KINDS = ("classify", "regress", "dense")  # what a network outputs (Task.kind)
 
 
 class Split(ABC):
@@ -130,7 +134,8 @@ class StreamSplit(Split):
 
 @dataclass(frozen=True, kw_only=True)
 class Task:
-    """What a search needs to know about the data: the shape of one sample, the classes, the splits."""
+    """What a search needs to know about the data: the shape of one sample, the classes (or outputs), the
+    splits, and how the network's output is scored (`kind`, `loss`, `metrics`)."""
 
     name: str
     input_shape: tuple[int, ...]  # (C, H, W) of one image, (C, L) of one sequence
@@ -140,6 +145,23 @@ class Task:
     test: Split  # held out: never used for selection, only to report final models
     device: torch.device
     classes: tuple[str, ...] = ()
+    # What the network outputs, and so its head (see nasopt.space.head_kind):
+    #   "classify": `num_classes` logits per sample; targets int64 (N,)
+    #   "regress":  `num_classes` = prod(target_shape) values per sample, reshaped to (N, *target_shape) for the
+    #               loss and the metrics; targets float32 (N, *target_shape)
+    #   "dense":    `num_classes` logits per position, output (N, num_classes, *input_shape[1:]); targets int64
+    #               (N, *input_shape[1:]) (e.g. per-pixel classes of a segmentation)
+    kind: str = "classify"
+    target_shape: tuple[int, ...] = ()  # one sample's target: () for a class, the regression target's shape,
+    #                                     the spatial shape for dense
+    # the user's loss `(output, target) -> scalar tensor` (None: cross-entropy for classify/dense, MSE for
+    # regress) and metrics `{name: fn}` computed on the validation split after every epoch (nasopt.train)
+    loss: Callable[[Tensor, Tensor], Tensor] | None = field(default=None, repr=False)
+    metrics: Mapping[str, Any] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise UserError(f"unknown task kind {self.kind!r}; choose one of {', '.join(KINDS)}")
 
 
 # ---------------------------------------------------------------------------------------------- helpers
