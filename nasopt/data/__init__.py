@@ -19,9 +19,20 @@ Your own tensors: save `x_train, y_train, x_test, y_test` to one file and load i
 
 with x as (N, L) or (N, C, L) sequences or (N, C, H, W) images (uint8 pixels or floats) and y integer
 labels 0..K-1; an optional `classes` entry names the classes.
+
+Your own torch datasets: `user_task(data, ...)` (`_user`) takes a `"module:function"` string, a function, or
+what one returns: `(train, val[, test])`, a dict with keys `train`, `val` (and `test`), or one training set
+(`val_fraction` of it becomes val); each a map-style Dataset or a DataLoader over one, yielding `(x, y)`.
+The kind (classify, dense or regress), input shape and number of classes come from the first training
+sample unless given. Data within `max_in_memory_bytes` is read once into tensors (`MemorySplit`), bigger
+data streams through a DataLoader (`LoaderSplit`, in `_user_splits`); no normalisation. Without a test set,
+test is val.
 """
 
 from nasopt.data._splits import KINDS, Split, StreamSplit, Task, TensorSplit
 from nasopt.data._tasks import DATASETS, load_task, resolve_device
+from nasopt.data._user import user_task
+from nasopt.data._user_splits import LoaderSplit, MemorySplit
 
-__all__ = ["DATASETS", "KINDS", "Split", "TensorSplit", "StreamSplit", "Task", "load_task", "resolve_device"]
+__all__ = ["DATASETS", "KINDS", "Split", "TensorSplit", "StreamSplit", "MemorySplit", "LoaderSplit", "Task",
+           "load_task", "resolve_device", "user_task"]
