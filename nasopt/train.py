@@ -15,18 +15,18 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from nasopt.errors import UserError, check_fields
+from nasopt.scoring import epoch_record, evaluate, kind_of, scalar_loss, shaped, task_loss
 
-__all__ = ["TrainConfig", "TrainResult", "train", "evaluate", "divergence_reason"]
+__all__ = ["TrainConfig", "TrainResult", "train", "evaluate", "divergence_reason", "Reporter", "train_with"]
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -95,11 +95,11 @@ class TrainResult:
 
     @property
     def val_acc(self) -> float:
-        return self.curve[-1]["val_acc"] if self.curve else 0.0
+        return self.curve[-1].get("val_acc", 0.0) if self.curve else 0.0
 
     @property
     def best_val_acc(self) -> float:
-        return max((r["val_acc"] for r in self.curve), default=0.0)
+        return max((r.get("val_acc", 0.0) for r in self.curve), default=0.0)
 
 
 def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -113,32 +113,6 @@ def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     if config.optimizer == "adam":
         return torch.optim.Adam(groups, lr=config.lr)
     return torch.optim.AdamW(groups, lr=config.lr)
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, split: Any, batch_size: int = 512) -> dict[str, float]:
-    """Top-1, top-5 (when more than 5 classes) and mean loss of `model` on `split`, always in fp32 (autocast
-    off, even inside an autocast region), so accuracies compare whatever precision trained the model."""
-    was_training = model.training
-    model.eval()
-    n, loss_sum, top1, top5 = 0, 0.0, 0, 0
-    for x, y in split.batches(batch_size):
-        with torch.autocast(x.device.type, enabled=False):
-            logits = model(x)
-        loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
-        k = min(5, logits.shape[1])
-        pred = logits.topk(k, dim=1).indices  # (N, k)
-        hit = pred.eq(y[:, None])
-        top1 += int(hit[:, 0].sum())
-        top5 += int(hit.any(dim=1).sum())
-        n += len(y)
-    model.train(was_training)
-    if n == 0:
-        raise UserError("cannot evaluate on an empty split; use more data or a larger val_fraction")
-    out = {"acc": top1 / max(n, 1), "loss": loss_sum / max(n, 1)}
-    if logits.shape[1] > 5:
-        out["top5"] = top5 / max(n, 1)
-    return out
 
 
 def _has_grouped_convs(model: nn.Module, kinds: tuple[type[nn.Module], ...]) -> bool:
@@ -195,7 +169,12 @@ def divergence_reason(epoch: int, train_loss: float, val_loss: float, first_loss
         return f"non-finite training loss in epoch {epoch}"
     if not math.isfinite(val_loss):
         return f"diverged: non-finite validation loss ({val_loss}) after epoch {epoch} (training loss {train_loss:.4g})"
-    if divergence is None or classes < 2:
+    if divergence is None:
+        return None
+    if classes < 2:  # a loss without a chance level (regression, the user's own): only running away counts
+        if epoch > 1 and train_loss > divergence * max(first_loss, 1e-12):
+            return (f"diverged: training loss {train_loss:.4g} in epoch {epoch} > {divergence:g} x epoch 1's "
+                    f"{first_loss:.4g}")
         return None
     chance = math.log(classes)
     if train_loss > divergence * chance:
@@ -230,23 +209,26 @@ def train(model: nn.Module, task: Any, config: TrainConfig, *, seed: int = 0,
     start = time.perf_counter()
     model.train()
     epoch_start = getattr(model, "on_epoch_start", None)  # e.g. DARTS' linearly growing drop-path rate
-    first_loss, classes = math.inf, 0
+    kind, loss_fn = kind_of(task), task_loss(task, config)
+    # the loss of guessing uniformly is log(classes) for the built-in cross-entropy; unknown for other losses
+    classes = int(task.num_classes) if kind != "regress" and getattr(task, "loss", None) is None else 0
+    first_loss = math.inf
     for epoch in range(1, config.epochs + 1):
         t0 = time.perf_counter()
         if callable(epoch_start):
             epoch_start(epoch - 1, config.epochs)
         loss_sum = torch.zeros((), device=task.device)
         correct = torch.zeros((), device=task.device, dtype=torch.long)
-        seen = 0
+        seen, positions = 0, 0
         for step, (x, y) in enumerate(task.train.batches(config.batch_size, shuffle=True, generator=generator,
                                                                drop_last=len(task.train) % config.batch_size == 1)):
             # fp32 disables autocast explicitly, so an enclosing autocast region cannot change it
             with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                logits = model(x.contiguous(memory_format=fmt))  # (N, classes), bf16/fp16 under autocast
-                loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)  # autocast: fp32
+                out = shaped(model(x.contiguous(memory_format=fmt)), task)  # bf16/fp16 under autocast
+                loss = scalar_loss(loss_fn(out, y), "in a training step")  # autocast: fp32
                 aux = getattr(model, "aux_logits", None)
                 if aux is not None:
-                    loss = loss + config.aux_weight * F.cross_entropy(aux, y, label_smoothing=config.label_smoothing)
+                    loss = loss + config.aux_weight * loss_fn(shaped(aux, task), y)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             if config.grad_clip is not None:
@@ -257,26 +239,81 @@ def train(model: nn.Module, task: Any, config: TrainConfig, *, seed: int = 0,
             scheduler.step()
             # accumulate on the device; one host sync per epoch instead of one per step
             loss_sum += loss.detach() * len(y)
-            correct += (logits.detach().argmax(1) == y).sum()
+            if kind != "regress":
+                correct += (out.detach().argmax(1) == y).sum()
+                positions += y.numel()
             seen += len(y)
-            classes = logits.shape[1]
             if step % 20 == 0 and not torch.isfinite(loss.detach()):
                 raise optuna.TrialPruned(f"non-finite training loss at epoch {epoch}, step {step}")
         train_loss = float(loss_sum) / max(seen, 1)
         if not math.isfinite(train_loss):
             raise optuna.TrialPruned(f"non-finite training loss in epoch {epoch}")
         first_loss = train_loss if epoch == 1 else first_loss
-        val = evaluate(model, task.val)
+        val = evaluate(model, task.val, task=task)
         reason = divergence_reason(epoch, train_loss, val["loss"], first_loss, classes, config.divergence)
         if reason is not None:
             raise optuna.TrialPruned(reason)
-        record = {"epoch": epoch, "train_loss": train_loss, "train_acc": float(correct) / max(seen, 1),
-                  "val_acc": val["acc"], "val_loss": val["loss"], "lr": optimizer.param_groups[0]["lr"],
-                  "seconds": time.perf_counter() - t0}
-        if "top5" in val:
-            record["val_top5"] = val["top5"]
+        record = {"epoch": epoch, "train_loss": train_loss}
+        if kind != "regress":
+            record["train_acc"] = float(correct) / max(positions, 1)
+        record.update(epoch_record(val))
+        record.update({"lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - t0})
         result.curve.append(record)
         result.seconds = time.perf_counter() - start
         if on_epoch is not None:
             on_epoch(epoch, record)
     return result
+
+
+# a user's train_fn reports these names; the curve keeps nasopt's
+_REPORTED = {"accuracy": "val_acc", "top5": "val_top5"}
+
+
+class Reporter:
+    """What a user's `train_fn` calls after each epoch: `report(epoch, {"accuracy": 0.91, "f1": 0.8})`. nasopt
+    appends the record to the trial's learning curve, stores it, and runs the pruners (which may stop the
+    trial by raising `optuna.TrialPruned` out of `report`: let it propagate)."""
+
+    def __init__(self, on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> None:
+        self.curve: list[dict[str, float]] = []
+        self._on_epoch = on_epoch
+
+    def report(self, epoch: int, metrics: Mapping[str, float]) -> None:
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 1 or (
+                self.curve and epoch <= self.curve[-1]["epoch"]):
+            raise UserError(f"train_fn reported epoch {epoch!r}; report epochs 1, 2, ... in increasing order")
+        record: dict[str, float] = {"epoch": epoch, **_numbers(metrics, f"train_fn's report for epoch {epoch}")}
+        self.curve.append(record)
+        if self._on_epoch is not None:
+            self._on_epoch(epoch, record)
+
+
+def _numbers(metrics: Any, where: str) -> dict[str, float]:
+    if not isinstance(metrics, Mapping):
+        raise UserError(f"{where} must be a dict of metric name -> number, but got {type(metrics).__name__}")
+    out = {}
+    for name, value in metrics.items():
+        try:
+            number = float(value.item() if isinstance(value, torch.Tensor) else value)
+        except (TypeError, ValueError, RuntimeError):
+            raise UserError(f"{where}: {name!r} is {type(value).__name__}, not a number") from None
+        out[_REPORTED.get(str(name), str(name))] = number
+    return out
+
+
+def train_with(train_fn: Callable[..., Any], model: nn.Module, task: Any, config: TrainConfig, *, seed: int = 0,
+               on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> TrainResult:
+    """The user's own training: `train_fn(model, task, config, reporter)` trains `model` (on the task's device)
+    however it likes, calls `reporter.report(epoch, metrics)` after each epoch, and returns the final metrics
+    `{name: value}` (the objectives it measures: "accuracy", "val_loss" or the study's own metrics). A
+    non-finite final value prunes the trial as diverged, like nasopt's own loop."""
+    torch.manual_seed(seed)
+    reporter = Reporter(on_epoch)
+    start = time.perf_counter()
+    final = _numbers(train_fn(model, task, config, reporter), "train_fn's return value")
+    record = {**(reporter.curve[-1] if reporter.curve else {"epoch": config.epochs}), **final}
+    bad = [k for k, v in final.items() if not math.isfinite(v)]
+    if bad:
+        raise optuna.TrialPruned(f"diverged: train_fn returned {bad[0]}={final[bad[0]]}")
+    curve = [*reporter.curve[:-1], record] if reporter.curve else [record]
+    return TrainResult(curve=curve, seconds=time.perf_counter() - start)

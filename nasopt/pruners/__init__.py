@@ -12,11 +12,11 @@ from __future__ import annotations
 from typing import Any
 
 from nasopt.errors import UserError
-from nasopt.pruners._base import CurvePruner, val_curves
+from nasopt.pruners._base import CurvePruner, score, val_curves
 from nasopt.pruners._curve import EarlyKill, Hyperband, MedianStop, SuccessiveHalving
 
 __all__ = ["CurvePruner", "EarlyKill", "MedianStop", "SuccessiveHalving", "Hyperband", "PRUNERS",
-           "make_pruner", "val_curves"]
+           "make_pruner", "val_curves", "score"]
 
 PRUNERS: dict[str, Any] = {
     "none": None,

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import optuna
 from optuna.trial import TrialState
 
 
+def score(record: Mapping[str, float]) -> float:
+    """What the pruners compare in one epoch's record, higher is better: its `score` (the study's first objective
+    measured per epoch, signed; written when that is not the accuracy), else its `val_acc`."""
+    return float(record["score"] if "score" in record else record["val_acc"])
+
+
 def val_curves(study: optuna.Study, *, exclude: int | None = None,
                where: Callable[[int], bool] | None = None) -> list[list[float]]:
-    """Validation-accuracy curves (one value per epoch) of the study's finished trials.
+    """Validation curves (one `score` per epoch: the accuracy, or the study's first per-epoch objective) of the
+    study's finished trials.
 
     Trials that reused another trial's result are left out so an architecture counts once; `where`
     filters by trial number.
@@ -22,7 +29,7 @@ def val_curves(study: optuna.Study, *, exclude: int | None = None,
             continue
         curve = t.user_attrs.get("curve") or []
         if curve:
-            curves.append([float(r["val_acc"]) for r in curve])
+            curves.append([score(r) for r in curve])
     return curves
 
 

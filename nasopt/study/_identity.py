@@ -23,11 +23,13 @@ from typing import Any
 
 from nasopt._json import plain
 from nasopt.errors import UserError
+from nasopt.importing import qualname
 
 __all__ = ["definition", "stored_definition", "check", "accepted_changes", "FIXED", "ALLOWABLE"]
 
-FIXED = ("space", "dataset", "image_size", "objectives")  # never within one study
-ALLOWABLE = ("data_dir", "val_fraction", "constraints", "train", "measure")  # with --allow-changed
+FIXED = ("space", "dataset", "image_size", "objectives", "data", "kind", "input_shape", "num_classes", "loss",
+         "metrics")  # never within one study
+ALLOWABLE = ("data_dir", "val_fraction", "constraints", "train", "measure", "train_fn")  # with --allow-changed
 
 
 def _decisions(space: Any) -> dict[str, str]:
@@ -56,7 +58,20 @@ def definition(spec: Any) -> dict[str, Any]:
                 "constraints": plain(spec.constraints)})
     for group in ("train", "measure"):
         out.update({f"{group}.{k}": plain(v) for k, v in dataclasses.asdict(getattr(spec, group)).items()})
+    # the user's own task and code (None where the study uses nasopt's own)
+    out.update({"data": _data(spec.data), "kind": spec.kind, "input_shape": plain(spec.input_shape),
+                "num_classes": spec.num_classes, "loss": qualname(spec.loss),
+                "metrics": {name: qualname(fn) for name, fn in spec.metrics.items()},
+                "train_fn": qualname(spec.train_fn)})
     return out
+
+
+def _data(data: Any) -> Any:
+    """The user's data as a study records it: the factory's name, or the classes of the objects given."""
+    if data is None or isinstance(data, str) or callable(data):
+        return qualname(data)
+    items = data.values() if isinstance(data, Mapping) else data if isinstance(data, (list, tuple)) else [data]
+    return [qualname(item) for item in items]
 
 
 def stored_definition(info: Mapping[str, Any]) -> dict[str, Any] | None:

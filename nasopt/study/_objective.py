@@ -22,10 +22,12 @@ from optuna.trial import FrozenTrial, TrialState
 
 from nasopt.artifacts._inherit import Recorder, inherit, save_weights
 from nasopt.artifacts._pictures import keep_weights, save_picture
+from nasopt.errors import UserError
+from nasopt.importing import named
 from nasopt.keys import DECISIONS_ATTR, INTERRUPTED_KEY, OPTUNA_ARTIFACT_PREFIX, PICTURE_ATTR, WORKER_KEY
 from nasopt.measure._metrics import count_macs, count_params, measure_latency, peak_memory
 from nasopt.nanobench import NanoBench
-from nasopt.pruners import CurvePruner
+from nasopt.pruners import CurvePruner, score
 from nasopt.space import fixed
 from nasopt.storage import (
     set_user_attrs,
@@ -38,7 +40,8 @@ from nasopt.study._recovery import (
     interrupted,
     worker_record,
 )
-from nasopt.train import train
+from nasopt.study._scoring import final_metrics, signal
+from nasopt.train import train, train_with
 
 if TYPE_CHECKING:
     from nasopt.study._spec import StudySpec
@@ -75,6 +78,8 @@ class Objective:
         # runner keeps it up to date, without one each trial reads the study
         self.index = index
         self._settings: dict[str, Any] | None = None  # changes accepted with allow_changed (read once)
+        # the curve entry the pruners follow, and its sign (higher is better after it)
+        self.signal = signal(spec, task) if not isinstance(task, NanoBench) else ("val_acc", 1.0)
 
     def settings(self, study: optuna.Study) -> dict[str, Any]:
         """The study-defining settings this run changed on purpose (`allow_changed`), recorded per trial."""
@@ -133,7 +138,7 @@ class Objective:
 
     def _check_pruner(self, trial: optuna.Trial, curve: list[dict[str, float]]) -> None:
         if isinstance(self.spec.pruner, CurvePruner):
-            reason = self.spec.pruner.prune(trial.study, trial.number, [r["val_acc"] for r in curve])
+            reason = self.spec.pruner.prune(trial.study, trial.number, [score(r) for r in curve])
             if reason:
                 raise optuna.TrialPruned(reason)
 
@@ -147,16 +152,17 @@ class Objective:
         if violated:
             raise optuna.TrialPruned("constraint violated before training: " + ", ".join(violated))
 
-    def _after_epoch(self, trial: optuna.Trial, curve: list[dict[str, float]], val_acc: float) -> None:
+    def _after_epoch(self, trial: optuna.Trial, curve: list[dict[str, float]], value: float) -> None:
         """The pruners after an epoch: nasopt's curve pruner, or Optuna's (single-objective studies only), which
-        gets the epoch's `val_acc` unrounded (the curve keeps 6 digits), as the trial's value will be."""
+        gets the epoch's value of the signal (`val_acc`, or the first objective measured per epoch) unrounded
+        (the curve keeps 6 digits), as the trial's value will be."""
         self._check_pruner(trial, curve)
         if len(self.spec.objectives) == 1 and not isinstance(self.spec.pruner, CurvePruner):
             epoch = int(curve[-1]["epoch"])
-            trial.report(val_acc, epoch)
+            trial.report(value, epoch)
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned by {type(trial.study.pruner).__name__} at epoch {epoch} "
-                                         f"(val_acc={val_acc:.4f})")
+                                         f"({self.signal[0]}={value:.4f})")
 
     def _lookup(self, trial: optuna.Trial, arch: dict[str, Any], seed: int) -> list[float]:
         """nano-bench: answer from the table, epoch by epoch so that pruners see the curve."""
@@ -235,11 +241,19 @@ class Objective:
         curve: list[dict[str, float]] = []
         self._curve = curve
 
+        key, sign = self.signal
+
         def on_epoch(epoch: int, record: dict[str, float]) -> None:
-            curve.append({k: round(v, 6) for k, v in record.items()})
+            if key not in record:
+                raise UserError(f"epoch {epoch} has no {key!r} (the metric the pruners follow); report it from "
+                                "train_fn (reporter.report(epoch, {...}))")
+            entry = {k: round(v, 6) for k, v in record.items()}
+            if key != "val_acc":  # what the pruners compare, higher is better (see nasopt.pruners)
+                entry["score"] = round(sign * record[key], 6)
+            curve.append(entry)
             if epoch < spec.train.epochs:  # the last epoch's curve goes out with the result (one commit)
                 trial.set_user_attr("curve", curve)
-            self._after_epoch(trial, curve, record["val_acc"])
+            self._after_epoch(trial, curve, record[key])
             if epoch < spec.train.epochs:
                 flush(trial)
 
@@ -250,13 +264,26 @@ class Objective:
                 trial.set_user_attr("inherited", {"parent": info["parent"], "tensors": len(info["tensors"]),
                                                   "of": info["total"], "names": info["tensors"]})
         t3 = time.perf_counter()
-        result = train(model, task, spec.train, seed=seed, on_epoch=on_epoch)
+        if spec.train_fn is not None:
+            result = train_with(named(spec.train_fn, "train_fn"), model, task, spec.train, seed=seed,
+                                on_epoch=on_epoch)
+        else:
+            result = train(model, task, spec.train, seed=seed, on_epoch=on_epoch)
         if recorder is not None:
             trial.set_user_attr(DECISIONS_ATTR, recorder.sequence)
             save_weights(trial, model, self.store)
-        metrics["accuracy"] = result.val_acc
-        metrics["top5"] = result.curve[-1].get("val_top5", 1.0)
-        set_user_attrs(trial, {"curve": curve, "accuracy": round(result.val_acc, 6),
+        measured = final_metrics(result.curve[-1], spec.metrics)
+        missing = [m for m in spec.objectives if m not in metrics and m not in measured]
+        if missing:
+            raise UserError(f"training gave no {missing[0]!r}, an objective of the study; return it from train_fn "
+                            f"(e.g. {{{missing[0]!r}: value}})")
+        metrics.update(measured)
+        user = {name: round(measured[name], 6) for name in spec.metrics if name in measured}
+        if "val_loss" in measured:
+            user["val_loss"] = round(measured["val_loss"], 6)
+        if "val_acc" in result.curve[-1]:
+            user["accuracy"] = round(result.val_acc, 6)
+        set_user_attrs(trial, {"curve": curve, **user,
                                "trained_as": {"precision": result.precision, "channels_last": result.channels_last},
                                "timings": {"build_s": round(t1 - t0, 4), "latency_s": round(t2 - t1, 4),
                                            "metrics_s": round(t3 - t2, 4), "train_s": round(result.seconds, 4)}})

@@ -24,7 +24,7 @@ import optuna
 
 from nasopt import nanobench
 from nasopt.artifacts._inherit import artifact_store_for
-from nasopt.data import DATASETS, load_task, resolve_device
+from nasopt.data import DATASETS, load_task, resolve_device, user_task
 from nasopt.errors import UserError
 from nasopt.storage import (
     DEFAULT_STORAGE,
@@ -40,6 +40,7 @@ from nasopt.study import _identity as identity
 from nasopt.study import _worker as workers
 from nasopt.study._limits import check_reachable
 from nasopt.study._objective import latency_table_for
+from nasopt.study._scoring import check_output, with_scoring
 from nasopt.study._spec import METRICS, StudySpec
 
 __all__ = ["StudySpec", "run", "METRICS", "finished_count"]
@@ -249,6 +250,8 @@ def _dry_build(spec: StudySpec, task: Any) -> None:
     except Exception as e:
         raise UserError(f"space {type(spec.space).__name__} cannot build a network for {task.name} "
                         f"(input {tuple(task.input_shape)}): {type(e).__name__}: {e}") from None
+    if hasattr(task, "train"):  # the output the task needs, and a loss that gives a scalar
+        check_output(model, task, spec.train)
     if getattr(task, "device", None) is not None:  # e.g. precision='fp16' on a CPU: refused before any write
         import torch
 
@@ -268,7 +271,14 @@ def _load(spec: StudySpec, device: str) -> Any:
         if missing:
             raise UserError(f"nanobench has no {missing[0]!r}; its metrics are {', '.join(nanobench.METRICS)}")
         return bench
-    if spec.dataset.lower().replace("-", "_") not in DATASETS:
-        raise UserError(f"unknown dataset {spec.dataset!r}; known datasets: {', '.join((*DATASETS, 'nanobench'))}")
-    return load_task(spec.dataset, data_dir=spec.data_dir, download=spec.download,
-                     val_fraction=spec.val_fraction, seed=spec.seed, device=device, image_size=spec.image_size)
+    if spec.data is not None:
+        task = user_task(spec.data, kind=spec.kind, input_shape=spec.input_shape, num_classes=spec.num_classes,
+                         val_fraction=spec.val_fraction, seed=spec.seed, device=device)
+    else:
+        if spec.dataset.lower().replace("-", "_") not in DATASETS:
+            raise UserError(f"unknown dataset {spec.dataset!r}; known datasets: {', '.join((*DATASETS, 'nanobench'))}")
+        if spec.kind not in (None, "classify"):
+            raise UserError(f"dataset {spec.dataset!r} is a classification; kind={spec.kind!r} needs your own `data`")
+        task = load_task(spec.dataset, data_dir=spec.data_dir, download=spec.download,
+                         val_fraction=spec.val_fraction, seed=spec.seed, device=device, image_size=spec.image_size)
+    return with_scoring(spec, task)

@@ -30,7 +30,14 @@ METRICS: dict[str, tuple[str, bool]] = {
     "memory_mb": ("peak inference memory in MiB", True),
     "energy_mj": ("energy per inference in mJ (RAPL/NVML counter where readable, else estimated from MACs and "
                   "memory traffic; provenance stored)", True),
+    "val_loss": ("validation loss (the task's loss) after the last epoch", False),
 }
+# names a user metric cannot take: the built-in metrics and the other entries of a learning curve
+RESERVED = (*METRICS, "epoch", "train_loss", "train_acc", "val_acc", "val_top5", "lr", "seconds", "score", "acc",
+            "loss")
+# what `kind` accepts (the task's kind, or a word for it)
+KIND_WORDS = {"classify": "classify", "classification": "classify", "regress": "regress", "regression": "regress",
+              "dense": "dense", "segmentation": "dense"}
 
 
 _HINTS = {
@@ -42,6 +49,10 @@ _HINTS = {
     "measure": "give measure=nasopt.MeasureConfig(...)",
     "pruner": "give a nasopt pruner (nasopt.pruners.MedianStop(), ...) or an Optuna pruner",
     "allow_changed": "give a list of field names, e.g. allow_changed=['train.epochs']",
+    "metrics": "give a dict of name -> function (outputs, targets) -> number, e.g. metrics={'f1': my_f1}",
+    "input_shape": "give the shape of one sample, e.g. input_shape=(1, 40)",
+    "num_classes": "give the number of classes, e.g. num_classes=10",
+    "kind": "give 'classify', 'regress' or 'dense'",
 }
 
 
@@ -72,6 +83,17 @@ class StudySpec:
     artifacts: str | None = None
     # study-defining settings this file changes on purpose against the stored study (see nasopt.study._identity)
     allow_changed: tuple[str, ...] = ()
+    # the user's own task (see nasopt.data.user_task): `data` = Datasets/DataLoaders, a factory returning them,
+    # or its "module:function"; `kind` (inferred from the targets when None), the shape of one sample and the
+    # number of classes (inferred when None); `loss(output, target) -> scalar`, `metrics={name: fn}` (each can
+    # be an objective); `train_fn(model, task, config, reporter) -> {metric: value}` replaces the training
+    data: Any = None
+    kind: str | None = None
+    input_shape: tuple[int, ...] | None = None
+    num_classes: int | None = None
+    loss: Any = None
+    metrics: Mapping[str, Any] = field(default_factory=dict)
+    train_fn: Any = None
 
     def __post_init__(self) -> None:
         if not self.name or not isinstance(self.name, str):
@@ -90,11 +112,13 @@ class StudySpec:
         if not self.dataset:
             raise UserError("`dataset` is empty; give a dataset name such as 'digits' (known: "
                             f"{', '.join((*DATASETS, 'nanobench'))})")
+        self._check_user_task()
         if not self.objectives:
             raise UserError("a study needs at least one objective, e.g. objectives={'accuracy': 'maximize'}")
         for metric, direction in self.objectives.items():
-            if metric not in METRICS:
-                raise UserError(f"unknown objective {metric!r}; known metrics: {', '.join(METRICS)}")
+            if metric not in METRICS and metric not in self.metrics:
+                raise UserError(f"unknown objective {metric!r}; known metrics: {', '.join((*METRICS, *self.metrics))} "
+                                "(your own: metrics={name: function})")
             if direction not in ("maximize", "minimize"):
                 raise UserError(f"objective {metric!r} has direction {direction!r}; use 'maximize' or 'minimize'")
         limits = [m for m, (_, cheap) in METRICS.items() if cheap]
@@ -131,6 +155,40 @@ class StudySpec:
             if self.sampler is not None:
                 raise UserError("a study file gives either a `sampler` (sampled trials) or a `strategy` (gradient "
                                 "trials), not both; put the other in a second study file with the same `name`")
+
+    def _check_user_task(self) -> None:
+        if self.data is not None:
+            if self.dataset not in ("digits", "custom"):
+                raise UserError(f"a study gives either `dataset` ({self.dataset!r}) or its own `data`, not both; "
+                                "drop one")
+            object.__setattr__(self, "dataset", "custom")
+        elif self.dataset == "custom":
+            raise UserError("dataset='custom' needs `data` (your Datasets, DataLoaders or a 'module:function' "
+                            "factory returning them)")
+        if self.kind is not None:
+            if self.kind not in KIND_WORDS:
+                raise UserError(f"unknown kind {self.kind!r}; use classify, regress or dense")
+            object.__setattr__(self, "kind", KIND_WORDS[self.kind])
+        if self.input_shape is not None:
+            if not self.input_shape or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0
+                                               for n in self.input_shape):
+                raise UserError(f"input_shape must be positive integers such as (1, 40), but got {self.input_shape!r}")
+            object.__setattr__(self, "input_shape", tuple(self.input_shape))
+        if self.num_classes is not None and self.num_classes < 1:
+            raise UserError(f"`num_classes >= 1` must hold, but got num_classes={self.num_classes!r}")
+        for name in self.metrics:
+            if not isinstance(name, str) or not name.isidentifier():
+                raise UserError(f"metric name {name!r} must be a plain name such as 'f1' or 'miou'")
+            if name in RESERVED:
+                raise UserError(f"metric name {name!r} is a built-in name (built-in metrics and curve entries: "
+                                f"{', '.join(RESERVED)}); call yours otherwise, e.g. {name + '_user'!r}")
+        for what, value in (("loss", self.loss), ("train_fn", self.train_fn),
+                            *((f"metric {n!r}", f) for n, f in self.metrics.items())):
+            ok = value is None or isinstance(value, str) or callable(value) or (
+                what.startswith("metric") and callable(getattr(value, "update", None))
+                and callable(getattr(value, "compute", None)))
+            if not ok:
+                raise UserError(f"{what} must be a function (or its 'module:function'), but got {value!r}")
 
     @property
     def directions(self) -> list[str]:
