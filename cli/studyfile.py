@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import runpy
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,11 @@ def load_study_file(path: str) -> Any:
     if not file.is_file():
         raise UserError(f"study file {path} not found; give the path of a .py file that defines `study = "
                         "nasopt.StudySpec(...)` (examples in studies/)")
+    # the study file's folder is importable, as a script's is: its own modules (`from mydata import ...`) and
+    # the 'module:function' names of its data, loss, metrics and train_fn are found beside it
+    folder = str(file.resolve().parent)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
     if file.suffix.lower() in (".yaml", ".yml"):  # the same fields as StudySpec, names for objects
         from nasopt.cli.yamlstudy import load_yaml_study
 

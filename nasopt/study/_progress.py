@@ -14,6 +14,10 @@ if TYPE_CHECKING:
     from nasopt.study._spec import StudySpec
 
 
+# metrics known before training (the bar shows the best trained one)
+_CHEAP = ("params", "macs", "latency_ms", "memory_mb", "energy_mj")
+
+
 class Progress:
     def __init__(self, study: optuna.Study, spec: StudySpec, *, enabled: bool = True,
                  index: StudyIndex | None = None) -> None:
@@ -32,10 +36,15 @@ class Progress:
         self.bar.n = done
         complete = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         postfix: dict[str, Any] = {}
-        if "accuracy" in self.spec.objectives:
-            i = list(self.spec.objectives).index("accuracy")
-            accs = [t.values[i] for t in complete if t.values]
-            postfix["best_acc"] = f"{max(accs):.4f}" if accs else "-"
+        # the best of the first objective that is measured by training (accuracy, val_loss, the user's own)
+        trained = [i for i, m in enumerate(self.spec.objectives) if m not in _CHEAP]
+        if trained:
+            i = trained[0]
+            metric, direction = list(self.spec.objectives.items())[i]
+            values = [t.values[i] for t in complete if t.values]
+            best = (max if direction == "maximize" else min)(values) if values else None
+            shown = "-" if best is None else f"{best:.4f}" if metric == "accuracy" else f"{best:.4g}"
+            postfix[f"best_{'acc' if metric == 'accuracy' else metric}"] = shown
         elif complete:
             postfix["best"] = f"{self.study.best_value:.4g}" if len(self.spec.objectives) == 1 else "-"
         if len(self.spec.objectives) > 1:

@@ -19,6 +19,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from nasopt.errors import Terminated, UserError
 from nasopt.keys import FAILURE_KEY, FAILURES_KEY, INTERRUPTED_KEY, WORKER_KEY
+from nasopt.scoring import MetricFailed
 from nasopt.storage import MAX_RETRY, retry_callback, stamp_trials
 from nasopt.storage._fast._load import seconds_since
 
@@ -209,9 +210,12 @@ def architecture_failure(trial: optuna.Trial, error: Exception) -> Exception:
     else:
         text = str(error).strip().splitlines()
         reason = f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
-    reason = record_failure(trial, reason, final=isinstance(error, NotRetried))
+    # a user metric that raised or gave NaN would do so again: the trial fails with the reason, no retry
+    reason = record_failure(trial, reason, final=isinstance(error, (NotRetried, MetricFailed)))
     if isinstance(error, NotRetried):
         return error
+    if isinstance(error, MetricFailed):
+        return TrialFailed(reason)
     if not isinstance(error, OOM) and _first(trial):  # the traceback of a bug, once per architecture
         trace = "".join(traceback.format_exception(type(error), error, error.__traceback__))
         print(f"nasopt: trial {trial.number} failed ({reason}); it is retried with the same params up to "
