@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import sys
 from typing import Any
 
@@ -12,11 +13,13 @@ from nasopt.errors import UserError
 
 __all__ = ["load_object", "named", "qualname"]
 
+_DOTTED = r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*"
+
 
 def load_object(path: str, what: str) -> Any:
     """The object `path` ("package.module:attr.sub") names; `what` says what it is for in messages."""
     module_name, sep, attr = str(path).partition(":")
-    if not sep or not module_name or not attr:
+    if not sep or not re.fullmatch(_DOTTED, module_name) or not re.fullmatch(_DOTTED, attr):
         raise UserError(f"{what} {path!r} is not of the form 'module:function'; give e.g. 'mydata:make_datasets' "
                         "(a module importable from the current folder or PYTHONPATH, and a name in it)")
     if os.getcwd() not in sys.path and "" not in sys.path:

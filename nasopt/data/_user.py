@@ -29,9 +29,6 @@ from __future__ import annotations
 
 import importlib
 import math
-import os
-import re
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -40,7 +37,6 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset, Subset
 
-from nasopt.data._datasets import one_line
 from nasopt.data._splits import KINDS, Split, Task
 from nasopt.data._tasks import resolve_device
 from nasopt.data._user_splits import (
@@ -53,10 +49,10 @@ from nasopt.data._user_splits import (
     read_all,
 )
 from nasopt.errors import UserError
+from nasopt.importing import load_object
 
 __all__ = ["user_task"]
 
-_DOTTED = r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*"
 _ACCEPTED = "a Dataset or DataLoader, a tuple (train, val) or (train, val, test), or a dict with keys train, val " \
             "and optionally test"
 
@@ -143,27 +139,11 @@ def _produce(data: Any) -> tuple[Any, str | None]:
 
 
 def _import(spec: str) -> Callable[[], Any]:
-    module, _, attr = spec.strip().partition(":")
-    if not re.fullmatch(_DOTTED, module) or not re.fullmatch(_DOTTED, attr):
-        raise UserError(f"data={spec!r} is not 'module:function'; give e.g. data='my_data:make' for a function "
-                        "make() in my_data.py that returns the datasets")
-    cwd = os.getcwd()
-    if cwd not in sys.path and "" not in sys.path:  # the study's folder, as `python -m` would have it
-        sys.path.insert(0, cwd)
-    importlib.invalidate_caches()
-    try:
-        obj: Any = importlib.import_module(module)
-    except Exception as e:
-        raise UserError(f"cannot import module {module!r} of data={spec!r} ({one_line(e)}); the study's folder "
-                        f"(the current directory, {cwd}) or PYTHONPATH must contain it") from e
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise UserError(f"module {module!r} has no attribute {attr!r} (data={spec!r}); define a function "
-                            f"{attr.split('.')[-1]}() in it that returns the datasets, or fix the name")
-        obj = getattr(obj, part)
+    importlib.invalidate_caches()  # a module written after the interpreter started (a test, a notebook)
+    obj = load_object(spec.strip(), "data")
     if not callable(obj):
-        raise UserError(f"data={spec!r} is {_a(obj)}, not a function; make {attr} a function of no "
-                        "arguments that returns the datasets")
+        raise UserError(f"data={spec!r} is {_a(obj)}, not a function; make it a function of no arguments that "
+                        "returns the datasets")
     return obj  # type: ignore[no-any-return]
 
 
