@@ -15,12 +15,18 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import optuna
+import torch
+import torch.nn.functional as F
 from optuna.distributions import BaseDistribution, CategoricalDistribution
 from torch import nn
 
-from nasopt.ops import build_op
+from nasopt.errors import UserError
+from nasopt.ops import build_op, layers_nd
 
-__all__ = ["SearchSpace", "Chooser", "fixed", "arch_key", "encode_params", "random_arch"]
+__all__ = ["SearchSpace", "Chooser", "fixed", "arch_key", "encode_params", "random_arch", "HEAD_KINDS", "head_kind",
+           "DenseHead"]
+
+HEAD_KINDS = ("classify", "regress", "dense")  # what a network outputs (nasopt.data.Task.kind)
 
 
 class Chooser(Protocol):
@@ -56,6 +62,36 @@ class SearchSpace(Protocol):
     def encode(self, arch: Mapping[str, Any]) -> np.ndarray: ...
 
     def describe(self, arch: Mapping[str, Any]) -> str: ...
+
+
+def head_kind(task: Any) -> str:
+    """What the network built for `task` outputs: its `kind` ("classify" and "regress": `num_classes` values
+    per sample, (N, K), from a pooled head; "dense": `num_classes` per position, (N, K, *input_shape[1:]));
+    "classify" for a task object without one (a ShapeTask of an old export, a SimpleNamespace)."""
+    kind = getattr(task, "kind", None) or "classify"
+    if kind not in HEAD_KINDS:
+        raise UserError(f"unknown task kind {kind!r}; choose one of {', '.join(HEAD_KINDS)}")
+    return str(kind)
+
+
+class DenseHead(nn.Module):
+    """The head of a dense task (FCN-style): a 1x1 conv to `num_classes` channels on the body's last feature
+    map (with `hidden` > 0: a 1x1 conv to `hidden` channels and a ReLU first, the per-position form of a
+    dense hidden layer), then, where the body downsampled, (bi)linear upsampling back to the input's
+    spatial size. `forward(features, size)` returns (N, num_classes, *size)."""
+
+    def __init__(self, C_in: int, num_classes: int, dim: int = 2, hidden: int = 0) -> None:
+        super().__init__()
+        conv = layers_nd(dim).conv
+        self.mode = "linear" if dim == 1 else "bilinear"
+        self.classifier: nn.Module = (nn.Sequential(conv(C_in, hidden, 1), nn.ReLU(), conv(hidden, num_classes, 1))
+                                      if hidden else conv(C_in, num_classes, 1))
+
+    def forward(self, x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+        out = self.classifier(x)  # (N, K, h, w) or (N, K, l)
+        if tuple(out.shape[2:]) != tuple(size):
+            out = F.interpolate(out, size=tuple(size), mode=self.mode, align_corners=False)
+        return out  # (N, K, *size)
 
 
 def arch_key(arch: Mapping[str, Any]) -> str:

@@ -12,7 +12,7 @@ from typing import Any
 
 from nasopt.errors import UserError
 
-__all__ = ["SPACES", "make_space"]
+__all__ = ["SPACES", "DENSE_SPACES", "make_space"]
 
 SPACES = {
     "nano": "nasopt.search_spaces.nano:NanoSpace",
@@ -22,6 +22,9 @@ SPACES = {
     "darts_cell": "nasopt.search_spaces.darts_cell:DartsCellSpace",
     "conv1d": "nasopt.search_spaces.conv1d:Conv1dSpace",
 }
+# the spaces that build a dense (per-position) head for a task of kind "dense" (nasopt.space.DenseHead);
+# the others refuse one in `build`
+DENSE_SPACES = ("nano", "layers", "nb201", "darts_cell", "conv1d")
 
 
 def make_space(name: str, **kwargs: Any) -> Any:

@@ -5,7 +5,8 @@ with `dim=1` (Conv1d, BatchNorm1d, 1-D pools): `{t}.n{k}.in{j}` picks a node's i
 `{t}.n{k}.op{j}` its op among conv-BN-ReLU with kernels 3/5/7, their dilated (dilation 2) and
 depthwise-separable forms, max/avg pool (window 3) and skip. The CIFAR skeleton is used: stem conv
 (kernel 3) -> `layers` cells, reductions at layers//3 and 2*layers//3 -> global average -> linear,
-with an optional BatchNorm1d on the raw input (signals are rarely normalised upstream). Small defaults
+with an optional BatchNorm1d on the raw input (signals are rarely normalised upstream); a dense task gets
+per-step outputs (N, K, L) from a 1x1 conv upsampled linearly from L/4. Small defaults
 (C=8, 3 cells) train on 40-sample signals in seconds.
 """
 

@@ -38,7 +38,7 @@ from nasopt.search_spaces.genotypes import (
     genotype_to_arch,
     parse_genotype,
 )
-from nasopt.space import Chooser, encode_params, fixed
+from nasopt.space import Chooser, DenseHead, encode_params, fixed, head_kind
 
 __all__ = ["DartsCellSpace", "DartsNetwork", "Cell", "AuxiliaryHead", "drop_path", "GENOTYPES", "Genotype"]
 
@@ -122,6 +122,8 @@ class AuxiliaryHead(nn.Module):
 
 class DartsNetwork(nn.Module):
     """[input BN] -> stem(s) -> `layers` cells -> global average pool -> linear; forward returns the logits.
+    With `kind` "dense" the head is a 1x1 conv on the last cell's map, upsampled (bi)linearly to the input's
+    size (`DenseHead`): (N, num_classes, *spatial); there is no auxiliary head then.
 
     `make_cell(reduction, C_pp, C_p, C, reduction_prev)` builds one cell. In training mode with the
     auxiliary head, the aux logits are left in `self.aux_logits` (else None). `drop_path_prob` is the
@@ -130,7 +132,7 @@ class DartsNetwork(nn.Module):
 
     def __init__(self, *, in_channels: int, num_classes: int, C: int, layers: int, make_cell: Any,
                  skeleton: str = "cifar", stem_multiplier: int = 3, auxiliary: bool = False,
-                 drop_path: float = 0.0, input_bn: bool = False, dim: int = 2) -> None:
+                 drop_path: float = 0.0, input_bn: bool = False, dim: int = 2, kind: str = "classify") -> None:
         super().__init__()
         nd = layers_nd(dim)
         self.skeleton, self.drop_path, self.drop_path_prob = skeleton, drop_path, 0.0
@@ -157,13 +159,15 @@ class DartsNetwork(nn.Module):
         self.cells = nn.ModuleList(cells)
         self.auxiliary_head = (AuxiliaryHead(C_aux, num_classes, 3 if skeleton == "cifar" else 2,
                                              bn=skeleton == "cifar", dim=dim) if auxiliary else None)
-        self.classifier = nn.Linear(C_p, num_classes)
+        self.dense = kind == "dense"
+        self.classifier = DenseHead(C_p, num_classes, dim) if self.dense else nn.Linear(C_p, num_classes)
 
     def on_epoch_start(self, epoch: int, epochs: int) -> None:
         """Ramp drop path linearly: `drop_path * epoch / epochs` for the 0-based `epoch`."""
         self.drop_path_prob = self.drop_path * epoch / epochs
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = x.shape[2:]
         x = self.input_bn(x)
         if self.skeleton == "cifar":
             s0 = s1 = self.stem(x)
@@ -175,6 +179,8 @@ class DartsNetwork(nn.Module):
             s0, s1 = s1, cell(s0, s1, self.drop_path_prob)
             if i == self.aux_index and self.auxiliary_head is not None and self.training:
                 self.aux_logits = self.auxiliary_head(s1)
+        if self.dense:
+            return self.classifier(s1, size)  # (N, num_classes, *spatial)
         return self.classifier(s1.flatten(2).mean(-1))  # global average pool -> (N, num_classes)
 
 
@@ -280,13 +286,17 @@ class DartsCellSpace:
             want = "(channels, length) signals" if self.dim == 1 else "(channels, height, width) images"
             raise UserError(f"{type(self).__name__} needs {want}, but the task has input_shape={shape}; "
                             f"use the {'darts_cell' if self.dim == 1 else 'conv1d'} space for that data")
+        kind = head_kind(task)
+        if kind == "dense" and auxiliary:
+            raise UserError(f"{type(self).__name__}(auxiliary=True) cannot serve a dense (per-position) task: its "
+                            "auxiliary head classifies whole samples; set auxiliary=False")
         skeleton = self.skeleton
         if skeleton == "auto":
             skeleton = "imagenet" if self.dim == 2 and min(shape[1:]) >= 128 else "cifar"
         return DartsNetwork(in_channels=self._in_channels(task), num_classes=task.num_classes, C=C,
                             layers=layers, make_cell=make_cell, skeleton=skeleton,
                             stem_multiplier=self.stem_multiplier, auxiliary=auxiliary, drop_path=drop_path,
-                            input_bn=self.input_bn, dim=self.dim)
+                            input_bn=self.input_bn, dim=self.dim, kind=kind)
 
     def _in_channels(self, task: Any) -> int:
         return int(task.input_shape[0])

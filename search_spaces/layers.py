@@ -1,6 +1,7 @@
 """The layers space: the variable-length layer genome of "NAS from scratch" (evolutionary NAS).
 
-input -> `n_layers` layers -> global average pool -> [dense + ReLU] -> linear classifier.
+input -> `n_layers` layers -> global average pool -> [dense + ReLU] -> linear classifier (a dense task: the
+same head as 1x1 convs on the last map, upsampled bilinearly to the input's size).
 Decisions (parameter names; a name always has the same distribution):
 
 - `n_layers`          number of layers, 1..max_layers
@@ -35,7 +36,7 @@ from torch import nn
 
 from nasopt.errors import UserError
 from nasopt.ops import OPS, Zero
-from nasopt.space import Chooser, encode_params, fixed
+from nasopt.space import Chooser, DenseHead, encode_params, fixed, head_kind
 
 __all__ = ["LayersSpace", "LAYER_TYPES"]
 
@@ -57,15 +58,26 @@ class Layer(nn.Module):
 
 
 class LayersNet(nn.Module):
-    def __init__(self, layers: Sequence[nn.Module], C_last: int, units: int, num_classes: int) -> None:
+    """`kind` "dense": the head is `DenseHead` (the dense layer as a 1x1 conv of `units` channels), upsampled
+    back to the input's size where the pools strided, (N, K, H, W)."""
+
+    def __init__(self, layers: Sequence[nn.Module], C_last: int, units: int, num_classes: int,
+                 kind: str = "classify") -> None:
         super().__init__()
         self.layers = nn.Sequential(*layers)
-        self.head = (nn.Sequential(nn.Linear(C_last, units), nn.ReLU(), nn.Linear(units, num_classes)) if units
-                     else nn.Linear(C_last, num_classes))
+        self.dense = kind == "dense"
+        self.head: nn.Module
+        if self.dense:
+            self.head = DenseHead(C_last, num_classes, hidden=units)
+        else:
+            self.head = (nn.Sequential(nn.Linear(C_last, units), nn.ReLU(), nn.Linear(units, num_classes)) if units
+                         else nn.Linear(C_last, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.layers(x)  # (N, C_last, h, w)
-        return self.head(x.mean((2, 3)))  # global average pool -> (N, num_classes)
+        features = self.layers(x)  # (N, C_last, h, w)
+        if self.dense:
+            return self.head(features, x.shape[2:])  # (N, num_classes, H, W)
+        return self.head(features.mean((2, 3)))  # global average pool -> (N, num_classes)
 
 
 class LayersSpace:
@@ -147,7 +159,7 @@ class LayersSpace:
                 branch = None if isinstance(branch, Zero) else branch  # no skip: no branch to run
             layers.append(Layer(op, branch))
             C, size = C_out, math.ceil(size / stride)
-        return LayersNet(layers, C, int(arch["dense.units"]), task.num_classes)
+        return LayersNet(layers, C, int(arch["dense.units"]), task.num_classes, head_kind(task))
 
     def encode(self, arch: Mapping[str, Any]) -> np.ndarray:
         return encode_params(arch, self.distributions())

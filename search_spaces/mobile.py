@@ -13,7 +13,8 @@ A stage's first block changes channels and may stride; blocks past the depth are
 `supernet(task, choose)` builds every block with all candidates (at one width) and `derive(weights)`
 maps per-block weights back to these decisions (ProxylessNAS).
 The stem and stage strides adapt to the input size: an 8x8 digit ends at 2x2, a 32x32 CIFAR image
-at 4x4 and a 224x224 image at 7x7 (with enough stages).
+at 4x4 and a 224x224 image at 7x7 (with enough stages), which is too coarse for a dense (per-position)
+task: `build` refuses one.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from torch import nn
 
 from nasopt.errors import UserError
 from nasopt.ops import ACTIVATIONS, OPS, ConvBNAct
-from nasopt.space import Chooser, encode_params, fixed
+from nasopt.space import Chooser, encode_params, fixed, head_kind
 
 __all__ = ["MobileSpace", "strides_for"]
 
@@ -163,6 +164,13 @@ class MobileSpace:
         """stem -> stages of `choose`n blocks -> head; `chosen(s, b)` names block b's op (None: supernet)."""
         in_channels, size = task.input_shape[0], min(task.input_shape[1:])
         stem_stride, strides = strides_for(size, self.stages)
+        if head_kind(task) == "dense":
+            from nasopt.search_spaces import DENSE_SPACES
+
+            raise UserError(f"space mobile cannot produce a dense (per-position) output: its stages stride every "
+                            f"input down to about 2 to 7 positions a side (here {size} -> "
+                            f"{math.ceil(size / 2 ** (strides.count(2) + (stem_stride == 2)))}); "
+                            f"use {', '.join(DENSE_SPACES[:-1])} or {DENSE_SPACES[-1]}")
         C_in = _round8(self.stem_channels * width)
         stem = ConvBNAct(in_channels, C_in, 3, stem_stride, act=self.act)
         blocks: list[nn.Module] = []

@@ -3,7 +3,8 @@
 stem conv3x3 -> 4 positions, each one of {conv3x3, conv5x5, maxpool3x3, skip, zero} -> head.
 Position i maps node i-1 to node i (node 0 is the stem output); the head sees the sum of all five
 nodes, so `zero` at position i cuts the chain there while the earlier nodes still count. 5^4 = 625
-architectures, all with a different network.
+architectures, all with a different network. The head pools and classifies, or for a dense task classifies
+every pixel of the full-resolution sum (a 1x1 conv).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from torch import nn
 
 from nasopt.errors import UserError
 from nasopt.ops import OPS, ConvBNAct
-from nasopt.space import Chooser, encode_params, fixed
+from nasopt.space import Chooser, DenseHead, encode_params, fixed, head_kind
 
 __all__ = ["NanoSpace", "NANO_OPS"]
 
@@ -28,11 +29,15 @@ _SHORT = {"conv3x3": "c3", "conv5x5": "c5", "maxpool3x3": "mp", "skip": "sk", "z
 
 
 class NanoNet(nn.Module):
-    def __init__(self, in_channels: int, C: int, num_classes: int, positions: Sequence[nn.Module]) -> None:
+    """`kind` "dense": the head is a 1x1 conv on the full-resolution sum (`DenseHead`), (N, K, H, W)."""
+
+    def __init__(self, in_channels: int, C: int, num_classes: int, positions: Sequence[nn.Module],
+                 kind: str = "classify") -> None:
         super().__init__()
         self.stem = ConvBNAct(in_channels, C, 3)
         self.positions = nn.ModuleList(positions)
-        self.classifier = nn.Linear(C, num_classes)
+        self.dense = kind == "dense"
+        self.classifier = DenseHead(C, num_classes) if self.dense else nn.Linear(C, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         node = self.stem(x)  # (N, C, H, W)
@@ -40,6 +45,8 @@ class NanoNet(nn.Module):
         for op in self.positions:
             node = op(node)
             total = total + node
+        if self.dense:
+            return self.classifier(total, x.shape[2:])  # (N, num_classes, H, W)
         return self.classifier(total.mean((2, 3)))  # global average pool -> (N, num_classes)
 
 
@@ -69,7 +76,7 @@ class NanoSpace:
     def build(self, arch: Mapping[str, Any], task: Any, choose: Chooser = fixed) -> nn.Module:
         C = self.C
         ops = [choose(name, self.ops, arch[name], C, C, 1) for name in self._names()]
-        return NanoNet(task.input_shape[0], C, task.num_classes, ops)
+        return NanoNet(task.input_shape[0], C, task.num_classes, ops, head_kind(task))
 
     def encode(self, arch: Mapping[str, Any]) -> np.ndarray:
         return encode_params(arch, self.distributions())

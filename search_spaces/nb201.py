@@ -13,7 +13,7 @@ and the cell is repeated in the benchmark's fixed skeleton:
 
     stem conv3x3 + BN (-> C)
     N cells at C  -> residual block /2 -> N cells at 2C -> residual block /2 -> N cells at 4C
-    BN + ReLU -> global average pool -> linear
+    BN + ReLU -> global average pool -> linear   (a dense task: 1x1 conv, upsampled to the input's size)
 
 The residual block is NB201's ResNet basic block: ReLU-conv3x3-BN (stride 2), ReLU-conv3x3-BN, plus a
 shortcut avgpool 2x2 -> conv 1x1. With the benchmark's C=16, N=5 on CIFAR-10 the network has exactly
@@ -40,7 +40,7 @@ from torch import nn
 
 from nasopt.errors import UserError
 from nasopt.ops import ReLUConvBN
-from nasopt.space import Chooser, encode_params, fixed
+from nasopt.space import Chooser, DenseHead, encode_params, fixed, head_kind
 
 __all__ = ["NB201Space", "NB201_OPS", "EDGES", "parse_arch", "format_arch"]
 
@@ -133,17 +133,23 @@ class ResidualBlock(nn.Module):
 
 
 class NB201Net(nn.Module):
-    def __init__(self, in_channels: int, C: int, num_classes: int, cells: Sequence[nn.Module]) -> None:
+    """`kind` "dense": the head is a 1x1 conv on the last (H/4, W/4) map, upsampled bilinearly to (H, W)."""
+
+    def __init__(self, in_channels: int, C: int, num_classes: int, cells: Sequence[nn.Module],
+                 kind: str = "classify") -> None:
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(in_channels, C, 3, padding=1, bias=False), nn.BatchNorm2d(C))
         self.cells = nn.Sequential(*cells)
         C_last = 4 * C
         self.lastact = nn.Sequential(nn.BatchNorm2d(C_last), nn.ReLU(inplace=False))
-        self.classifier = nn.Linear(C_last, num_classes)
+        self.dense = kind == "dense"
+        self.classifier = DenseHead(C_last, num_classes) if self.dense else nn.Linear(C_last, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.lastact(self.cells(self.stem(x)))  # (N, 4C, H/4, W/4)
-        return self.classifier(x.mean((2, 3)))  # global average pool -> (N, num_classes)
+        features = self.lastact(self.cells(self.stem(x)))  # (N, 4C, H/4, W/4)
+        if self.dense:
+            return self.classifier(features, x.shape[2:])  # (N, num_classes, H, W)
+        return self.classifier(features.mean((2, 3)))  # global average pool -> (N, num_classes)
 
 
 class NB201Space:
@@ -185,7 +191,7 @@ class NB201Space:
                 # one call per edge per cell, the same name in every cell: one-shot weights are shared per edge
                 ops = [choose(name, self.ops, arch[name], C, C, 1, affine=True) for name in _NAMES]
                 cells.append(NB201Cell(ops))
-        return NB201Net(shape[0], self.C, task.num_classes, cells)
+        return NB201Net(shape[0], self.C, task.num_classes, cells, head_kind(task))
 
     def encode(self, arch: Mapping[str, Any]) -> np.ndarray:
         return encode_params(arch, self.distributions())

@@ -54,7 +54,7 @@ class _StandIn(nn.Module):
 
 
 def trace_shapes(space: Any, arch: Mapping[str, Any], input_shape: Sequence[int],
-                 num_classes: int = 10) -> dict[str, tuple[Shape, Shape]]:
+                 num_classes: int = 10, kind: str = "classify") -> dict[str, tuple[Shape, Shape]]:
     """`{decision: (input shape, output shape)}` of one sample, from the first module built for each
     decision; `"stem"` and `"network"` too. Raises whatever building or running the network raises.
 
@@ -72,7 +72,7 @@ def trace_shapes(space: Any, arch: Mapping[str, Any], input_shape: Sequence[int]
         modules.append((name, module))
         return module
 
-    task = SimpleNamespace(input_shape=tuple(input_shape), num_classes=num_classes, name="picture")
+    task = SimpleNamespace(input_shape=tuple(input_shape), num_classes=num_classes, name="picture", kind=kind)
     model = space.build(arch, task, choose)
     stem = getattr(model, "stem", None)
     stem = getattr(model, "stem0", None) if stem is None else stem
@@ -99,15 +99,16 @@ def trace_shapes(space: Any, arch: Mapping[str, Any], input_shape: Sequence[int]
 
 
 def arch_graph(arch: Mapping[str, Any], space: Any = None, *, input_shape: Sequence[int] | None = None,
-               num_classes: int = 10) -> nx.DiGraph:
+               num_classes: int = 10, kind: str = "classify") -> nx.DiGraph:
     """The DAG of `arch` (see the module doc). Shapes are traced when `space` and `input_shape` are given;
-    if building fails the graph is still returned, without shapes."""
+    if building fails the graph is still returned, without shapes. `kind` is the task's (`Task.kind`): a
+    dense task's head is drawn as the per-position 1x1 conv it is."""
     if space is not None and callable(getattr(space, "graph", None)):
         return space.graph(arch)
     shapes: dict[str, tuple[Shape, Shape]] = {}
     if space is not None and input_shape is not None:
         try:
-            shapes = trace_shapes(space, arch, input_shape, num_classes)
+            shapes = trace_shapes(space, arch, input_shape, num_classes, kind)
         except Exception:  # a picture without shapes beats no picture
             shapes = {}
     names = set(arch)
@@ -123,6 +124,11 @@ def arch_graph(arch: Mapping[str, Any], space: Any = None, *, input_shape: Seque
         g = _nano_chain(arch, shapes)
     else:
         g = _generic_chain(arch, shapes)
+    if kind == "dense":  # a 1x1 conv per position, upsampled to the input's size, in place of pool + linear
+        for node, label in (("dense", f"1x1 conv {arch.get('dense.units')}"), ("head", "1x1 conv + upsample")):
+            if node in g and g.nodes[node]["kind"] in ("op", "head"):
+                g.nodes[node]["label"] = label
+                g.nodes[node]["shape"] = None if node == "dense" else g.nodes[node]["shape"]
     g.graph.setdefault("space", type(space).__name__ if space is not None else None)
     if space is not None:
         try:

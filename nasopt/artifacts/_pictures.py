@@ -238,9 +238,10 @@ def to_svg(g: nx.DiGraph, title: str | None = None) -> str:
 
 
 def picture_svg(arch: Mapping[str, Any], space: Any = None, *, input_shape: Sequence[int] | None = None,
-                num_classes: int = 10, title: str | None = None) -> str:
-    """The SVG picture of an architecture (shapes traced when `space` and `input_shape` are given)."""
-    return to_svg(arch_graph(arch, space, input_shape=input_shape, num_classes=num_classes), title)
+                num_classes: int = 10, title: str | None = None, kind: str = "classify") -> str:
+    """The SVG picture of an architecture (shapes traced when `space` and `input_shape` are given; `kind`
+    the task's, for its head)."""
+    return to_svg(arch_graph(arch, space, input_shape=input_shape, num_classes=num_classes, kind=kind), title)
 
 
 # -- artifacts ------------------------------------------------------------------------------------
@@ -259,8 +260,9 @@ def _store(storage: Any, store: Any, directory: str | None) -> Any:
     return artifact_store_for(url, directory)
 
 
-def _task_shape(task: Any) -> tuple[Sequence[int] | None, int]:
-    return getattr(task, "input_shape", None), int(getattr(task, "num_classes", 10) or 10)
+def _task_shape(task: Any) -> tuple[Sequence[int] | None, int, str]:
+    return (getattr(task, "input_shape", None), int(getattr(task, "num_classes", 10) or 10),
+            str(getattr(task, "kind", None) or "classify"))
 
 
 def save_picture(trial: optuna.Trial, space: Any, arch: Mapping[str, Any], store: Any = None, *,
@@ -272,8 +274,8 @@ def save_picture(trial: optuna.Trial, space: Any, arch: Mapping[str, Any], store
         store = _store(trial.storage, store, directory)
         if store is None:
             return None
-        input_shape, num_classes = _task_shape(task)
-        svg = picture_svg(arch, space, input_shape=input_shape, num_classes=num_classes,
+        input_shape, num_classes, kind = _task_shape(task)
+        svg = picture_svg(arch, space, input_shape=input_shape, num_classes=num_classes, kind=kind,
                           title=f"trial {trial.number}: {space.describe(arch)}")
         with tempfile.TemporaryDirectory() as tmp:
             path = os.path.join(tmp, f"trial{trial.number}{PICTURE_SUFFIX}")
@@ -333,7 +335,7 @@ def draw_missing(study: optuna.Study, store: Any, space: Any = None, *, task: An
 
     The picture is recorded in the study's system attrs under optuna-dashboard's key for that trial
     (`dashboard:artifacts:<trial_id>:<artifact_id>`), which the dashboard lists with the trial's own."""
-    input_shape, num_classes = _task_shape(task)
+    input_shape, num_classes, kind = _task_shape(task)
     study_attrs = study._storage.get_study_system_attrs(study._study_id)
     drawn = 0
     for t in study.get_trials(deepcopy=False):
@@ -341,7 +343,8 @@ def draw_missing(study: optuna.Study, store: Any, space: Any = None, *, task: An
             continue
         try:
             title = f"trial {t.number}: {space.describe(t.params)}" if space is not None else f"trial {t.number}"
-            svg = picture_svg(t.params, space, input_shape=input_shape, num_classes=num_classes, title=title)
+            svg = picture_svg(t.params, space, input_shape=input_shape, num_classes=num_classes, title=title,
+                              kind=kind)
         except Exception as e:
             _log.warning("trial %s: no architecture picture (%s: %s)", t.number, type(e).__name__, e)
             continue

@@ -7,10 +7,12 @@ from nasopt.export._export import FORMAT, check_outputs, load_model, read_arch, 
 from nasopt.export._rebuild import (
     ShapeTask,
     input_record,
+    kind_record,
     normalisation,
     space_config,
     space_from_config,
     study_record,
+    task_kind,
 )
 from nasopt.export._retrain import AUGMENTATIONS, AugmentedSplit, augment, augmentation_for, resnet18, retrain
 from nasopt.export._trial import (
@@ -21,4 +23,4 @@ from nasopt.export._trial import (
     prepare_trial,
 )
 
-__all__ = ['FORMAT', 'write_export', 'load_model', 'read_arch', 'check_outputs', 'versions', 'prepare_trial', 'describe_export', 'completed_trial', 'check_params', 'keep_front_weights', 'ShapeTask', 'space_config', 'space_from_config', 'study_record', 'normalisation', 'input_record', 'AUGMENTATIONS', 'augmentation_for', 'AugmentedSplit', 'augment', 'resnet18', 'retrain']
+__all__ = ['FORMAT', 'write_export', 'load_model', 'read_arch', 'check_outputs', 'versions', 'prepare_trial', 'describe_export', 'completed_trial', 'check_params', 'keep_front_weights', 'ShapeTask', 'task_kind', 'kind_record', 'space_config', 'space_from_config', 'study_record', 'normalisation', 'input_record', 'AUGMENTATIONS', 'augmentation_for', 'AugmentedSplit', 'augment', 'resnet18', 'retrain']

@@ -3,7 +3,8 @@
 An export directory holds, for one architecture:
 
 - `arch.json`      the space config, the decisions (the trial's params), the printed form, the genotype
-                   for cell spaces, the input shape and the number of classes
+                   for cell spaces, the input shape, the number of classes (outputs) and the task's kind
+                   (classify, regress or dense; absent in older exports: classify) with its target shape
 - `model.pt`       the state dict (tensors only; `torch.load(..., weights_only=True)` reads it)
 - `model.ts`       TorchScript (traced in eval mode): `torch.jit.load` runs it without nasopt
 - `model.onnx`     ONNX (opset 17, dynamic batch axis): onnxruntime runs it
@@ -36,7 +37,7 @@ import torch
 from torch import nn
 
 from nasopt.errors import UserError
-from nasopt.export._rebuild import ShapeTask, space_from_config
+from nasopt.export._rebuild import ShapeTask, space_from_config, task_kind
 
 __all__ = ["FORMAT", "write_export", "load_model", "read_arch", "check_outputs", "versions", "run_onnx", "write_files"]
 
@@ -221,7 +222,7 @@ def load_model(directory: Path | str, *, space: Any = None, device: str | torch.
         if not arch["space"]:
             raise UserError(f"{directory}/arch.json names no rebuildable space; pass space=... (the study file's space)")
         space = space_from_config(arch["space"])
-    task = ShapeTask("export", tuple(int(v) for v in arch["input_shape"]), int(arch["num_classes"]))
+    task = ShapeTask("export", tuple(int(v) for v in arch["input_shape"]), int(arch["num_classes"]), **task_kind(arch))
     try:
         model = space.build(dict(arch["params"]), task)
     except UserError:

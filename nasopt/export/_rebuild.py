@@ -8,7 +8,7 @@ builds the same space again. A space whose attributes mirror its keyword argumen
 but the DARTS cells) needs nothing; one that stores them differently defines `config()` returning them.
 
 `study_record(spec, task)` is what a study stores beside its name of the space (`space_config`, the data
-settings, input shape, number of classes and input normalisation), so that export, retraining and
+settings, input shape, number of classes, task kind and input normalisation), so that export, retraining and
 reports can rebuild any trial from the storage alone.
 """
 
@@ -23,7 +23,7 @@ from typing import Any
 from nasopt._json import plain
 from nasopt.errors import UserError
 
-__all__ = ["ShapeTask", "space_config", "space_from_config", "study_record", "normalisation", "input_record"]
+__all__ = ["ShapeTask", "task_kind", "kind_record", "space_config", "space_from_config", "study_record", "normalisation", "input_record"]
 
 # only classes from these packages are imported from a config read back from a file or a storage;
 # any other space is passed in by the caller (from its study file)
@@ -32,12 +32,28 @@ TRUSTED_PREFIXES = ("nasopt.search_spaces.",)
 
 @dataclass(frozen=True)
 class ShapeTask:
-    """What `space.build` needs of a task when no data is loaded: the input shape and the classes."""
+    """What `space.build` needs of a task when no data is loaded: the input shape, the classes (outputs) and
+    what the network outputs (`kind`: classify, regress or dense; `target_shape`: one sample's target)."""
 
     name: str
     input_shape: tuple[int, ...]
     num_classes: int
     device: str = "cpu"
+    kind: str = "classify"
+    target_shape: tuple[int, ...] = ()
+
+
+def task_kind(record: Mapping[str, Any]) -> dict[str, Any]:
+    """`kind` and `target_shape` of a stored record (arch.json, a study's record) as ShapeTask arguments:
+    a record written before nasopt recorded them is a classification."""
+    return {"kind": str(record.get("kind") or "classify"),
+            "target_shape": tuple(int(v) for v in record.get("target_shape") or ())}
+
+
+def kind_record(task: Any) -> dict[str, Any]:
+    """What a task's network outputs, as plain JSON for a record: `kind` and `target_shape`."""
+    return {"kind": str(getattr(task, "kind", None) or "classify"),
+            "target_shape": [int(v) for v in getattr(task, "target_shape", None) or ()]}
 
 
 def _same_space(a: Any, b: Any) -> bool:
@@ -211,7 +227,8 @@ def _stored_normalisation(norm: Any, data: Mapping[str, Any], shape: Any) -> dic
 
 def study_record(spec: Any, task: Any = None) -> dict[str, Any]:
     """What a study should store beside the name of its space class: the space's constructor config,
-    the data settings and, when the task is loaded, its input shape, classes and normalisation."""
+    the data settings and, when the task is loaded, its input shape, classes, kind (with its target shape)
+    and normalisation."""
     record: dict[str, Any] = {
         "space_config": space_config(spec.space),
         "data": {"dataset": spec.dataset, "data_dir": spec.data_dir, "image_size": spec.image_size,
@@ -221,6 +238,7 @@ def study_record(spec: Any, task: Any = None) -> dict[str, Any]:
     if task is not None and hasattr(task, "input_shape"):
         record["input_shape"] = [int(v) for v in task.input_shape]
         record["num_classes"] = int(task.num_classes)
+        record.update(kind_record(task))
         norm = normalisation(task, image_size=spec.image_size)
         if norm is not None:
             record["normalisation"] = norm
@@ -278,7 +296,7 @@ def from_study(study: Any, *, spec: Any = None, default_space: Any = None, load_
                         "(--study-file FILE)")
     shape, classes = info.get("input_shape"), info.get("num_classes")
     if spec is None and not load_data and shape and classes:
-        return Rebuilt(space, config, ShapeTask(str(data.get("dataset")), tuple(int(v) for v in shape), int(classes)),
-                       data, source, _stored_normalisation(info.get("normalisation"), data, shape))
+        task = ShapeTask(str(data.get("dataset")), tuple(int(v) for v in shape), int(classes), **task_kind(info))
+        return Rebuilt(space, config, task, data, source, _stored_normalisation(info.get("normalisation"), data, shape))
     task = _load(data, device)
     return Rebuilt(space, config, task, data, source, normalisation(task, image_size=data.get("image_size")))

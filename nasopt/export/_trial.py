@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from nasopt.errors import UserError
+from nasopt.export._rebuild import kind_record
 from nasopt.keys import DROPPED_ATTR
 
 __all__ = ["completed_trial", "check_params", "prepare_trial", "describe_export", "keep_front_weights"]
@@ -123,7 +124,8 @@ def describe_export(model: nn.Module, space: Any, params: Mapping[str, Any], spa
     model = model.cpu().eval()
     shape = tuple(int(v) for v in task.input_shape)
     arch = {"space": space_config, "params": dict(params), "describe": space.describe(params),
-            "genotype": _genotype(space, params), "input_shape": list(shape), "num_classes": int(task.num_classes)}
+            "genotype": _genotype(space, params), "input_shape": list(shape), "num_classes": int(task.num_classes),
+            **kind_record(task)}
     latency = measure_latency(model, shape)
     memory, memory_provenance = peak_memory(model, shape)
     head = {k: manifest.pop(k) for k in ("study", "storage", "trial", "strategy", "objectives") if k in manifest}

@@ -30,6 +30,7 @@ from nasopt.errors import UserError
 from nasopt.measure._latency_table import FORMAT, LatencyTable, Slot, frame_key, record_slots, space_config
 from nasopt.measure._metrics import device_name
 from nasopt.ops import OPS, build_op
+from nasopt.space import head_kind
 
 __all__ = ["build_table"]
 
@@ -179,6 +180,7 @@ def build_table(space: Any, task: Any, *, device: str = "cpu", batch_size: int =
         "torch": torch.__version__, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "space": type(space).__name__, "space_config": space_config(space),
         "input_shape": [int(s) for s in task.input_shape], "num_classes": int(task.num_classes),
+        "kind": head_kind(task),
         "structural": shapes.structural,
     }
     return LatencyTable({"format": FORMAT, "provenance": provenance, "frames": frames, "ops": ops})

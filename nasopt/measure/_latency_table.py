@@ -31,7 +31,7 @@ from torch import nn
 from nasopt._json import plain
 from nasopt.errors import UserError
 from nasopt.ops import Zero
-from nasopt.space import Chooser
+from nasopt.space import Chooser, head_kind
 
 __all__ = ["FORMAT", "Slot", "LatencyTable", "predicted_latency", "record_slots", "default_path", "space_slug",
            "shape_key", "space_config", "frame_key"]
@@ -182,7 +182,7 @@ class LatencyTable:
 
     def check(self, space: Any, task: Any, device: str | torch.device | None = None) -> None:
         """Raise a UserError when the table was built for another space, space configuration, input shape,
-        number of classes or (when given) device type."""
+        number of classes, head (dense or not) or (when given) device type."""
         p = self.provenance
         where = f"latency table {self.path or ''}".rstrip()
         if p["space"] != type(space).__name__:
@@ -197,6 +197,10 @@ class LatencyTable:
         if p["input_shape"] != shape or p["num_classes"] != int(task.num_classes):
             raise UserError(f"{where} was built for input shape {tuple(p['input_shape'])} and {p['num_classes']} classes, "
                             f"but the task has {tuple(shape)} and {task.num_classes}; {self.rebuild_hint()}")
+        built, kind = str(p.get("kind") or "classify"), head_kind(task)  # tables before kinds: classify
+        if (built == "dense") != (kind == "dense"):  # a dense head (1x1 conv + upsample) is another frame
+            raise UserError(f"{where} was built for a {built} task, but the task is {kind}: its head costs "
+                            f"differently; {self.rebuild_hint()}")
         if device is not None and torch.device(device).type != p["device"]:
             raise UserError(f"{where} was measured on {p['device']} ({p['device_name']}), but the latency is wanted "
                             f"on {torch.device(device).type}; {self.rebuild_hint()}")
