@@ -56,8 +56,11 @@ def _row(name: str, model: Any, task: Any, result: dict[str, Any]) -> dict[str, 
 def _print_table(rows: list[dict[str, Any]]) -> None:
     import pandas as pd
 
+    # the accuracy where the task has classes, else the loss; then the user's metrics
+    shown = [k for k in rows[0] if k.startswith(("val_", "test_")) and not k.endswith(("_top5", "_loss"))] \
+        if "val_acc" in rows[0] else [k for k in rows[0] if k.startswith(("val_", "test_"))]
     frame = pd.DataFrame([{"model": r["model"], "params": f"{r['params']:,}", "MACs": f"{r['macs']:,}",
-                           "val acc": f"{r['val_acc']:.4f}", "test acc": f"{r['test_acc']:.4f}",
+                           **{k.replace("_", " ", 1): f"{r[k]:.4f}" for k in shown if k in r},
                            "train s": f"{r['train_s']:.1f}"} for r in rows])
     print(frame.to_string(index=False))
 
@@ -119,8 +122,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     for name, net in models:
         def on_epoch(epoch: int, record: dict[str, float], name: str = name) -> None:
             if not args.quiet:
+                key = "val_acc" if "val_acc" in record else "val_loss"
                 print(f"  {name}: epoch {epoch}/{config.epochs} train loss {record['train_loss']:.4f} "
-                      f"val acc {record['val_acc']:.4f}", file=sys.stderr)
+                      f"{key.replace('_', ' ')} {record[key]:.4f}", file=sys.stderr)
 
         result = retrain(net, task, config, augmentation=augmentation, seed=args.seed, on_epoch=on_epoch)
         rows.append(_row(name, net, task, result))

@@ -9,6 +9,7 @@ NaN raises `MetricFailed`, which fails that trial (with the reason stored) and n
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -18,11 +19,24 @@ import torch.nn.functional as F
 from torch import nn
 
 from nasopt.errors import UserError
+from nasopt.importing import named
 
 if TYPE_CHECKING:
     from nasopt.train import TrainConfig
 
-__all__ = ["MetricFailed", "kind_of", "task_loss", "shaped", "scalar_loss", "evaluate", "epoch_record", "CURVE_NAMES"]
+__all__ = ["scored", "MetricFailed", "kind_of", "task_loss", "shaped", "scalar_loss", "evaluate", "epoch_record", "CURVE_NAMES"]
+
+
+def scored(task: Any, loss: Any = None, metrics: Any = None) -> Any:
+    """`task` with the user's `loss` and `metrics` (functions, objects, or their 'module:function' names)."""
+    loss = named(loss, "loss") if loss is not None else None
+    metrics = {name: named(fn, f"metric {name!r}") for name, fn in dict(metrics or {}).items()}
+    if loss is None and not metrics:
+        return task
+    if not hasattr(task, "metrics"):  # nano-bench's table: nothing is trained, so nothing to score
+        raise UserError("nanobench answers from its table; your own loss and metrics need real data (a dataset or "
+                        "`data`)")
+    return dataclasses.replace(task, loss=loss, metrics=metrics)
 
 
 class MetricFailed(RuntimeError):

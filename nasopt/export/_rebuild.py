@@ -235,6 +235,11 @@ def study_record(spec: Any, task: Any = None) -> dict[str, Any]:
                  "val_fraction": spec.val_fraction, "seed": spec.seed},
         "artifacts": spec.artifacts,
     }
+    if getattr(spec, "data", None) is not None:  # the user's own data: its factory's name, to say what to pass
+        from nasopt.importing import qualname
+
+        record["data"]["data"] = qualname(spec.data) if isinstance(spec.data, str) or callable(spec.data) else \
+            "datasets given as objects"
     if task is not None and hasattr(task, "input_shape"):
         record["input_shape"] = [int(v) for v in task.input_shape]
         record["num_classes"] = int(task.num_classes)
@@ -257,9 +262,17 @@ class Rebuilt:
     normalisation: dict[str, Any] | None = None
 
 
-def _load(data: Mapping[str, Any], device: str) -> Any:
-    from nasopt.data import load_task
+def _load(data: Mapping[str, Any], device: str, spec: Any = None) -> Any:
+    from nasopt.data import load_task, user_task
+    from nasopt.scoring import scored
 
+    if spec is not None and getattr(spec, "data", None) is not None:  # the user's own data, from its factory
+        task = user_task(spec.data, kind=spec.kind, input_shape=spec.input_shape, num_classes=spec.num_classes,
+                         val_fraction=spec.val_fraction, seed=spec.seed, device=device)
+        return scored(task, spec.loss, spec.metrics)
+    if data.get("dataset") == "custom":
+        raise UserError(f"the study was run on your own data ({data.get('data') or 'data='}); pass its study file "
+                        "(--study-file FILE), whose `data` rebuilds it")
     name = str(data.get("dataset") or "digits")
     name = "digits" if name == "nanobench" else name  # nano-bench's table was trained on digits
     return load_task(name, data_dir=data.get("data_dir"), image_size=data.get("image_size"),
@@ -298,5 +311,5 @@ def from_study(study: Any, *, spec: Any = None, default_space: Any = None, load_
     if spec is None and not load_data and shape and classes:
         task = ShapeTask(str(data.get("dataset")), tuple(int(v) for v in shape), int(classes), **task_kind(info))
         return Rebuilt(space, config, task, data, source, _stored_normalisation(info.get("normalisation"), data, shape))
-    task = _load(data, device)
+    task = _load(data, device, spec)
     return Rebuilt(space, config, task, data, source, normalisation(task, image_size=data.get("image_size")))

@@ -107,6 +107,7 @@ def resnet18(task: Any) -> nn.Module:
     return model
 
 
+
 def retrain(model: nn.Module, task: Any, config: TrainConfig, *, augmentation: str = "none", seed: int = 0,
             on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, Any]:
     """Train `model` (on the task's device) from its current weights with `config` and `augmentation`,
@@ -120,9 +121,10 @@ def retrain(model: nn.Module, task: Any, config: TrainConfig, *, augmentation: s
     except optuna.TrialPruned as e:  # outside a study a diverged run is the settings' fault: say which to change
         raise UserError(f"training stopped: {e}; retrain with a smaller --lr (it was {config.lr:g})") from None
     seconds = time.perf_counter() - t0
-    val, test = evaluate(model, task.val), evaluate(model, task.test)
-    out = {"val_acc": val["acc"], "test_acc": test["acc"], "test_loss": test["loss"], "train_s": round(seconds, 2),
-           "epochs": config.epochs, "curve": result.curve}
-    if "top5" in test:
-        out["test_top5"] = test["top5"]
+    val, test = evaluate(model, task.val, task=task), evaluate(model, task.test, task=task)
+    # val_acc, val_loss, ... and test_acc, test_loss, ...: the accuracy where the task has classes, and the
+    # user's metrics by name (val_f1, test_f1)
+    out: dict[str, Any] = {f"val_{k}": v for k, v in val.items()}
+    out.update({f"test_{k}": v for k, v in test.items()})
+    out.update({"train_s": round(seconds, 2), "epochs": config.epochs, "curve": result.curve})
     return out

@@ -4,12 +4,11 @@ pruners (`signal`), and the objective values read from a trial's last epoch (`fi
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
 from nasopt.errors import UserError
-from nasopt.importing import named
+from nasopt.scoring import scored
 
 __all__ = ["with_scoring", "check_output", "signal", "final_metrics", "PER_EPOCH"]
 
@@ -20,8 +19,6 @@ PER_EPOCH = {"accuracy": "val_acc", "top5": "val_top5", "val_loss": "val_loss"}
 def with_scoring(spec: Any, task: Any) -> Any:
     """`task` with the study's loss and metrics (their 'module:function' names imported), checked against the
     task's kind: accuracy needs classes (classify, or dense per position), top5 a classification."""
-    loss = named(spec.loss, "loss") if spec.loss is not None else None
-    metrics = {name: named(fn, f"metric {name!r}") for name, fn in dict(spec.metrics).items()}
     kind = str(getattr(task, "kind", "classify"))
     for metric in spec.objectives:
         if metric == "accuracy" and kind == "regress":
@@ -30,12 +27,7 @@ def with_scoring(spec: Any, task: Any) -> Any:
         if metric == "top5" and kind != "classify":
             raise UserError(f"objective 'top5' needs a classification task, but this one is {kind}; use "
                             "'accuracy', 'val_loss' or your own metric")
-    if loss is None and not metrics:
-        return task
-    if not hasattr(task, "metrics"):  # nano-bench's table: nothing is trained, so nothing to score
-        raise UserError("nanobench answers from its table; your own loss and metrics need real data (a dataset or "
-                        "`data`)")
-    return dataclasses.replace(task, loss=loss, metrics=metrics)
+    return scored(task, spec.loss, spec.metrics)
 
 
 def check_output(model: Any, task: Any, train_cfg: Any) -> None:
