@@ -140,7 +140,9 @@ class Objective:
         if isinstance(self.spec.pruner, CurvePruner):
             reason = self.spec.pruner.prune(trial.study, trial.number, [score(r) for r in curve])
             if reason:
-                raise optuna.TrialPruned(reason)
+                key, sign = self.signal  # the pruners speak of val_acc: name what they compared
+                named = key if sign > 0 else f"-{key}"
+                raise optuna.TrialPruned(reason.replace("val_acc=", f"{named}=") if key != "val_acc" else reason)
 
     def _check_limits(self, trial: optuna.Trial, metrics: dict[str, float]) -> None:
         """The hard limits, as Optuna constraints (for the samplers) and as a prune before any training."""
