@@ -24,10 +24,23 @@ from optuna.distributions import CategoricalDistribution
 from torch import nn
 
 from nasopt.errors import UserError
-from nasopt.oneshot._shared import SKIP_OPS, rng_state, set_rng_state, skip_count, split_half
+from nasopt.oneshot._shared import (
+    DEFAULT_SIGNAL,
+    SKIP_OPS,
+    LossFn,
+    Signal,
+    check_output,
+    hits,
+    rng_state,
+    search_loss,
+    set_rng_state,
+    skip_count,
+    split_half,
+    validation,
+)
 from nasopt.oneshot.mixed import MixedChooser, Supernet, candidate_costs, expected_cost, record_spatial
+from nasopt.scoring import kind_of
 from nasopt.space import random_arch
-from nasopt.train import evaluate
 
 __all__ = ["DARTS", "build_supernet", "derive", "split_half"]
 
@@ -126,20 +139,25 @@ class DARTS:
 
     def check(self, space: Any, task: Any) -> None:
         """Raise UserError before anything is stored when this method cannot search `space` on `task`."""
-        build_supernet(space, task, MixedChooser(self.partial_channels), edge_normalization=self.normalize_edges,
-                       method=self.label)
+        net = build_supernet(space, task, MixedChooser(self.partial_channels),
+                             edge_normalization=self.normalize_edges, method=self.label)
+        check_output(net, task, self.label, space)
         split_half(task.train, 0)
 
     # -------------------------------------------------------------------------------------------- search
 
     def search(self, space: Any, task: Any, *, seed: int, resume: Mapping[str, Any] | None = None,
                on_epoch: Callable[[dict[str, Any], Callable[[], dict[str, Any]]], None] | None = None,
-               progress: Callable[[int, int], None] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+               progress: Callable[[int, int], None] | None = None,
+               signal: Signal = DEFAULT_SIGNAL) -> tuple[dict[str, Any], dict[str, Any]]:
         """Run the search; returns (derived architecture, summary).
 
-        `on_epoch(record, state)` gets each epoch's record (supernet train/valid accuracy, alpha entropy,
-        skips in the derived normal cell, the softmax weights) and a function returning the full
-        checkpoint; `resume` is such a checkpoint, to continue after its epoch.
+        Weights and alphas train on the task's loss (`search_loss`). `on_epoch(record, state)` gets each
+        epoch's record (supernet train accuracy and loss, its validation (`validation`: accuracy for a
+        classification, else the task's evaluation and `valid_score`, the study's first per-epoch objective
+        `signal` = (curve entry, sign)), alpha entropy, skips in the derived normal cell, the softmax
+        weights) and a function returning the full checkpoint; `resume` is such a checkpoint, to continue
+        after its epoch.
         """
         torch.manual_seed(seed)
         chooser = MixedChooser(self.partial_channels)
@@ -147,6 +165,7 @@ class DARTS:
                                   method=self.label).to(task.device)
         w_opt, a_opt = self.optimizers(supernet)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(w_opt, self.epochs, eta_min=self.lr_min)
+        loss_fn, kind = search_loss(task), kind_of(task)
         w_split, a_split = split_half(task.train, seed)
         if min(len(w_split), len(a_split)) < 2:
             raise UserError(f"{len(task.train)} training examples are too few for a one-shot search; use more data")
@@ -168,22 +187,23 @@ class DARTS:
             history, start, skip_on = list(resume["history"]), int(resume["epoch"]) + 1, bool(resume["skip_on"])
         stopped = ""
         for epoch in range(start, self.epochs + 1):
-            seen, correct, loss_sum = 0, 0, 0.0
+            seen, correct, positions, loss_sum = 0, 0, 0, 0.0
             a_batches = a_split.batches(self.batch_size, shuffle=True, generator=generator, drop_last=True)
             for (xw, yw), (xa, ya) in zip(w_split.batches(self.batch_size, shuffle=True, generator=generator,
                                                           drop_last=True), a_batches, strict=False):
-                logits, loss = self.step(supernet, w_opt, a_opt, (xw, yw), (xa, ya), costs, skip_on)
+                logits, loss = self.step(supernet, w_opt, a_opt, (xw, yw), (xa, ya), costs, skip_on, loss_fn=loss_fn)
                 seen += len(yw)
-                correct += int((logits.detach().argmax(1) == yw).sum())
+                hit, counted = hits(logits, yw, kind)
+                correct, positions = correct + hit, positions + counted
                 loss_sum += float(loss.detach()) * len(yw)
             sched.step()
             if not math.isfinite(loss_sum):
                 raise optuna.TrialPruned(f"non-finite supernet loss in search epoch {epoch}")
             arch = derive(space, supernet)
             skips = skip_count(arch)
-            record = {"epoch": epoch, "train_acc": round(correct / max(seen, 1), 6),
-                      "train_loss": round(float(loss_sum) / max(seen, 1), 6),
-                      "valid_acc": round(evaluate(supernet, task.val)["acc"], 6),
+            train_acc = {"train_acc": round(correct / max(positions, 1), 6)} if kind != "regress" else {}
+            record = {"epoch": epoch, **train_acc, "train_loss": round(float(loss_sum) / max(seen, 1), 6),
+                      **validation(supernet, task.val, task, signal),
                       "alpha_entropy": round(supernet.entropy(), 6), "skips": skips,
                       "lr": round(float(sched.get_last_lr()[0]), 6), "weights": supernet.probabilities(),
                       "arch": arch}
@@ -213,19 +233,20 @@ class DARTS:
 
     def step(self, supernet: Supernet, w_opt: torch.optim.Optimizer, a_opt: torch.optim.Optimizer,
              w_batch: tuple[torch.Tensor, torch.Tensor], a_batch: tuple[torch.Tensor, torch.Tensor],
-             costs: Mapping[str, Any] | None = None, skip_on: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """One search step: the architecture update on `a_batch`, then the weight update on `w_batch`.
-        Returns the weight step's logits and loss."""
+             costs: Mapping[str, Any] | None = None, skip_on: bool = False, *,
+             loss_fn: LossFn = F.cross_entropy) -> tuple[torch.Tensor, torch.Tensor]:
+        """One search step: the architecture update on `a_batch`, then the weight update on `w_batch`, both
+        on `loss_fn` (the task's, `search_loss`). Returns the weight step's output and loss."""
         (xw, yw), (xa, ya) = w_batch, a_batch
         a_opt.zero_grad(set_to_none=True)
         if self.unrolled:
-            self.unrolled_backward(supernet, w_opt, xw, yw, xa, ya, costs, skip_on)
+            self.unrolled_backward(supernet, w_opt, xw, yw, xa, ya, costs, skip_on, loss_fn=loss_fn)
         else:
-            self._arch_loss(supernet, xa, ya, costs, skip_on).backward()
+            self._arch_loss(supernet, xa, ya, costs, skip_on, loss_fn).backward()
         a_opt.step()
         w_opt.zero_grad(set_to_none=True)
         logits = supernet(xw)
-        loss = F.cross_entropy(logits, yw)
+        loss = loss_fn(logits, yw)
         loss.backward()
         nn.utils.clip_grad_norm_(supernet.weight_parameters(), self.grad_clip)
         w_opt.step()
@@ -240,8 +261,8 @@ class DARTS:
         return w_opt, a_opt
 
     def _arch_loss(self, supernet: Supernet, x: torch.Tensor, y: torch.Tensor,
-                   costs: Mapping[str, Any] | None, skip_on: bool) -> torch.Tensor:
-        loss = F.cross_entropy(supernet(x), y)
+                   costs: Mapping[str, Any] | None, skip_on: bool, loss_fn: LossFn) -> torch.Tensor:
+        loss = loss_fn(supernet(x), y)
         if costs is not None:
             loss = loss + self.penalty_weight * expected_cost(supernet, costs)
         if skip_on:
@@ -250,7 +271,8 @@ class DARTS:
 
     def unrolled_backward(self, supernet: Supernet, w_opt: torch.optim.Optimizer, xw: torch.Tensor,
                           yw: torch.Tensor, xa: torch.Tensor, ya: torch.Tensor,
-                          costs: Mapping[str, Any] | None = None, skip_on: bool = False) -> None:
+                          costs: Mapping[str, Any] | None = None, skip_on: bool = False, *,
+                          loss_fn: LossFn = F.cross_entropy) -> None:
         """Set alpha.grad to the second-order DARTS gradient of L_val(w - eta * dL_train/dw, alpha).
 
         d/dalpha = dL_val(w', alpha)/dalpha - eta * (d2 L_train / dalpha dw) . dL_val(w', alpha)/dw',
@@ -258,7 +280,7 @@ class DARTS:
         """
         weights, alphas = supernet.weight_parameters(), supernet.arch_parameters()
         eta = w_opt.param_groups[0]["lr"]
-        grads = torch.autograd.grad(F.cross_entropy(supernet(xw), yw), weights, allow_unused=True)
+        grads = torch.autograd.grad(loss_fn(supernet(xw), yw), weights, allow_unused=True)
         backup = [w.detach().clone() for w in weights]
         with torch.no_grad():  # the virtual step w' = w - eta * (momentum * buffer + grad + wd * w)
             for w, g in zip(weights, grads, strict=True):
@@ -267,7 +289,7 @@ class DARTS:
                 if buffer is not None:
                     step = step + self.momentum * buffer
                 w.sub_(eta * step)
-        loss = self._arch_loss(supernet, xa, ya, costs, skip_on)
+        loss = self._arch_loss(supernet, xa, ya, costs, skip_on, loss_fn)
         out = torch.autograd.grad(loss, alphas + weights, allow_unused=True)
         d_alpha = [g if g is not None else torch.zeros_like(a) for g, a in zip(out[:len(alphas)], alphas, strict=True)]
         v = [g if g is not None else torch.zeros_like(w) for g, w in zip(out[len(alphas):], weights, strict=True)]
@@ -278,7 +300,7 @@ class DARTS:
             with torch.no_grad():
                 for w, b, g in zip(weights, backup, v, strict=True):
                     w.copy_(b + sign * eps * g)
-            g_alpha = torch.autograd.grad(F.cross_entropy(supernet(xw), yw), alphas, allow_unused=True)
+            g_alpha = torch.autograd.grad(loss_fn(supernet(xw), yw), alphas, allow_unused=True)
             return [g if g is not None else torch.zeros_like(a) for g, a in zip(g_alpha, alphas, strict=True)]
 
         if eps > 0:

@@ -9,11 +9,14 @@ sampler's would be. Every epoch alternates two phases:
 1. shared weights: one pass over one half of the training split (SGD, cosine schedule, as DARTS'
    weights); every minibatch trains the path of a freshly sampled architecture;
 2. controller: `controller_steps` REINFORCE updates, each on `controller_batch` sampled architectures;
-   an architecture's reward is its accuracy through the shared weights on a minibatch of the other half.
+   an architecture's reward is its accuracy through the shared weights on a minibatch of the other half
+   (a task that is no classification: its score, higher is better: the study's first per-epoch objective
+   with its sign, else minus the validation loss).
 
 The architecture derived after each epoch is the best of `derive_samples` sampled architectures by
-accuracy on a fixed held-out set (up to 8 batches of the other half). Accuracies use batch statistics
-(BatchNorm in training mode): the running statistics mix every path that ever ran.
+reward on a fixed held-out set (up to 8 batches of the other half). Rewards use batch statistics
+(BatchNorm in training mode): the running statistics mix every path that ever ran. The shared weights
+train on the task's loss (`search_loss`).
 
 How a sampled architecture maps onto the supernet:
 
@@ -40,13 +43,27 @@ from typing import Any
 
 import optuna
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from nasopt.errors import UserError
-from nasopt.oneshot._shared import EDGE, rng_state, set_rng_state, skip_count, split_half
+from nasopt.oneshot._shared import (
+    DEFAULT_SIGNAL,
+    EDGE,
+    Signal,
+    check_output,
+    hits,
+    path_score,
+    rng_state,
+    score,
+    search_loss,
+    set_rng_state,
+    skip_count,
+    split_half,
+    valid_entries,
+)
 from nasopt.oneshot.controller import Controller, StandInTrial
 from nasopt.oneshot.mixed import MixedChooser, MixedOp
+from nasopt.scoring import kind_of
 from nasopt.space import arch_key, random_arch
 
 __all__ = ["ENAS", "SharedSupernet", "build_shared"]
@@ -194,16 +211,11 @@ def build_shared(space: Any, task: Any) -> SharedSupernet:
     return SharedSupernet(net, chooser.ops, to_paths)
 
 
-@torch.no_grad()
-def _accuracy(net: SharedSupernet, arch: Mapping[str, Any], batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> float:
-    """Top-1 accuracy of `arch` through the shared weights, with batch statistics."""
+def _scored(net: SharedSupernet, arch: Mapping[str, Any], batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+            task: Any) -> dict[str, float]:
+    """`arch` through the shared weights on `batches` (batch statistics): its accuracy, or the task's evaluation."""
     net.select(arch)
-    net.train()
-    correct = seen = 0
-    for x, y in batches:
-        correct += int((net(x).argmax(1) == y).sum())
-        seen += len(y)
-    return correct / max(seen, 1)
+    return path_score(net, batches, task)
 
 
 def _cycle(split: Any, batch_size: int, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -259,7 +271,10 @@ class ENAS:
 
     def check(self, space: Any, task: Any) -> None:
         """Raise UserError before anything is stored when ENAS cannot search `space` on `task`."""
-        build_shared(space, task)
+        net = build_shared(space, task)
+        if kind_of(task) != "classify":  # a dense task needs a dense head
+            net.select(random_arch(space, seed=0))
+            check_output(net, task, "ENAS", space)
         Controller(space, hidden=self.hidden, lr=self.controller_lr)
         self._halves(task, 0)
 
@@ -273,8 +288,11 @@ class ENAS:
 
     def search(self, space: Any, task: Any, *, seed: int, resume: Mapping[str, Any] | None = None,
                on_epoch: Callable[[dict[str, Any], Callable[[], dict[str, Any]]], None] | None = None,
-               progress: Callable[[int, int], None] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Run the search; returns (derived architecture, summary), with DARTS' `on_epoch`/`resume` contract.
+               progress: Callable[[int, int], None] | None = None,
+               signal: Signal = DEFAULT_SIGNAL) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Run the search; returns (derived architecture, summary), with DARTS' `on_epoch`/`resume` contract;
+        `signal` = (curve entry, sign) is the study's first per-epoch objective, the reward of a task that is
+        no classification.
 
         The record's `alpha_entropy` is the controller's mean per-decision entropy over the epoch's updates,
         `weights` the controller's marginal probability of every value per decision (`Controller.marginals`),
@@ -303,7 +321,7 @@ class ENAS:
             history, start = list(resume["history"]), int(resume["epoch"]) + 1
         arch: dict[str, Any] = dict(resume["arch"]) if resume is not None and "arch" in resume else {}
         for epoch in range(start, self.epochs + 1):
-            train = self._train_shared(net, controller, w_opt, w_split, generator)
+            train = self._train_shared(net, controller, w_opt, w_split, generator, task)
             sched.step()
             if not math.isfinite(train["loss"]):
                 raise optuna.TrialPruned(f"non-finite shared-weight loss in search epoch {epoch}")
@@ -311,12 +329,13 @@ class ENAS:
             batches = _cycle(c_split, self.batch_size, generator)
             for _ in range(self.controller_steps):
                 archs = controller.sample(self.controller_batch)
-                stats = controller.update(archs, [_accuracy(net, a, [next(batches)]) for a in archs])
+                stats = controller.update(archs, [score(_scored(net, a, [next(batches)], task), task, signal)
+                                                  for a in archs])
                 rewards.append(stats["reward"])
                 entropies.append(stats["entropy"])
-            arch = self.derive(net, controller, held)
-            record = {"epoch": epoch, "train_acc": round(train["acc"], 6), "train_loss": round(train["loss"], 6),
-                      "valid_acc": round(_accuracy(net, arch, task.val.batches(self.batch_size)), 6),
+            arch = self.derive(net, controller, held, task, signal)
+            record = {"epoch": epoch, **{f"train_{k}": round(v, 6) for k, v in train.items()},
+                      **valid_entries(_scored(net, arch, task.val.batches(self.batch_size), task), task, signal),
                       "alpha_entropy": round(sum(entropies) / len(entropies) if entropies else
                                              controller_entropy(controller), 6),
                       "skips": skip_count(arch), "lr": round(float(sched.get_last_lr()[0]), 6),
@@ -334,32 +353,36 @@ class ENAS:
             if progress is not None:
                 progress(epoch, self.epochs)
         if not arch:  # resumed after the last epoch: derive from the restored state
-            arch = self.derive(net, controller, held)
+            arch = self.derive(net, controller, held, task, signal)
         return arch, {"history": history, "stopped": "", "epochs_run": len(history)}
 
     def _train_shared(self, net: SharedSupernet, controller: Controller, w_opt: torch.optim.Optimizer, split: Any,
-                      generator: torch.Generator) -> dict[str, float]:
-        """One pass over `split`, each minibatch on the path of a freshly sampled architecture."""
+                      generator: torch.Generator, task: Any = None) -> dict[str, float]:
+        """One pass over `split`, each minibatch on the path of a freshly sampled architecture, on the task's
+        loss; returns the pass's accuracy (not for a regression) and mean loss."""
         net.train()
-        seen, correct, loss_sum = 0, 0, 0.0
+        loss_fn, kind = search_loss(task), kind_of(task)
+        seen, correct, positions, loss_sum = 0, 0, 0, 0.0
         for x, y in split.batches(self.batch_size, shuffle=True, generator=generator, drop_last=True):
             net.select(controller.sample(1)[0])
             w_opt.zero_grad(set_to_none=True)
             logits = net(x)
-            loss = F.cross_entropy(logits, y)
+            loss = loss_fn(logits, y)
             loss.backward()  # type: ignore[no-untyped-call]
             nn.utils.clip_grad_norm_(net.parameters(), self.grad_clip)
             w_opt.step()
             seen += len(y)
-            correct += int((logits.detach().argmax(1) == y).sum())
+            hit, counted = hits(logits, y, kind)
+            correct, positions = correct + hit, positions + counted
             loss_sum += float(loss.detach()) * len(y)
-        return {"acc": correct / max(seen, 1), "loss": loss_sum / max(seen, 1)}
+        acc = {"acc": correct / max(positions, 1)} if kind != "regress" else {}
+        return {**acc, "loss": loss_sum / max(seen, 1)}
 
-    def derive(self, net: SharedSupernet, controller: Controller,
-               held: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, Any]:
-        """The best of `derive_samples` sampled architectures by accuracy on `held` (first of equals)."""
+    def derive(self, net: SharedSupernet, controller: Controller, held: Sequence[tuple[torch.Tensor, torch.Tensor]],
+               task: Any = None, signal: Signal = DEFAULT_SIGNAL) -> dict[str, Any]:
+        """The best of `derive_samples` sampled architectures by reward on `held` (first of equals)."""
         candidates = {arch_key(a): a for a in controller.sample(self.derive_samples)}
-        scored = [(_accuracy(net, a, held), -i, a) for i, a in enumerate(candidates.values())]
+        scored = [(score(_scored(net, a, held, task), task, signal), -i, a) for i, a in enumerate(candidates.values())]
         return dict(max(scored, key=lambda s: (s[0], s[1]))[2])
 
 

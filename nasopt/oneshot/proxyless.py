@@ -19,7 +19,8 @@ differentiable in alpha. With `latency_target_ms=T` the architecture loss is
 
     CE x max(1, E[LAT] / T) ** latency_weight
 
-the paper's multiplicative form CE x (LAT / T) ** beta, applied above the target only: below T accuracy
+with CE the task's loss (the user's, else cross-entropy, or MSE for a regression; `search_loss`): the
+paper's multiplicative form CE x (LAT / T) ** beta, applied above the target only: below T accuracy
 alone decides, so T acts as a target (with the plain form the gradient's direction does not depend on T
 at all, only its scale, which Adam divides out).
 """
@@ -41,10 +42,22 @@ from torch import nn
 from nasopt.errors import UserError
 from nasopt.measure._latency_table import LatencyTable, default_path, record_slots
 from nasopt.oneshot._proxyless_ops import BinaryChooser, BinaryGateOp, BinaryGates, LatencyModel
-from nasopt.oneshot._shared import SKIP_OPS, rng_state, set_rng_state, split_half
+from nasopt.oneshot._shared import (
+    DEFAULT_SIGNAL,
+    SKIP_OPS,
+    LossFn,
+    Signal,
+    check_output,
+    hits,
+    rng_state,
+    search_loss,
+    set_rng_state,
+    split_half,
+    validation,
+)
 from nasopt.oneshot.mixed import Supernet
+from nasopt.scoring import kind_of
 from nasopt.space import Chooser, random_arch
-from nasopt.train import evaluate
 
 __all__ = ["ProxylessNAS", "BinaryGateOp", "BinaryChooser", "BinaryGates", "LatencyModel", "SUPPORTED_SPACES"]
 
@@ -186,6 +199,8 @@ class ProxylessNAS:
         target): the runner calls it before the storage is touched."""
         slots, _ = record_slots(lambda choose: self._build(space, task, choose), task.input_shape)
         self._check_routed(space, {s.name for s in slots})
+        if kind_of(task) != "classify":
+            check_output(self.supernet(space, task)[0], task, "ProxylessNAS", space)
         split_half(task.train, 0)
         self.latency_model(space, task)
 
@@ -198,14 +213,16 @@ class ProxylessNAS:
         return w_opt, a_opt
 
     def weight_step(self, supernet: Supernet, gates: BinaryGates, w_opt: torch.optim.Optimizer,
-                    batch: tuple[torch.Tensor, torch.Tensor], generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """One SGD step of the single-path network sampled from softmax(alpha). Returns logits and loss."""
+                    batch: tuple[torch.Tensor, torch.Tensor], generator: torch.Generator, *,
+                    loss_fn: LossFn = F.cross_entropy) -> tuple[torch.Tensor, torch.Tensor]:
+        """One SGD step of the single-path network sampled from softmax(alpha) on `loss_fn` (the task's,
+        `search_loss`). Returns its output and loss."""
         x, y = batch
         gates.one_path(generator)
         try:
             w_opt.zero_grad(set_to_none=True)
             logits = supernet(x)
-            loss = F.cross_entropy(logits, y)
+            loss = loss_fn(logits, y)
             loss.backward()
             nn.utils.clip_grad_norm_(supernet.weight_parameters(), self.grad_clip)
             w_opt.step()
@@ -214,8 +231,8 @@ class ProxylessNAS:
         return logits, loss
 
     def arch_loss(self, logits: torch.Tensor, y: torch.Tensor, supernet: Supernet,
-                  latency: LatencyModel | None) -> torch.Tensor:
-        loss = F.cross_entropy(logits, y)
+                  latency: LatencyModel | None, loss_fn: LossFn = F.cross_entropy) -> torch.Tensor:
+        loss = loss_fn(logits, y)
         if latency is not None and self.latency_target_ms is not None:
             ratio = latency.expected(supernet) / self.latency_target_ms
             loss = loss * ratio.clamp_min(1.0) ** self.latency_weight
@@ -223,8 +240,9 @@ class ProxylessNAS:
 
     def arch_step(self, supernet: Supernet, gates: BinaryGates, a_opt: torch.optim.Optimizer,
                   batch: tuple[torch.Tensor, torch.Tensor], generator: torch.Generator,
-                  latency: LatencyModel | None = None) -> torch.Tensor:
-        """One architecture update from two sampled paths per decision (binary-gate gradient, rescale)."""
+                  latency: LatencyModel | None = None, *, loss_fn: LossFn = F.cross_entropy) -> torch.Tensor:
+        """One architecture update from two sampled paths per decision (binary-gate gradient, rescale), on
+        `loss_fn` (the task's) times the latency term."""
         x, y = batch
         weights = supernet.weight_parameters()
         pairs = gates.two_paths(generator)
@@ -232,7 +250,7 @@ class ProxylessNAS:
             for w in weights:  # only alpha learns here: no weight gradients are kept
                 w.requires_grad_(False)
             a_opt.zero_grad(set_to_none=True)
-            loss = self.arch_loss(supernet(x), y, supernet, latency)
+            loss = self.arch_loss(supernet(x), y, supernet, latency, loss_fn)
             loss.backward()
             a_opt.step()
             gates.rescale(pairs)
@@ -244,14 +262,17 @@ class ProxylessNAS:
 
     def search(self, space: Any, task: Any, *, seed: int, resume: Mapping[str, Any] | None = None,
                on_epoch: Callable[[dict[str, Any], Callable[[], dict[str, Any]]], None] | None = None,
-               progress: Callable[[int, int], None] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Run the search; returns (derived architecture, summary), with the same contract as DARTS.search."""
+               progress: Callable[[int, int], None] | None = None,
+               signal: Signal = DEFAULT_SIGNAL) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Run the search; returns (derived architecture, summary), with the same contract as DARTS.search
+        (the task's loss in both steps; the derived path's validation by the task and `signal`)."""
         torch.manual_seed(seed)
         supernet, gates = self.supernet(space, task)
         latency = self.latency_model(space, task)
         supernet = supernet.to(task.device)
         w_opt, a_opt = self.optimizers(supernet)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(w_opt, self.epochs, eta_min=self.lr_min)
+        loss_fn, kind = search_loss(task), kind_of(task)
         w_split, a_split = split_half(task.train, seed)
         if min(len(w_split), len(a_split)) < 2:
             raise UserError(f"{len(task.train)} training examples are too few for a one-shot search; use more data")
@@ -267,20 +288,22 @@ class ProxylessNAS:
             set_rng_state(resume["rng"])
             history, start = list(resume["history"]), int(resume["epoch"]) + 1
         for epoch in range(start, self.epochs + 1):
-            seen, correct, loss_sum = 0, 0, 0.0
+            seen, correct, positions, loss_sum = 0, 0, 0, 0.0
             a_batches = a_split.batches(self.batch_size, shuffle=True, generator=generator, drop_last=True)
             for (xw, yw), (xa, ya) in zip(w_split.batches(self.batch_size, shuffle=True, generator=generator,
                                                           drop_last=True), a_batches, strict=False):
-                logits, loss = self.weight_step(supernet, gates, w_opt, (xw, yw), generator)
+                logits, loss = self.weight_step(supernet, gates, w_opt, (xw, yw), generator, loss_fn=loss_fn)
                 if epoch > self.warmup_epochs:
-                    self.arch_step(supernet, gates, a_opt, (xa, ya), generator, latency)
+                    self.arch_step(supernet, gates, a_opt, (xa, ya), generator, latency, loss_fn=loss_fn)
                 seen += len(yw)
-                correct += int((logits.detach().argmax(1) == yw).sum())
+                hit, counted = hits(logits, yw, kind)
+                correct, positions = correct + hit, positions + counted
                 loss_sum += float(loss.detach()) * len(yw)
             sched.step()
             if not math.isfinite(loss_sum):
                 raise optuna.TrialPruned(f"non-finite supernet loss in search epoch {epoch}")
-            record = self._record(space, task, supernet, gates, latency, epoch, correct, seen, loss_sum, sched)
+            record = self._record(space, task, supernet, gates, latency, epoch, (correct, positions, seen, loss_sum),
+                                  sched, signal)
             history.append({k: v for k, v in record.items() if k not in ("weights", "arch")})
             if on_epoch is not None:
                 def state(epoch: int = epoch) -> dict[str, Any]:
@@ -294,17 +317,18 @@ class ProxylessNAS:
         return arch, {"history": history, "stopped": "", "epochs_run": len(history)}
 
     def _record(self, space: Any, task: Any, supernet: Supernet, gates: BinaryGates, latency: LatencyModel | None,
-                epoch: int, correct: int, seen: int, loss_sum: float, sched: Any) -> dict[str, Any]:
+                epoch: int, counts: tuple[int, int, int, float], sched: Any, signal: Signal) -> dict[str, Any]:
+        correct, positions, seen, loss_sum = counts
         probs = supernet.probabilities()
-        gates.most_probable()  # the supernet's accuracy is that of its derived architecture's path
+        gates.most_probable()  # the supernet's validation is that of its derived architecture's path
         try:
             with torch.no_grad():
-                valid = evaluate(supernet, task.val)["acc"]
+                valid = validation(supernet, task.val, task, signal)
         finally:
             gates.clear()
         best = {n: supernet.decisions[n][int(np.argmax(p))] for n, p in probs.items()}
-        record = {"epoch": epoch, "train_acc": round(correct / max(seen, 1), 6),
-                  "train_loss": round(float(loss_sum) / max(seen, 1), 6), "valid_acc": round(valid, 6),
+        train_acc = {"train_acc": round(correct / max(positions, 1), 6)} if kind_of(task) != "regress" else {}
+        record = {"epoch": epoch, **train_acc, "train_loss": round(float(loss_sum) / max(seen, 1), 6), **valid,
                   "alpha_entropy": round(supernet.entropy(), 6), "skips": sum(v in SKIP_OPS for v in best.values()),
                   "lr": round(float(sched.get_last_lr()[0]), 6), "weights": probs,
                   "arch": self.derive(space, probs, supernet.decisions)}

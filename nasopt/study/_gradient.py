@@ -2,7 +2,8 @@
 
 The trial is asked like any other and stays RUNNING (with Optuna's heartbeat) during the search. After
 every search epoch its user attrs get the epoch's record (`search`: supernet train/valid accuracy,
-alpha entropy, skips in the derived normal cell) and the softmax weights (`alphas`), and a checkpoint
+alpha entropy, skips in the derived normal cell; a task that is no classification: its validation by the
+study's first per-epoch objective) and the softmax weights (`alphas`), and a checkpoint
 (weights, alphas, both optimisers, scheduler, RNG state) is uploaded as an artifact. A killed run is
 failed and retried by the runner with its attrs; the retry finds the checkpoint and continues after
 its epoch. At the end the derived architecture goes through Optuna's fixed-params path (the mechanism
@@ -13,7 +14,9 @@ study's evaluation epochs and returns its objectives.
 
 from __future__ import annotations
 
+import inspect
 import io
+import math
 import os
 import tempfile
 import time
@@ -46,6 +49,12 @@ def labels(strategies: Sequence[Any]) -> list[str]:
             label, n = f"{s.label}#{n}", n + 1
         out.append(label)
     return out
+
+
+def _accepts(fn: Any, name: str) -> bool:
+    """Whether `fn` takes keyword `name` (a method written before it existed does not)."""
+    params = inspect.signature(fn).parameters.values()
+    return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
 
 
 def strategy_trials(study: optuna.Study, label: str) -> list[optuna.trial.FrozenTrial]:
@@ -150,12 +159,16 @@ class GradientObjective:
             checkpoint_id = _save_checkpoint(trial, full, self.store, checkpoint_id)
             set_user_attrs(trial, {"search": full["history"], "alphas": alphas, CHECKPOINT_KEY: checkpoint_id,
                                    "derived": self.spec.space.describe(record["arch"])})
-            bar.set_postfix(valid=f"{record['valid_acc']:.3f}", skips=record["skips"],
+            valid = record.get("valid_acc", record.get("valid_score", math.nan))  # score: not a classification
+            bar.set_postfix(valid=f"{valid:.3f}", skips=record["skips"],
                             entropy=f"{record['alpha_entropy']:.2f}", refresh=False)
             bar.update(1)
 
+        # the metric the pruners follow (the first per-epoch objective) scores a task that is no classification
+        extra = {"signal": self.evaluate.signal} if _accepts(strategy.search, "signal") else {}
         try:
-            arch, summary = strategy.search(spec.space, self.task, seed=seed, resume=resume, on_epoch=on_epoch)
+            arch, summary = strategy.search(spec.space, self.task, seed=seed, resume=resume, on_epoch=on_epoch,
+                                            **extra)
         finally:
             bar.close()
         trial.set_user_attr("search_s", round(time.perf_counter() - t0, 3))
