@@ -1,7 +1,8 @@
 """Measurements of a network: parameters, multiply-adds, latency and memory (`MeasureConfig`), the
-latency table, energy per inference and the hardware profile.
+latency table, energy per inference, the hardware profile, and the int8 flash and SRAM budgets.
 """
 
+from nasopt.measure._budgets import Step, activation_steps, flash_bytes, flash_kb, sram_bytes, sram_kb
 from nasopt.measure._energy import (
     PJ_PER_DRAM_BYTE,
     PJ_PER_MAC,
@@ -34,4 +35,5 @@ from nasopt.measure._metrics import (
 )
 from nasopt.measure._profile import profile_device, throughput
 
-__all__ = ['energy_per_inference', 'estimate_energy', 'rapl_domains', 'PJ_PER_MAC', 'PJ_PER_DRAM_BYTE', 'PJ_PER_SRAM_BYTE', 'FORMAT', 'Slot', 'LatencyTable', 'build_table', 'predicted_latency', 'record_slots', 'default_path', 'space_slug', 'shape_key', 'MeasureConfig', 'count_params', 'count_macs', 'flop_counter_macs', 'Latency', 'measure_latency', 'peak_memory', 'peak_live_bytes', 'device_name', 'profile_device', 'throughput']
+__all__ = ['energy_per_inference', 'estimate_energy', 'rapl_domains', 'PJ_PER_MAC', 'PJ_PER_DRAM_BYTE', 'PJ_PER_SRAM_BYTE', 'FORMAT', 'Slot', 'LatencyTable', 'build_table', 'predicted_latency', 'record_slots', 'default_path', 'space_slug', 'shape_key', 'MeasureConfig', 'count_params', 'count_macs', 'flop_counter_macs', 'Latency', 'measure_latency', 'peak_memory', 'peak_live_bytes', 'device_name', 'profile_device', 'throughput',
+           'flash_bytes', 'flash_kb', 'sram_bytes', 'sram_kb', 'activation_steps', 'Step']

@@ -1,15 +1,17 @@
 """Can any architecture of the space meet the study's hard limits? Checked before the storage is touched.
 
 A limit that no network of the space meets (`constraints={"params": 2000}` on a space whose smallest
-network has 5,300 parameters) would spend the whole budget on rejected trials. Parameters and
-multiply-adds are counted from a built network in milliseconds, so `check_reachable` looks for one
-architecture within the limits: a few random ones first (a loose limit ends here), then a coordinate
-descent that tries every choice of each decision in turn, keeping whatever brings the counted metrics
-down, until an architecture fits or a full pass changes nothing. The architectures are made through the
-space's own `suggest` (an `optuna.trial.FixedTrial`), so conditional spaces work as they do in a trial.
+network has 5,300 parameters) would spend the whole budget on rejected trials. Parameters, multiply-adds,
+int8 flash and SRAM (`nasopt.measure._budgets`) are counted from a built network in milliseconds, so
+`check_reachable` looks for one architecture within the limits: a few random ones first (a loose limit
+ends here), then a coordinate descent that tries every choice of each decision in turn, keeping whatever
+brings the counted metrics down, until an architecture fits or a full pass changes nothing. The
+architectures are made through the space's own `suggest` (an `optuna.trial.FixedTrial`), so conditional
+spaces work as they do in a trial.
 
 For the bundled spaces each decision adds its own cost, so the descent ends at the smallest network; for
-a space where decisions interact it is a local minimum, and the message says "smallest found". Measured
+a space where decisions interact, and for `sram_kb` (a peak over the schedule, not a sum), it is a local
+minimum, and the message says "smallest found" (the smallest of every architecture counted). Measured
 limits (latency, memory, energy) are not checked here: they depend on the machine.
 """
 
@@ -27,7 +29,8 @@ from nasopt.errors import UserError
 
 __all__ = ["check_reachable", "COUNTED"]
 
-COUNTED = ("params", "macs")  # limits computable from the architecture alone
+COUNTED = ("params", "macs", "flash_kb", "sram_kb")  # limits computable from the architecture alone
+_WHAT = {"params": "parameters", "macs": "multiply-adds"}
 _RANDOM = 8  # random architectures tried before the descent
 _PASSES = 4
 
@@ -43,7 +46,8 @@ def _choices(dist: Any) -> list[Any]:
     return []
 
 
-def _counter(space: Any, task: Any, metrics: list[str]) -> Any:
+def _counter(space: Any, task: Any, metrics: list[str]) -> tuple[Any, dict[str, dict[str, float] | None]]:
+    from nasopt.measure._budgets import flash_kb, sram_kb
     from nasopt.measure._metrics import count_macs, count_params
 
     cache: dict[str, dict[str, float] | None] = {}
@@ -62,12 +66,16 @@ def _counter(space: Any, task: Any, metrics: list[str]) -> Any:
                     out = {"params": float(count_params(model))}
                     if "macs" in metrics:
                         out["macs"] = float(count_macs(model, task.input_shape))
+                    if "flash_kb" in metrics:
+                        out["flash_kb"] = flash_kb(model)
+                    if "sram_kb" in metrics:
+                        out["sram_kb"] = sram_kb(model, task.input_shape)
                 cache[key] = out
             except Exception:  # a combination the space cannot build: not a candidate
                 cache[key] = None
         return cache[key]
 
-    return count
+    return count, cache
 
 
 def _score(values: dict[str, float], limits: dict[str, float]) -> float:
@@ -81,7 +89,7 @@ def check_reachable(space: Any, task: Any, constraints: dict[str, float], *, see
     limits = {m: float(v) for m, v in constraints.items() if m in COUNTED}
     if not limits or not hasattr(task, "input_shape"):
         return
-    count = _counter(space, task, list(limits))
+    count, cache = _counter(space, task, list(limits))
     distributions = space.distributions()
     rng = random.Random(seed)
     best: tuple[float, dict[str, Any], dict[str, float]] | None = None
@@ -120,10 +128,19 @@ def check_reachable(space: Any, task: Any, constraints: dict[str, float], *, see
                 score, full, values, improved = trial_score, {**full, **move}, trial_values, True
         if not improved:
             break
-    unmet = [m for m in limits if values[m] > limits[m]]
-    what = {"params": "parameters", "macs": "multiply-adds"}
-    parts = [f"{m} <= {limits[m]:,.0f}, but the smallest network found has {values[m]:,.0f} {what[m]}"
-             for m in unmet]
+    counted = [v for v in cache.values() if v is not None]  # every architecture counted
+    smallest = {m: min(v[m] for v in counted) for m in limits}  # each metric's own minimum over them all
+    unmet = [m for m in limits if smallest[m] > limits[m]]
+    if not unmet:  # each limit alone is met by some network, but none found meets them all
+        closest = ", ".join(f"{m}={values[m]:,.6g}" for m in limits)
+        raise UserError(f"no architecture of {type(space).__name__} found in {len(counted)} meets the hard limits "
+                        f"{', '.join(f'{m} <= {v:,.6g}' for m, v in limits.items())} together (the closest: "
+                        f"{closest}); raise one of them or make the space smaller")
+    parts = [f"{m} <= {limits[m]:,.0f}, but the smallest network found has {smallest[m]:,.0f} {_WHAT[m]}"
+             if m in _WHAT else f"{m} <= {limits[m]:g}, but the smallest {m} found in {len(counted)} "
+             f"architectures is {smallest[m]:.3f}" for m in unmet]
+    first = unmet[0]
+    raise_to = math.ceil(smallest[first]) if first in _WHAT else math.ceil(smallest[first] * 1000) / 1000
     raise UserError(f"no architecture of {type(space).__name__} meets the hard limit "
-                    f"{'; '.join(parts)}; raise the limit (constraints={{{unmet[0]!r}: {math.ceil(values[unmet[0]])}}} "
+                    f"{'; '.join(parts)}; raise the limit (constraints={{{first!r}: {raise_to:g}}} "
                     "or more) or make the space smaller")

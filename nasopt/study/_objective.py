@@ -230,6 +230,14 @@ class Objective:
             joules, provenance = energy_per_inference(model, task.input_shape, task.device)
             metrics["energy_mj"] = round(joules * 1e3, 9)
             extra["energy"] = {"mj": metrics["energy_mj"], **provenance}
+        budgets = set(spec.objectives) | set(spec.constraints)  # int8 flash/SRAM, counted when the study asks
+        if "flash_kb" in budgets or "sram_kb" in budgets:
+            from nasopt.measure._budgets import flash_kb, sram_kb
+
+            if "flash_kb" in budgets:
+                metrics["flash_kb"] = flash_kb(model)
+            if "sram_kb" in budgets:
+                metrics["sram_kb"] = sram_kb(model, task.input_shape)
         settings = self.settings(study)
         extra.update({"settings": settings} if settings else {})
         set_user_attrs(trial, {"arch": space.describe(arch), **strategy, **metrics, "seed": seed, **extra,

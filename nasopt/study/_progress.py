@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 
 # metrics known before training (the bar shows the best trained one)
-_CHEAP = ("params", "macs", "latency_ms", "memory_mb", "energy_mj")
+_CHEAP = ("params", "macs", "latency_ms", "memory_mb", "energy_mj", "flash_kb", "sram_kb")
 
 
 class Progress:

@@ -269,7 +269,10 @@ def _load(spec: StudySpec, device: str) -> Any:
         bench.check_space(spec.space)
         missing = [m for m in list(spec.objectives) + list(spec.constraints) if m not in nanobench.METRICS]
         if missing:
-            raise UserError(f"nanobench has no {missing[0]!r}; its metrics are {', '.join(nanobench.METRICS)}")
+            built = (f" ({missing[0]} needs the network itself: search the space on real data, e.g. "
+                     "dataset='digits')") if missing[0] in METRICS else ""
+            raise UserError(f"nanobench has no {missing[0]!r}; its metrics are {', '.join(nanobench.METRICS)}"
+                            f"{built}")
         return bench
     if spec.data is not None:
         task = user_task(spec.data, kind=spec.kind, input_shape=spec.input_shape, num_classes=spec.num_classes,

@@ -30,6 +30,8 @@ METRICS: dict[str, tuple[str, bool]] = {
     "memory_mb": ("peak inference memory in MiB", True),
     "energy_mj": ("energy per inference in mJ (RAPL/NVML counter where readable, else estimated from MACs and "
                   "memory traffic; provenance stored)", True),
+    "flash_kb": ("int8 flash in KB: weights 1 byte, biases 4, per-channel scale and zero point (BN folded)", True),
+    "sram_kb": ("int8 peak activation SRAM in KB at batch 1, layer by layer, skip tensors held", True),
     "val_loss": ("validation loss (the task's loss) after the last epoch", False),
 }
 # names a user metric cannot take: the built-in metrics and the other entries of a learning curve
