@@ -9,22 +9,35 @@ import pytest
 import torch
 
 from nasopt.cli.main import load_study_file
+from nasopt.data import user_task
 from nasopt.space import random_arch
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-STUDIES = sorted((Path(__file__).parent.parent / "studies").glob("*.py"))
+# the study files (their data modules beside them, signals.py and shapes.py, define no study)
+STUDIES = sorted(p for p in (Path(__file__).parent.parent / "studies").glob("*.py") if "StudySpec(" in p.read_text())
 SHAPES = {"digits": (1, 8, 8), "mnist1d": (1, 40), "cifar10": (3, 32, 32)}
+
+
+def study_task(spec):
+    """The shapes the study's networks are built for: its own data (its factory, beside the study file) or a
+    built-in dataset's."""
+    if spec.dataset == "custom":
+        return user_task(spec.data, kind=spec.kind, input_shape=spec.input_shape, num_classes=spec.num_classes)
+    assert spec.dataset in SHAPES
+    return SimpleNamespace(input_shape=SHAPES[spec.dataset], num_classes=10)
 
 
 @pytest.mark.parametrize("path", STUDIES, ids=[p.stem for p in STUDIES])
 def test_study_file_loads_and_builds(path):
     spec = load_study_file(str(path))
-    assert spec.name and spec.dataset in SHAPES
-    task = SimpleNamespace(input_shape=SHAPES[spec.dataset], num_classes=10)
+    assert spec.name
+    task = study_task(spec)
     net = spec.space.build(random_arch(spec.space, seed=0), task).eval()
+    dense = getattr(task, "kind", "classify") == "dense"
     with torch.no_grad():
-        assert net(torch.randn(2, *task.input_shape)).shape == (2, 10)
+        out = net(torch.randn(2, *task.input_shape))
+    assert out.shape == ((2, task.num_classes, *task.input_shape[1:]) if dense else (2, task.num_classes))
     assert (spec.strategy is None) != (spec.sampler is None)
 
 
