@@ -43,13 +43,12 @@ def _feasible(t: FrozenTrial) -> bool | None:
     return all(v <= 0 for v in values) if values else None
 
 
-def _row(t: FrozenTrial, metric_names: list[str]) -> dict[str, Any]:
+def _row(t: FrozenTrial, metric_names: list[str], extra: list[str]) -> dict[str, Any]:
     row: dict[str, Any] = {"number": t.number, "state": t.state.name}
     for i, name in enumerate(metric_names):
         row[name] = t.values[i] if t.values is not None else t.user_attrs.get(name)
-    for name in _METRIC_ATTRS:
+    for name in (*_METRIC_ATTRS, *extra):
         row.setdefault(name, t.user_attrs.get(name))
-    row["accuracy"] = row.get("accuracy", t.user_attrs.get("accuracy"))
     row["feasible"] = _feasible(t)
     row["arch"] = t.user_attrs.get("arch")
     strategy = t.user_attrs.get("strategy")  # the sampler's class, or a gradient method's config
@@ -72,7 +71,12 @@ def trials_frame(storage: str | None = None, study_name: str | None = None, *,
             raise UserError("trials_frame needs a `study_name` (see `nasopt ls`) or a `study`")
         study = load_study(study_name, storage)
     names = study.metric_names or [f"value{i}" for i in range(len(study.directions))]
-    rows = [_row(t, names) for t in study.get_trials(deepcopy=False)]
+    # the study's own metrics, and its loss and accuracy where its task has them (a regression has no accuracy)
+    info = study.user_attrs.get("nasopt") or {}
+    extra = [*((info.get("definition") or {}).get("metrics") or {}), "val_loss"]
+    if info.get("kind") != "regress":
+        extra.insert(0, "accuracy")
+    rows = [_row(t, names, extra) for t in study.get_trials(deepcopy=False)]
     frame = pd.DataFrame(rows)
     if frame.empty:
         return pd.DataFrame(columns=["number", "state", *names, *_METRIC_ATTRS, "arch"])
