@@ -7,7 +7,7 @@ device: modules are created on the CPU and moved with `.to(device)` by the calle
 
 The ops in `ND_OPS` also build for 1-D signals: `build_op(name, C_in, C_out, stride, dim=1)` maps
 `(N, C_in, L)` to `(N, C_out, ceil(L / stride))` with the same layers in their 1-D form (the 1-D
-TinyML space uses them); every other op is 2-D only.
+TinyML space and the mobile space on signals use them); every other op is 2-D only.
 """
 
 from __future__ import annotations
@@ -154,12 +154,12 @@ class FactorizedReduce(nn.Module):
         return self.bn(torch.cat([self.conv_1(x), self.conv_2(y)], dim=1))
 
 
-def _identity(C_in: int, C_out: int, stride: int) -> nn.Module:
+def _identity(C_in: int, C_out: int, stride: int, dim: int = 2) -> nn.Module:
     if stride == 1 and C_in == C_out:
         return nn.Identity()
     if stride == 1:
-        return ConvBNAct(C_in, C_out, 1, act=None)
-    return FactorizedReduce(C_in, C_out)
+        return ConvBNAct(C_in, C_out, 1, act=None, dim=dim)
+    return FactorizedReduce(C_in, C_out, dim=dim)
 
 
 def _skip_connect(C_in: int, C_out: int, stride: int, affine: bool = True, dim: int = 2) -> nn.Module:
@@ -188,31 +188,32 @@ class _Pool(nn.Module):
 class SqueezeExcite(nn.Module):
     """Channel attention: global pool -> reduce -> act -> expand -> sigmoid gate."""
 
-    def __init__(self, C: int, reduction: int = 4, act: str = "relu") -> None:
+    def __init__(self, C: int, reduction: int = 4, act: str = "relu", dim: int = 2) -> None:
         super().__init__()
-        hidden = max(8, C // reduction)
-        self.fc1, self.act, self.fc2 = nn.Conv2d(C, hidden, 1), activation(act), nn.Conv2d(hidden, C, 1)
+        hidden, conv = max(8, C // reduction), layers_nd(dim).conv
+        self.fc1, self.act, self.fc2 = conv(C, hidden, 1), activation(act), conv(hidden, C, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s = x.mean((2, 3), keepdim=True)  # (N, C, 1, 1)
+        s = x.mean(tuple(range(2, x.dim())), keepdim=True)  # (N, C, 1, 1) or (N, C, 1)
         return x * torch.sigmoid(self.fc2(self.act(self.fc1(s))))
 
 
 class InvertedResidual(nn.Module):
     """MobileNetV2 block: 1x1 expand -> kxk depthwise -> [SE] -> 1x1 project, residual when shapes match.
 
-    With `expand == 1` the expansion conv is left out, as in MobileNetV2's first block.
+    With `expand == 1` the expansion conv is left out, as in MobileNetV2's first block. `dim=1` builds the
+    same block for signals (N, C, L): Conv1d, BatchNorm1d, a length-`kernel` depthwise conv.
     """
 
     def __init__(self, C_in: int, C_out: int, stride: int, kernel: int, expand: int, act: str = "relu6",
-                 se: bool = False) -> None:
+                 se: bool = False, dim: int = 2) -> None:
         super().__init__()
         hidden = C_in * expand
-        layers: list[nn.Module] = [] if expand == 1 else [ConvBNAct(C_in, hidden, 1, act=act)]
-        layers.append(ConvBNAct(hidden, hidden, kernel, stride, groups=hidden, act=act))
+        layers: list[nn.Module] = [] if expand == 1 else [ConvBNAct(C_in, hidden, 1, act=act, dim=dim)]
+        layers.append(ConvBNAct(hidden, hidden, kernel, stride, groups=hidden, act=act, dim=dim))
         if se:
-            layers.append(SqueezeExcite(hidden, act=act))
-        layers.append(ConvBNAct(hidden, C_out, 1, act=None))
+            layers.append(SqueezeExcite(hidden, act=act, dim=dim))
+        layers.append(ConvBNAct(hidden, C_out, 1, act=None, dim=dim))
         self.block = nn.Sequential(*layers)
         self.residual = stride == 1 and C_in == C_out
 
@@ -253,7 +254,7 @@ OPS: dict[str, OpFactory] = {
     "conv7x7": lambda C_in, C_out, stride, act="relu", **_: ConvBNAct(C_in, C_out, 7, stride, act=act),
     "maxpool3x3": lambda C_in, C_out, stride, **_: _Pool("max", C_in, C_out, stride),
     "avgpool3x3": lambda C_in, C_out, stride, **_: _Pool("avg", C_in, C_out, stride),
-    "skip": lambda C_in, C_out, stride, **_: _identity(C_in, C_out, stride),
+    "skip": lambda C_in, C_out, stride, dim=2, **_: _identity(C_in, C_out, stride, dim),
     "zero": lambda C_in, C_out, stride, **_: Zero(C_in, C_out, stride),
     # DARTS' primitives under their paper names (ReLU-conv-BN ordering, affine switchable)
     "none": lambda C_in, C_out, stride, **_: Zero(C_in, C_out, stride),
@@ -288,16 +289,17 @@ for _k in (3, 5, 7):
         ConvBNAct(C_in, C_in, _k, stride, groups=C_in, dim=dim), ConvBNAct(C_in, C_out, 1, dim=dim))
 OPS["max_pool_k3"] = lambda C_in, C_out, stride, dim=2, **_: _Pool("max", C_in, C_out, stride, dim=dim)
 OPS["avg_pool_k3"] = lambda C_in, C_out, stride, dim=2, **_: _Pool("avg", C_in, C_out, stride, dim=dim)
-# the ops that take `dim`: the ones above plus the zero and DARTS' skip (which the cell spaces share)
-ND_OPS = frozenset({"none", "zero", "skip_connect", "max_pool_k3", "avg_pool_k3"} | {
-    f"{kind}_k{k}" for kind in ("conv_bn_relu", "dil_conv_bn_relu", "sep_conv_bn_relu") for k in (3, 5, 7)})
-
 # MobileNetV2 / ProxylessNAS inverted-residual blocks: mbconv_k{kernel}_e{expand}
 for _k in (3, 5, 7):
     for _e in (1, 3, 4, 6):
         OPS[f"mbconv_k{_k}_e{_e}"] = (
-            lambda C_in, C_out, stride, act="relu6", se=False, _k=_k, _e=_e, **_: InvertedResidual(
-                C_in, C_out, stride, _k, _e, act=act, se=se))
+            lambda C_in, C_out, stride, act="relu6", se=False, dim=2, _k=_k, _e=_e, **_: InvertedResidual(
+                C_in, C_out, stride, _k, _e, act=act, se=se, dim=dim))
+# the ops that take `dim`: the ones above, the zero, DARTS' skip (which the cell spaces share) and the plain
+# skip and MBConv blocks (the mobile space on signals)
+ND_OPS = frozenset({"none", "zero", "skip_connect", "skip", "max_pool_k3", "avg_pool_k3"} | {
+    f"{kind}_k{k}" for kind in ("conv_bn_relu", "dil_conv_bn_relu", "sep_conv_bn_relu") for k in (3, 5, 7)} | {
+    f"mbconv_k{k}_e{e}" for k in (3, 5, 7) for e in (1, 3, 4, 6)})
 
 
 def build_op(name: str, C_in: int, C_out: int, stride: int = 1, **options: object) -> nn.Module:

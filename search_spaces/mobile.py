@@ -15,6 +15,10 @@ maps per-block weights back to these decisions (ProxylessNAS).
 The stem and stage strides adapt to the input size: an 8x8 digit ends at 2x2, a 32x32 CIFAR image
 at 4x4 and a 224x224 image at 7x7 (with enough stages), which is too coarse for a dense (per-position)
 task: `build` refuses one.
+
+Signals `(channels, length)` (MNIST-1D, sensor windows) get the same decisions and blocks in their 1-D
+form (Conv1d, BatchNorm1d, a length-k depthwise conv): a 40-sample MNIST-1D signal ends at 5 positions.
+Image networks are unchanged by this: the same modules, parameters and initialisation.
 """
 
 from __future__ import annotations
@@ -62,8 +66,8 @@ class MobileNet(nn.Module):
         self.classifier = nn.Linear(C_last, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.blocks(self.stem(x))  # (N, C_last, h, w)
-        return self.classifier(self.dropout(x.mean((2, 3))))
+        x = self.blocks(self.stem(x))  # (N, C_last, h, w) or (N, C_last, l)
+        return self.classifier(self.dropout(x.mean(tuple(range(2, x.dim())))))
 
 
 class MobileSpace:
@@ -162,7 +166,12 @@ class MobileSpace:
     def _network(self, task: Any, width: float, choose: Chooser,
                  chosen: Callable[[int, int], str | None]) -> nn.Module:
         """stem -> stages of `choose`n blocks -> head; `chosen(s, b)` names block b's op (None: supernet)."""
-        in_channels, size = task.input_shape[0], min(task.input_shape[1:])
+        shape = tuple(task.input_shape)
+        if len(shape) not in (2, 3):
+            raise UserError(f"space mobile builds for images (channels, height, width) and signals (channels, "
+                            f"length), but the task's input shape is {shape}")
+        in_channels, size, dim = shape[0], min(shape[1:]), len(shape) - 1
+        nd = {} if dim == 2 else {"dim": dim}  # an image's op options stay as they were (latency-table keys)
         stem_stride, strides = strides_for(size, self.stages)
         if head_kind(task) == "dense":
             from nasopt.search_spaces import DENSE_SPACES
@@ -172,7 +181,7 @@ class MobileSpace:
                             f"{math.ceil(size / 2 ** (strides.count(2) + (stem_stride == 2)))}); "
                             f"use {', '.join(DENSE_SPACES[:-1])} or {DENSE_SPACES[-1]}")
         C_in = _round8(self.stem_channels * width)
-        stem = ConvBNAct(in_channels, C_in, 3, stem_stride, act=self.act)
+        stem = ConvBNAct(in_channels, C_in, 3, stem_stride, act=self.act, dim=dim)
         blocks: list[nn.Module] = []
         for s in range(1, self.stages + 1):
             C_out = _round8(self.channels[s - 1] * width)
@@ -180,7 +189,7 @@ class MobileSpace:
                 name = f"stage{s}.block{b}"
                 candidates = self.candidates + (["skip"] if b > 0 else [])
                 stride = strides[s - 1] if b == 0 else 1
-                op = choose(name, candidates, chosen(s, b), C_in, C_out, stride, act=self.act, se=self.se)
+                op = choose(name, candidates, chosen(s, b), C_in, C_out, stride, act=self.act, se=self.se, **nd)
                 if not isinstance(op, nn.Identity):
                     blocks.append(op)
                 C_in = C_out

@@ -15,7 +15,7 @@ from nasopt.search_spaces.mobile import MobileSpace
 study = nasopt.StudySpec(
     name="mobile_pareto",
     space=MobileSpace(stages=3, max_depth=3),
-    dataset="digits",
+    dataset="mnist1d",  # the study's data (studies/mobile_pareto.py): the supernet is 1-D too
     objectives={"accuracy": "maximize", "latency_ms": "minimize", "params": "minimize"},
     constraints={"params": 50_000},
     # searched at the largest width; CE x max(1, E[latency] / 1.5 ms) ** 0.6 from the table

@@ -50,3 +50,13 @@ def test_darts_and_evolution_files_name_the_same_study():
     arch = random_arch(darts.space, seed=1)
     assert darts.space.describe(arch) == evolution.space.describe(arch)
     assert [s.label for s in darts.strategy] == ["darts", "pc_darts_k4"]
+
+
+def test_mobile_proxyless_joins_the_mobile_pareto_study():
+    """ProxylessNAS adds one trial to the demo's study: same name, data, objectives, limits, space and training."""
+    pareto = load_study_file(str(STUDIES[0].parent / "mobile_pareto.py"))
+    proxyless = load_study_file(str(STUDIES[0].parent / "mobile_proxyless.py"))
+    assert proxyless.name == pareto.name and proxyless.dataset == pareto.dataset == "mnist1d"
+    assert dict(proxyless.objectives) == dict(pareto.objectives) and proxyless.train == pareto.train
+    assert dict(proxyless.constraints) == dict(pareto.constraints)
+    assert vars(proxyless.space) == vars(pareto.space)
