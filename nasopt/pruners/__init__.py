@@ -4,7 +4,8 @@ Optuna's `Trial.report`/`should_prune` raise in multi-objective studies, so thes
 per-epoch curves nasopt stores for every trial (the `curve` user attribute) instead of intermediate
 values. The runner asks the study's pruner after every epoch; a pruned trial ends PRUNED with the
 pruner's reason in its `pruned_reason` attribute. In single-objective studies Optuna's own pruners
-(`optuna.pruners.MedianPruner`, ...) keep working unchanged through `StudySpec(pruner=...)`.
+(`optuna.pruners.MedianPruner`, ...) keep working unchanged through `StudySpec(pruner=...)`. `Screen`
+prunes before training instead, from a zero-cost proxy (`nasopt.measure.zero_cost`).
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from typing import Any
 from nasopt.errors import UserError
 from nasopt.pruners._base import CurvePruner, score, val_curves
 from nasopt.pruners._curve import EarlyKill, Hyperband, MedianStop, SuccessiveHalving
+from nasopt.pruners._screen import Screen
 
-__all__ = ["CurvePruner", "EarlyKill", "MedianStop", "SuccessiveHalving", "Hyperband", "PRUNERS",
+__all__ = ["CurvePruner", "EarlyKill", "MedianStop", "SuccessiveHalving", "Hyperband", "Screen", "PRUNERS",
            "make_pruner", "val_curves", "score"]
 
 PRUNERS: dict[str, Any] = {
@@ -24,6 +26,7 @@ PRUNERS: dict[str, Any] = {
     "median": MedianStop,
     "halving": SuccessiveHalving,
     "hyperband": Hyperband,
+    "screen": Screen,  # zero-cost screening before training (naswot, bottom half, after 10 trials)
 }
 
 
