@@ -10,6 +10,7 @@ pruning with its reason, through the real CLI, and the one-line refusals.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
+from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import TrialState
 from torch import nn
 from torch.utils.data import TensorDataset
@@ -28,6 +30,7 @@ from nasopt.errors import UserError
 from nasopt.measure import PROXIES, naswot, proxy_batch, synflow, zero_cost
 from nasopt.pruners import Screen, make_pruner
 from nasopt.search_spaces.nano import NanoSpace
+from nasopt.study._objective import trial_seed
 from nasopt.train import TrainConfig, train
 from tests.cli_errors import user_error
 
@@ -137,43 +140,61 @@ def test_cli_refuses_bad_screening_in_one_line_writing_nothing(tmp_path, capsys,
     assert not list(Path(tmp_path).glob("*.db*"))
 
 
-def test_a_proxy_objective_and_screening_in_a_two_objective_study_through_the_cli(tmp_path):
-    """accuracy and naswot, both maximised; Screen on synflow after 3 scored trials prunes the bottom half
-    before training, with the reason; a second worker-less rerun reads the stored scores."""
+def test_a_proxy_limit_is_the_least_score_allowed(tmp_path, one_thread):
+    spec = nasopt.StudySpec(name="lim", space=NanoSpace(C=4), dataset="digits", n_trials=6,
+                            constraints={"synflow": 150.0}, sampler=optuna.samplers.RandomSampler(seed=0),
+                            train=nasopt.TrainConfig(epochs=1, batch_size=128),
+                            measure=nasopt.MeasureConfig(warmup=0, repeats=3))
+    study = nasopt.run(spec, storage=f"sqlite:///{tmp_path / 'lim.db'}", progress=False)
+    states = {t.state for t in study.trials}
+    assert states == {TrialState.COMPLETE, TrialState.PRUNED}
+    for t in study.trials:
+        value = t.user_attrs["synflow"]
+        assert t.system_attrs["constraints:synflow"] == pytest.approx(150.0 - value)
+        if t.state == TrialState.PRUNED:
+            assert t.user_attrs["pruned_reason"] == f"constraint violated before training: synflow={value:g} < 150"
+            assert "curve" not in t.user_attrs
+        else:
+            assert value >= 150 and "naswot" not in t.user_attrs  # only what the study names is scored
+
+
+def test_a_proxy_objective_and_screening_with_two_workers_through_the_cli(tmp_path):
+    """accuracy and naswot, both maximised, in a journal file served by two workers; Screen on synflow after 3
+    scored trials prunes the bottom half before training, with the reason, ranking against the scores every
+    worker stored."""
     (tmp_path / "zc.py").write_text(
         "import optuna, nasopt\nfrom nasopt.search_spaces.nano import NanoSpace\n"
-        "study = nasopt.StudySpec(name='zc', space=NanoSpace(C=4), dataset='digits', n_trials=10,\n"
+        "study = nasopt.StudySpec(name='zc', space=NanoSpace(C=4), dataset='digits', n_trials=12,\n"
         "    objectives={'accuracy': 'maximize', 'naswot': 'maximize'},\n"
         "    pruner=nasopt.pruners.Screen(proxy='synflow', bottom=0.5, warmup=3),\n"
         "    sampler=optuna.samplers.RandomSampler(seed=2), train=nasopt.TrainConfig(epochs=1, batch_size=128),\n"
         "    measure=nasopt.MeasureConfig(warmup=0, repeats=3))\n")
-    url = f"sqlite:///{tmp_path / 'zc.db'}"
-    result = subprocess.run([sys.executable, "-m", "nasopt.cli", "run", "zc.py", "--storage", url, "--quiet"],
+    result = subprocess.run([sys.executable, "-m", "nasopt.cli", "run", "zc.py", "--storage", "journal:///zc.log",
+                             "--workers", "2", "--quiet"],
                             cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     assert "naswot" in result.stdout  # the Pareto set printed with the proxy objective
-    study = optuna.load_study(study_name="zc", storage=url)
+    storage = JournalStorage(JournalFileBackend(str(tmp_path / "zc.log")))
+    study = optuna.load_study(study_name="zc", storage=storage)
     trials = [t for t in study.trials if "reused_from" not in t.user_attrs]
+    assert {t.system_attrs["nasopt:worker"]["index"] for t in study.trials} == {0, 1}
     pruned = [t for t in trials if t.state == TrialState.PRUNED]
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    assert pruned and complete and all(t.number >= 3 for t in pruned)
+    assert pruned and complete
     for t in pruned:
         reason = t.user_attrs["pruned_reason"]
-        assert reason.startswith(f"screened before training: synflow={t.user_attrs['synflow']:.6g} ranks at "), reason
-        assert "in the bottom 50%" in reason and "curve" not in t.user_attrs
-        earlier = [u.user_attrs["synflow"] for u in trials if u.number < t.number]
-        assert sum(v < t.user_attrs["synflow"] for v in earlier) < len(earlier) / 2 + 1
+        match = re.fullmatch(r"screened before training: synflow=(\S+) ranks at (\d+)% of (\d+) scored trials, "
+                             r"in the bottom 50%", reason)
+        assert match, reason
+        assert float(match[1]) == pytest.approx(t.user_attrs["synflow"], rel=1e-5)
+        assert int(match[2]) < 50 and int(match[3]) >= 3 and "curve" not in t.user_attrs
     for t in complete:
         assert t.values[1] == t.user_attrs["naswot"] and "synflow" in t.user_attrs and t.user_attrs["curve"]
-    net = NanoSpace(C=4)
     task = nasopt.data.load_task("digits", seed=0)
     t = complete[0]
-    from nasopt.study._objective import trial_seed
-
     model = nano(t.params, task, seed=trial_seed(0, t.number), C=4)
-    assert net.describe(t.params) == t.user_attrs["arch"]
     x, y = proxy_batch(task, seed=trial_seed(0, t.number))
-    assert zero_cost(model, ["naswot"], x, y, task)["naswot"] == t.user_attrs["naswot"]
-    frame = nasopt.trials_frame(url, "zc")
+    assert zero_cost(model, ["naswot"], x, y, task)["naswot"] == t.user_attrs["naswot"]  # stored = recomputed
+    frame = nasopt.trials_frame(f"journal:///{tmp_path / 'zc.log'}", "zc")
     assert {"naswot", "synflow"} <= set(frame.columns)
     assert frame.loc[t.number, "synflow"] == t.user_attrs["synflow"]
