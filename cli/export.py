@@ -1,4 +1,5 @@
-"""`nasopt export`: a trial (or the Pareto set) as arch.json, model.pt, TorchScript, ONNX and a manifest."""
+"""`nasopt export`: a trial (or the Pareto set) as arch.json, model.pt, TorchScript, ONNX and a manifest; with
+`--int8`, the int8 ONNX graph beside it, checked against the fp32 one on the validation split."""
 
 from __future__ import annotations
 
@@ -61,11 +62,14 @@ def _numbers(study: Any, args: argparse.Namespace) -> list[int]:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from nasopt.export._export import write_export
-    from nasopt.export._trial import prepare_trial
+    from nasopt.export._trial import int8_calibration, prepare_trial
     from nasopt.keys import WEIGHTS_ATTR
+    from nasopt.measure._int8 import Int8Failed, need_int8
     from nasopt.storage import mask_url
 
-    study, rebuilt, storage, spec = resolve_study(args)
+    if args.int8:
+        need_int8()  # before any work: onnxruntime's quantizer, or one line naming the extra
+    study, rebuilt, storage, spec = resolve_study(args, load_data=args.int8)  # int8: calibration and check data
     numbers = _numbers(study, args)
     several = args.pareto
     target = Path(args.output or f"exports/{study.study_name}-{'pareto' if several else f'trial{numbers[0]}'}")
@@ -80,22 +84,50 @@ def cmd_export(args: argparse.Namespace) -> int:
         items[f"trial{n}" if several else ""] = prepare_trial(study, n, rebuilt, store=store, untrained=args.untrained,
                                                               storage=mask_url(storage))
     index = {"study": study.study_name, "trials": numbers} if several else None
-    write_export(target, items, force=args.force, index=index)
+    int8 = {sub: (rebuilt.task, int8_calibration(study, n)) for sub, n in zip(items, numbers, strict=True)} \
+        if args.int8 else None
+    try:
+        write_export(target, items, force=args.force, index=index, int8=int8)
+    except Int8Failed as e:  # nothing was written
+        raise UserError(f"{e}; export the trial without --int8") from None
     for n, (_model, arch, manifest) in zip(numbers, items.values(), strict=True):
         where = target / f"trial{n}" if several else target
         trained = "trained weights" if manifest["weights"]["trained"] else "UNTRAINED weights"
         print(f"trial {n} ({arch['describe']}, {manifest['params']:,} params, {trained}) -> {where}")
+        if args.int8:
+            print(_int8_line(where))
     return 0
 
 
+def _int8_line(where: Path) -> str:
+    """What the int8 check found, in one line: from the manifest just written."""
+    import json
+
+    section = json.loads((where / "manifest.json").read_text())["int8"]
+    check, size = section["check"], section["size"]
+    val8, val32 = check["int8_val"], check["fp32_val"]
+    if "agreement" in check:
+        found = f"same class as fp32 on {check['agreement']:.2%} of {check['samples']} validation samples"
+    else:
+        found = f"max |int8 - fp32| output {check['max_abs_diff']:.4g} on {check['samples']} validation samples"
+    score = f", accuracy {val8['acc']:.4f} (fp32 {val32['acc']:.4f})" if "acc" in val8 else \
+        f", loss {val8['loss']:.4g} (fp32 {val32['loss']:.4g})"
+    return (f"  int8: {section['file']} ({size['tensors_kb']:.1f} KB of tensors, {section['method']} calibration on "
+            f"{section['calibration']['samples']} training samples): {found}{score}")
+
+
 def add_parser(sub: Any) -> None:
-    e = sub.add_parser("export", help="export trials as arch.json + model.pt + TorchScript + ONNX + manifest.json")
+    e = sub.add_parser("export", help="export trials as arch.json + model.pt + TorchScript + ONNX (+ int8 ONNX) + "
+                                      "manifest.json")
     e.add_argument("study", help="the study's name (see `nasopt ls`)")
     e.add_argument("--storage", help="storage URL (default sqlite:///nasopt.db in the working directory)")
     e.add_argument("--trial", type=int, metavar="N", help="the trial to export (default: the best, single objective)")
     e.add_argument("--pareto", action="store_true", help="export every Pareto-optimal trial into DIR/trial<N>/")
     e.add_argument("-o", "--output", metavar="DIR", help="export directory (default exports/<study>-trial<N>)")
     e.add_argument("--force", action="store_true", help="replace an existing export directory")
+    e.add_argument("--int8", action="store_true",
+                   help="also write model.int8.onnx (onnxruntime static quantization, calibrated on training samples "
+                        "as the study's int8 metrics were) and check it against model.onnx on the validation split")
     e.add_argument("--untrained", action="store_true",
                    help="export trials without stored weights with freshly initialised ones (architecture only)")
     e.add_argument("--study-file", metavar="FILE", help="the study file that ran the study (for spaces whose "

@@ -65,7 +65,8 @@ def _table(study: Any, top: int) -> str:
         frame = frame.sort_values(frame.columns[2], ascending=study.direction.name == "MINIMIZE").head(top)
     if frame.empty:
         return "no finished trials yet"
-    columns = ["number", *study.metric_names, "params", "macs", "latency_ms", "strategy", "arch"]
+    columns = ["number", *study.metric_names, "params", "macs", "latency_ms", "int8_accuracy", "int8_latency_ms",
+               "int8_kb", "strategy", "arch"]
     columns = list(dict.fromkeys(c for c in columns if c in frame.columns))
     title = "Pareto set" if multi else f"top {top} trials"
     with pd.option_context("display.max_colwidth", 80, "display.width", 200):

@@ -21,6 +21,7 @@ from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial
 
 from nasopt.artifacts._inherit import artifact_dir
+from nasopt.measure._int8 import AT_LEAST  # limits that are minimums (int8_accuracy)
 
 __all__ = ["FeasibilityView", "artifact_folder"]
 
@@ -45,7 +46,9 @@ def _with_list_form(trial: FrozenTrial, limits: dict[str, float]) -> FrozenTrial
     view._system_attrs = {**trial._system_attrs, "constraints": list(named.values())}
     broken = [k for k, v in named.items() if v > 0]
     if broken:
-        detail = ", ".join(f"{k}={v + limits[k]:,.6g} > {limits[k]:,.6g}" if k in limits else f"{k} over by {v:,.6g}"
+        detail = ", ".join((f"{k}={limits[k] - v:,.6g} < {limits[k]:,.6g}" if k in limits else f"{k} under by {v:,.6g}")
+                           if k in AT_LEAST else  # a minimum (int8_accuracy): the constraint is limit - value
+                           f"{k}={v + limits[k]:,.6g} > {limits[k]:,.6g}" if k in limits else f"{k} over by {v:,.6g}"
                            for k, v in ((k, named[k]) for k in broken))
         feasible = f"no: {detail}"
     else:

@@ -126,6 +126,21 @@ def _strategy_rows(study: optuna.Study) -> list[list[Any]]:
              "compute hours", "unique architectures"], *rows]
 
 
+def _int8_rows(front: list[FrozenTrial]) -> tuple[list[str], list[list[Any]]]:
+    """Each trial's int8 model (nasopt.measure._int8) beside its fp32 network, both run in onnxruntime."""
+    rows = []
+    for t in front:
+        rec = t.user_attrs.get("int8")
+        if isinstance(rec, dict):
+            fp32, latency = (rec.get("fp32_latency") or {}).get("median_ms"), rec.get("latency") or {}
+            rows.append([t.number, t.user_attrs.get("accuracy", ""), "" if rec.get("accuracy") is None else
+                         rec["accuracy"], "" if rec.get("agreement") is None else rec["agreement"], fp32 or "",
+                         rec.get("latency_ms", ""), rec["latency_ms"] / fp32 if fp32 else "", rec.get("kb", ""),
+                         f"{latency.get('device_name', '')}, {latency.get('threads', '')} threads"])
+    return ["trial", "fp32 accuracy", "int8 accuracy", "int8 = fp32 class", "fp32 ms (onnxruntime)", "int8 ms",
+            "int8 / fp32 time", "int8 KB", "measured on"], rows
+
+
 def render_report(study: optuna.Study, store: Any = None) -> str:
     """The report's HTML text (see the module doc); `store` is the artifact store with the pictures."""
     from plotly.offline import get_plotlyjs
@@ -154,6 +169,8 @@ def render_report(study: optuna.Study, store: Any = None) -> str:
         sections.append(("pareto-set", "Pareto set" if len(names) > 1 else "Best trial",
                          [_table(["trial", "strategy", *names, "architecture"], rows),
                           f'<div class="pictures">{pictures}</div>']))
+        if any(isinstance(t.user_attrs.get("int8"), dict) for t in front):
+            sections.append(("int8", "int8 against fp32 (the Pareto set)", [_table(*_int8_rows(front))]))
     if len(names) > 1:  # a single objective has a best trial, no front
         sections.append(("pareto", "Pareto front", [plots.pareto_front(study), plots.pareto_pairs(study)]))
         sections.append(("pareto-time", "Pareto front over time",

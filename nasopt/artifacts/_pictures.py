@@ -255,7 +255,7 @@ def _store(storage: Any, store: Any, directory: str | None) -> Any:
         return None
     url = getattr(backend, "url", None)
     if url is None:  # a journal storage has no URL: its file is its backend's (artifacts go beside it)
-        path = getattr(getattr(backend, "_backend", None), "_file_path", None)
+        path = getattr(backend, "_file_path", None) or getattr(getattr(backend, "_backend", None), "_file_path", None)
         url = f"journal:///{Path(path).resolve()}" if path else "journal:"
     return artifact_store_for(url, directory)
 

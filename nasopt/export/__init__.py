@@ -1,6 +1,6 @@
 """Taking a trial out of the study: rebuilding its space and data (`_rebuild`), checking and describing it
-(`_trial`), writing and loading the export (PyTorch, TorchScript, ONNX, manifest; `_export`) and retraining
-it (`_retrain`).
+(`_trial`), writing and loading the export (PyTorch, TorchScript, ONNX, int8 ONNX, manifest; `_export`) and
+retraining it (`_retrain`).
 """
 
 from nasopt.export._export import FORMAT, check_outputs, load_model, read_arch, versions, write_export
@@ -19,8 +19,9 @@ from nasopt.export._trial import (
     check_params,
     completed_trial,
     describe_export,
+    int8_calibration,
     keep_front_weights,
     prepare_trial,
 )
 
-__all__ = ['FORMAT', 'write_export', 'load_model', 'read_arch', 'check_outputs', 'versions', 'prepare_trial', 'describe_export', 'completed_trial', 'check_params', 'keep_front_weights', 'ShapeTask', 'task_kind', 'kind_record', 'space_config', 'space_from_config', 'study_record', 'normalisation', 'input_record', 'AUGMENTATIONS', 'augmentation_for', 'AugmentedSplit', 'augment', 'resnet18', 'retrain']
+__all__ = ['FORMAT', 'write_export', 'load_model', 'read_arch', 'check_outputs', 'versions', 'prepare_trial', 'describe_export', 'completed_trial', 'check_params', 'keep_front_weights', 'int8_calibration', 'ShapeTask', 'task_kind', 'kind_record', 'space_config', 'space_from_config', 'study_record', 'normalisation', 'input_record', 'AUGMENTATIONS', 'augmentation_for', 'AugmentedSplit', 'augment', 'resnet18', 'retrain']

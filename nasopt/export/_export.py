@@ -8,6 +8,10 @@ An export directory holds, for one architecture:
 - `model.pt`       the state dict (tensors only; `torch.load(..., weights_only=True)` reads it)
 - `model.ts`       TorchScript (traced in eval mode): `torch.jit.load` runs it without nasopt
 - `model.onnx`     ONNX (opset 17, dynamic batch axis): onnxruntime runs it
+- `model.int8.onnx` with `--int8` only: the int8 QDQ graph of model.onnx (`nasopt.measure._int8`: onnxruntime's
+                   static quantization calibrated on training samples), checked against model.onnx on the
+                   validation split; the manifest's `int8` says how it was made, where the scales are and how
+                   often int8 and fp32 predict the same class
 - `manifest.json`  objectives, params, MACs, latency with provenance, the weights' origin, the input
                    (the raw data's source, units and range, and the normalisation after it), the outputs
                    check of the three formats, study, trial, versions, file hashes
@@ -19,7 +23,6 @@ directory is written whole or not at all (a temporary sibling renamed into place
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
@@ -27,8 +30,7 @@ import os
 import platform
 import shutil
 import tempfile
-import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -38,13 +40,14 @@ from torch import nn
 
 from nasopt.errors import UserError
 from nasopt.export._rebuild import ShapeTask, space_from_config, task_kind
+from nasopt.measure._int8 import INT8_FILE, Calibration, export_int8, need_int8
+from nasopt.measure._onnx import OPSET, need_onnx, quiet, run_onnx, write_onnx
 
 __all__ = ["FORMAT", "write_export", "load_model", "read_arch", "check_outputs", "versions", "run_onnx", "write_files"]
 
 
 FORMAT = "nasopt-export/1"
 FILES = ("arch.json", "model.pt", "model.ts", "model.onnx", "manifest.json")
-OPSET = 17
 # formats agree to float32 round-off: |a - b| <= ATOL + RTOL * |a|
 ATOL, RTOL = 1e-4, 1e-3
 
@@ -62,38 +65,8 @@ def versions() -> dict[str, str | None]:
     return out
 
 
-def _need_onnx() -> None:
-    for name in ("onnx", "onnxruntime"):
-        try:
-            __import__(name)
-        except ImportError:
-            raise UserError(f"exporting ONNX needs the `{name}` package: pip install 'nasopt[export]'") from None
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """torch.jit and the ONNX exporter warn about their own deprecation on every call."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
-
-
 def _example(input_shape: tuple[int, ...], batch: int = 2, seed: int = 0) -> torch.Tensor:
     return torch.randn(batch, *input_shape, generator=torch.Generator().manual_seed(seed))
-
-
-def _onnx(model: nn.Module, x: torch.Tensor, path: Path) -> str:
-    """Write ONNX with a dynamic batch axis; returns which exporter wrote it."""
-    with _quiet():
-        try:  # the TorchScript-based exporter: fast and exact for CNNs while torch still ships it
-            torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=OPSET, input_names=["input"],
-                              output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
-            return "torch.onnx (torchscript)"
-        except Exception:  # removed or failing: the torch.export-based one (needs onnxscript)
-            with contextlib.redirect_stdout(io.StringIO()):
-                torch.onnx.export(model, (x,), str(path), dynamo=True, opset_version=OPSET, input_names=["input"],
-                                  output_names=["logits"], dynamic_shapes=({0: torch.export.Dim("batch")},))
-            return "torch.onnx (dynamo)"
 
 
 def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -104,19 +77,12 @@ def _close(ref: torch.Tensor, other: torch.Tensor) -> bool:
     return ref.shape == other.shape and bool(((ref - other).abs() <= ATOL + RTOL * ref.abs()).all())
 
 
-def run_onnx(path: Path | str, x: torch.Tensor) -> torch.Tensor:
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.cpu().numpy()})[0])
-
-
 def check_outputs(directory: Path | str, model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, float]:
     """Max |difference| of the TorchScript and ONNX files' outputs from `model`'s on a random batch of 3
     (a batch size the files were not traced with); raises when a format disagrees."""
     directory = Path(directory)
     x = _example(input_shape, batch=3, seed=1)
-    with torch.no_grad(), _quiet():
+    with torch.no_grad(), quiet():
         ref = model.eval()(x)
         scripted = torch.jit.load(str(directory / "model.ts"), map_location="cpu")(x)
     onnx_out = run_onnx(directory / "model.onnx", x)
@@ -141,20 +107,24 @@ def _write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
 
 
-def write_files(folder: Path, model: nn.Module, arch: Mapping[str, Any], manifest: Mapping[str, Any]) -> None:
-    """Write the five files of one export into the (new, empty) `folder`."""
+def write_files(folder: Path, model: nn.Module, arch: Mapping[str, Any], manifest: Mapping[str, Any],
+                int8: tuple[Any, Calibration] | None = None) -> None:
+    """Write the five files of one export into the (new, empty) `folder`; with `int8` = (the task with its
+    data, the calibration), the int8 graph too (`nasopt.measure._int8.export_int8`)."""
     model = model.cpu().eval()
     input_shape = tuple(int(v) for v in arch["input_shape"])
     x = _example(input_shape)
     _write_json(folder / "arch.json", {"format": FORMAT, **arch})
     torch.save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, folder / "model.pt")
-    with torch.no_grad(), _quiet():
+    with torch.no_grad(), quiet():
         traced = torch.jit.trace(model, x, check_trace=False)
         torch.jit.save(traced, str(folder / "model.ts"))
-    exporter = _onnx(model, x, folder / "model.onnx")
+    exporter = write_onnx(model, x, folder / "model.onnx")
     check = check_outputs(folder, model, input_shape)
-    files = {name: _sha256(folder / name) for name in FILES if name != "manifest.json"}
-    _write_json(folder / "manifest.json", {"format": FORMAT, **manifest, "check": check,
+    quantized = {"int8": export_int8(folder, *int8)} if int8 is not None else {}
+    files = {name: _sha256(folder / name) for name in (*FILES, INT8_FILE) if name != "manifest.json"
+             and (folder / name).exists()}
+    _write_json(folder / "manifest.json", {"format": FORMAT, **manifest, "check": check, **quantized,
                                            "formats": {"torchscript": "torch.jit.trace (eval mode)",
                                                        "onnx": f"{exporter}, opset {OPSET}, dynamic batch"},
                                            "files": files, "versions": versions(),
@@ -162,11 +132,15 @@ def write_files(folder: Path, model: nn.Module, arch: Mapping[str, Any], manifes
 
 
 def write_export(target: Path | str, items: Mapping[str, tuple[nn.Module, Mapping[str, Any], Mapping[str, Any]]],
-                 *, force: bool = False, index: Mapping[str, Any] | None = None) -> Path:
+                 *, force: bool = False, index: Mapping[str, Any] | None = None,
+                 int8: Mapping[str, tuple[Any, Calibration]] | None = None) -> Path:
     """Write exports atomically: `items` maps a subfolder name ("" = the target itself) to
-    (model, arch, manifest). An existing target is refused unless `force`, and it is replaced only
-    after every file has been written and checked; on any failure nothing is left behind."""
-    _need_onnx()
+    (model, arch, manifest), `int8` the subfolders that get an int8 graph to (task, calibration). An existing
+    target is refused unless `force`, and it is replaced only after every file has been written and
+    checked; on any failure nothing is left behind."""
+    need_onnx()
+    if int8:
+        need_int8()
     target = Path(target)
     if target.exists() and not force:
         raise UserError(f"{target} exists; pass --force to replace it, or choose another -o DIR")
@@ -181,7 +155,7 @@ def write_export(target: Path | str, items: Mapping[str, tuple[nn.Module, Mappin
         for sub, (model, arch, manifest) in items.items():
             folder = tmp / sub if sub else tmp
             folder.mkdir(parents=True, exist_ok=True)
-            write_files(folder, model, arch, manifest)
+            write_files(folder, model, arch, manifest, (int8 or {}).get(sub))
         if index is not None:
             _write_json(tmp / "index.json", {"format": FORMAT, **index})
         old = None

@@ -14,7 +14,8 @@ from nasopt.errors import UserError
 from nasopt.export._rebuild import kind_record
 from nasopt.keys import DROPPED_ATTR
 
-__all__ = ["completed_trial", "check_params", "prepare_trial", "describe_export", "keep_front_weights"]
+__all__ = ["completed_trial", "check_params", "prepare_trial", "describe_export", "keep_front_weights",
+           "int8_calibration"]
 
 
 def completed_trial(study: Any, number: int) -> Any:
@@ -177,3 +178,18 @@ def keep_front_weights(study: Any, store: Any) -> list[int]:
     if now:
         study.set_user_attr(DROPPED_ATTR, sorted(dropped | set(now)))
     return now
+
+
+def int8_calibration(study: Any, number: int) -> Any:
+    """The calibration that made trial `number`'s int8 metrics (its record), else the study's settings
+    (`MeasureConfig.int8_samples`, `int8_method`), else the defaults: the export quantizes the same way."""
+    from nasopt.measure._int8 import Calibration
+
+    trial = completed_trial(study, number)
+    recorded = (trial.user_attrs.get("int8") or {}).get("calibration_settings")
+    if isinstance(recorded, Mapping):
+        return Calibration(**{k: recorded[k] for k in ("samples", "method", "seed", "batch_size", "activations")
+                              if k in recorded})
+    definition = (study.user_attrs.get("nasopt") or {}).get("definition") or {}
+    return Calibration(samples=int(definition.get("measure.int8_samples") or 256),
+                       method=str(definition.get("measure.int8_method") or "minmax"))

@@ -1,6 +1,7 @@
 """Measurements of a network: parameters, multiply-adds, latency and memory (`MeasureConfig`), the
 latency table, energy per inference, the hardware profile, the int8 flash and SRAM budgets, and the
-zero-cost proxies of an untrained network (`zero_cost`: naswot, synflow, snip, grad_norm, jacob_cov).
+zero-cost proxies of an untrained network (`zero_cost`: naswot, synflow, snip, grad_norm, jacob_cov), and the
+int8 model of a trained network in onnxruntime (`int8_metrics`, `Calibration`).
 """
 
 from nasopt.measure._budgets import Step, activation_steps, flash_bytes, flash_kb, sram_bytes, sram_kb
@@ -12,6 +13,7 @@ from nasopt.measure._energy import (
     estimate_energy,
     rapl_domains,
 )
+from nasopt.measure._int8 import INT8_METRICS, Calibration, int8_metrics
 from nasopt.measure._latency_build import build_table
 from nasopt.measure._latency_table import (
     FORMAT,
@@ -48,4 +50,5 @@ from nasopt.measure._proxies import (
 
 __all__ = ['energy_per_inference', 'estimate_energy', 'rapl_domains', 'PJ_PER_MAC', 'PJ_PER_DRAM_BYTE', 'PJ_PER_SRAM_BYTE', 'FORMAT', 'Slot', 'LatencyTable', 'build_table', 'predicted_latency', 'record_slots', 'default_path', 'space_slug', 'shape_key', 'MeasureConfig', 'count_params', 'count_macs', 'flop_counter_macs', 'Latency', 'measure_latency', 'peak_memory', 'peak_live_bytes', 'device_name', 'profile_device', 'throughput',
            'flash_bytes', 'flash_kb', 'sram_bytes', 'sram_kb', 'activation_steps', 'Step',
-           'PROXIES', 'zero_cost', 'proxy_batch', 'naswot', 'synflow', 'snip', 'grad_norm', 'jacob_cov']
+           'PROXIES', 'zero_cost', 'proxy_batch', 'naswot', 'synflow', 'snip', 'grad_norm', 'jacob_cov',
+           'INT8_METRICS', 'Calibration', 'int8_metrics']

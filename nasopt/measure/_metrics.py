@@ -24,9 +24,11 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from nasopt.errors import UserError, check_fields
 
-__all__ = ["MeasureConfig", "count_params", "count_macs", "flop_counter_macs", "Latency", "measure_latency",
+__all__ = ["MeasureConfig", "INT8_METHODS", "count_params", "count_macs", "flop_counter_macs", "Latency", "measure_latency",
            "peak_memory", "peak_live_bytes", "device_name"]
 
+# onnxruntime's calibration methods for the int8 activations' ranges (MeasureConfig.int8_method)
+INT8_METHODS = ("minmax", "entropy", "percentile")
 # fvcore op names that are multiply-adds in the papers' sense (conv, linear, matmul family)
 _MAC_OPS = ("conv", "linear", "matmul", "bmm", "einsum", "addmm", "scaled_dot_product_attention")
 
@@ -37,13 +39,20 @@ class MeasureConfig:
 
     `latency_table`: a table file from `nasopt latency-table`; the study's `latency_ms` is then PREDICTED
     from it (the sum of the architecture's entries; provenance says "method": "predicted") instead of
-    timed per trial: cheap, and the same on every worker."""
+    timed per trial: cheap, and the same on every worker.
+
+    `int8`: record the int8 metrics (`int8_accuracy`, `int8_latency_ms`, `int8_kb`; nasopt.measure._int8) of
+    every trained trial even when the study does not optimise or limit them; `int8_samples` training samples
+    calibrate the activations' ranges by `int8_method` (one of INT8_METHODS: onnxruntime's calibrators)."""
 
     batch_size: int = 1
     threads: int | None = None
     warmup: int = 5
     repeats: int = 30
     latency_table: str | None = None
+    int8: bool = False
+    int8_samples: int = 256
+    int8_method: str = "minmax"
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -52,6 +61,10 @@ class MeasureConfig:
                              f"batch_size={self.batch_size}, repeats={self.repeats}, warmup={self.warmup}")
         if self.threads is not None and self.threads < 1:
             raise UserError(f"`threads >= 1` must hold, but got threads={self.threads}")
+        if self.int8_samples < 1:
+            raise UserError(f"`int8_samples >= 1` must hold, but got int8_samples={self.int8_samples}")
+        if self.int8_method not in INT8_METHODS:
+            raise UserError(f"unknown int8_method {self.int8_method!r}; use one of {', '.join(INT8_METHODS)}")
 
 
 def count_params(model: nn.Module) -> int:

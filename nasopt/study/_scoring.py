@@ -20,9 +20,9 @@ def with_scoring(spec: Any, task: Any) -> Any:
     """`task` with the study's loss and metrics (their 'module:function' names imported), checked against the
     task's kind: accuracy needs classes (classify, or dense per position), top5 a classification."""
     kind = str(getattr(task, "kind", "classify"))
-    for metric in spec.objectives:
-        if metric == "accuracy" and kind == "regress":
-            raise UserError("objective 'accuracy' needs classes, but this is a regression task; use 'val_loss' "
+    for metric in (*spec.objectives, *spec.constraints):
+        if metric in ("accuracy", "int8_accuracy") and kind == "regress":
+            raise UserError(f"{metric!r} needs classes, but this is a regression task; use 'val_loss' "
                             "(minimize) or your own metric (metrics={'mae': my_mae})")
         if metric == "top5" and kind != "classify":
             raise UserError(f"objective 'top5' needs a classification task, but this one is {kind}; use "
