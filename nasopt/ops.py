@@ -300,6 +300,20 @@ for _k in (3, 5, 7):
 ND_OPS = frozenset({"none", "zero", "skip_connect", "skip", "max_pool_k3", "avg_pool_k3"} | {
     f"{kind}_k{k}" for kind in ("conv_bn_relu", "dil_conv_bn_relu", "sep_conv_bn_relu") for k in (3, 5, 7)} | {
     f"mbconv_k{k}_e{e}" for k in (3, 5, 7) for e in (1, 3, 4, 6)})
+# Wider-reach dilations for the micro space (tiny TinyML CNNs): a stack of dilations 2, 4, 8 spans a
+# 40-sample signal with no downsampling. conv-BN-ReLU at dilation 4 and 8, the depthwise-separable form
+# (depthwise conv-BN-ReLU -> pointwise conv-BN-ReLU) at dilation 2 and 4; all of them take `dim`.
+for _k in (3, 5):
+    for _d in (4, 8):
+        OPS[f"dil{_d}_conv_bn_relu_k{_k}"] = lambda C_in, C_out, stride, dim=2, _k=_k, _d=_d, **_: ConvBNAct(
+            C_in, C_out, _k, stride, dilation=_d, dim=dim)
+    for _d in (2, 4):
+        OPS[f"dil{_d}_sep_conv_bn_relu_k{_k}"] = (
+            lambda C_in, C_out, stride, dim=2, _k=_k, _d=_d, **_: nn.Sequential(
+                ConvBNAct(C_in, C_in, _k, stride, groups=C_in, dilation=_d, dim=dim),
+                ConvBNAct(C_in, C_out, 1, dim=dim)))
+ND_OPS = ND_OPS | {f"dil{d}_conv_bn_relu_k{k}" for k in (3, 5) for d in (4, 8)} | {
+    f"dil{d}_sep_conv_bn_relu_k{k}" for k in (3, 5) for d in (2, 4)}
 
 
 def build_op(name: str, C_in: int, C_out: int, stride: int = 1, **options: object) -> nn.Module:

@@ -21,10 +21,11 @@ SPACES = {
     "nb201": "nasopt.search_spaces.nb201:NB201Space",
     "darts_cell": "nasopt.search_spaces.darts_cell:DartsCellSpace",
     "conv1d": "nasopt.search_spaces.conv1d:Conv1dSpace",
+    "micro": "nasopt.search_spaces.micro:MicroSpace",
 }
 # the spaces that build a dense (per-position) head for a task of kind "dense" (nasopt.space.DenseHead);
 # the others refuse one in `build`
-DENSE_SPACES = ("nano", "layers", "nb201", "darts_cell", "conv1d")
+DENSE_SPACES = ("nano", "layers", "nb201", "darts_cell", "conv1d", "micro")
 
 
 def make_space(name: str, **kwargs: Any) -> Any:

@@ -27,8 +27,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 SEEDS = (0, 1, 2)
 SHAPES = [(1, 8, 8), (3, 32, 32), (1, 28, 28)]
-# spaces over other data than (C, H, W) images: their own input shapes (conv1d: (channels, length) signals)
-SPACE_SHAPES = {"conv1d": [(1, 40), (3, 64)]}
+# spaces over other data than (C, H, W) images: their own input shapes (conv1d: (channels, length) signals;
+# micro: signals and images)
+SPACE_SHAPES = {"conv1d": [(1, 40), (3, 64)], "micro": [(1, 40), (3, 64), (1, 8, 8), (3, 32, 32)]}
 # large inputs only for spaces that downsample (nano keeps full resolution, which is slow at 224x224)
 LARGE_SHAPES = {"mobile": [(3, 64, 64), (3, 224, 224)]}
 CASES = [pytest.param(name, shape, id=f"{name}-{'x'.join(map(str, shape))}")
