@@ -386,4 +386,4 @@ def test_cli_runs_a_yaml_study_and_refuses_an_unreachable_limit(tmp_path):
     (other / "micro.yaml").write_text(bad)
     out = nasopt_cli("run", "micro.yaml", "-q", cwd=other)
     assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
-    assert "MicroSpace needs widths as channel counts" in out.stderr and not (other / "nasopt.db").exists()
+    assert "MicroSpace needs widths as distinct channel counts" in out.stderr and not (other / "nasopt.db").exists()
