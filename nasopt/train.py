@@ -9,6 +9,9 @@ non-finite training or validation loss, or a finite training loss that ran away 
 Mixed precision (`TrainConfig.precision`) is autocast around the forward pass and loss of training
 steps only: weights, gradients and optimizer state stay fp32, and validation always runs in fp32, so
 the accuracy a trial records compares across precisions.
+
+Quantization-aware training (`TrainConfig.qat_epochs`) fake-quantizes the last epochs' training steps to int8
+(`nasopt.quant.FakeQuant`); validation runs the float network, and the model is handed back as plain fp32.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import torch
 from torch import nn
 
 from nasopt.errors import UserError, check_fields
+from nasopt.quant import FakeQuant
 from nasopt.scoring import epoch_record, evaluate, kind_of, scalar_loss, shaped, task_loss
 
 __all__ = ["TrainConfig", "TrainResult", "train", "evaluate", "divergence_reason", "Reporter", "train_with"]
@@ -63,6 +67,11 @@ class TrainConfig:
     # guessing, has diverged: the trial is pruned with the reason (its accuracy would be chance). None: only
     # non-finite losses (training or validation) prune
     divergence: float | None = 100.0
+    # quantization-aware training: the last `qat_epochs` epochs train with fake int8 quantization (per-channel
+    # symmetric weights, per-tensor activations, as onnxruntime's static quantization; `nasopt.quant`), so the
+    # network loses less when it is quantized to deploy; validation and the returned model stay fp32. 0: off;
+    # = epochs: from the start
+    qat_epochs: int = 0
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -71,6 +80,8 @@ class TrainConfig:
             (self.batch_size >= 1, f"`batch_size >= 1` must hold, but got batch_size={self.batch_size}"),
             (self.lr > 0, f"`lr > 0` must hold, but got lr={self.lr}"),
             (self.weight_decay >= 0, f"`weight_decay >= 0` must hold, but got weight_decay={self.weight_decay}"),
+            (0 <= self.qat_epochs <= self.epochs,
+             f"`0 <= qat_epochs <= epochs` must hold, but got qat_epochs={self.qat_epochs}, epochs={self.epochs}"),
             (self.aux_weight >= 0, f"`aux_weight >= 0` must hold, but got aux_weight={self.aux_weight}"),
             (self.divergence is None or self.divergence > 1,
              f"`divergence > 1` (or None) must hold, but got divergence={self.divergence}"),
@@ -192,8 +203,18 @@ def train(model: nn.Module, task: Any, config: TrainConfig, *, seed: int = 0,
 
     `on_epoch(epoch, record)` is called after each epoch (1-based) with the record appended to the
     curve; it may raise `optuna.TrialPruned`. Raises `optuna.TrialPruned` when the run diverged
-    (`divergence_reason`), before `on_epoch` sees that epoch.
+    (`divergence_reason`), before `on_epoch` sees that epoch. With `config.qat_epochs` the last epochs train
+    fake-quantized (`nasopt.quant.FakeQuant`); `model` is left a plain fp32 model however the run ends.
     """
+    qat = FakeQuant(model)
+    try:
+        return _train(model, task, config, seed, on_epoch, qat)
+    finally:
+        qat.remove()
+
+
+def _train(model: nn.Module, task: Any, config: TrainConfig, seed: int,
+           on_epoch: Callable[[int, dict[str, float]], None] | None, qat: FakeQuant) -> TrainResult:
     device = torch.device(task.device)
     result = TrainResult(precision=resolve_precision(model, device, config),
                          channels_last=_use_channels_last(model, task, config))
@@ -217,6 +238,8 @@ def train(model: nn.Module, task: Any, config: TrainConfig, *, seed: int = 0,
         t0 = time.perf_counter()
         if callable(epoch_start):
             epoch_start(epoch - 1, config.epochs)
+        if epoch > config.epochs - config.qat_epochs:
+            qat.attach()
         loss_sum = torch.zeros((), device=task.device)
         correct = torch.zeros((), device=task.device, dtype=torch.long)
         seen, positions = 0, 0
@@ -249,7 +272,8 @@ def train(model: nn.Module, task: Any, config: TrainConfig, *, seed: int = 0,
         if not math.isfinite(train_loss):
             raise optuna.TrialPruned(f"non-finite training loss in epoch {epoch}")
         first_loss = train_loss if epoch == 1 else first_loss
-        val = evaluate(model, task.val, task=task)
+        with qat.paused():  # the accuracy of the fp32 model that is kept
+            val = evaluate(model, task.val, task=task)
         reason = divergence_reason(epoch, train_loss, val["loss"], first_loss, classes, config.divergence)
         if reason is not None:
             raise optuna.TrialPruned(reason)

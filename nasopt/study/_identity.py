@@ -30,6 +30,9 @@ __all__ = ["definition", "stored_definition", "check", "accepted_changes", "FIXE
 FIXED = ("space", "dataset", "image_size", "objectives", "data", "kind", "input_shape", "num_classes", "loss",
          "metrics")  # never within one study
 ALLOWABLE = ("data_dir", "val_fraction", "constraints", "train", "measure", "train_fn")  # with --allow-changed
+# settings added after studies were stored whose absence from a stored definition means their default (a study
+# made before the field existed ran without it): a re-run at the default compares equal, any other value differs
+LATER_DEFAULTS: dict[str, Any] = {"train.qat_epochs": 0}
 
 
 def _decisions(space: Any) -> dict[str, str]:
@@ -119,8 +122,10 @@ def _same(a: Any, b: Any) -> bool:
 
 def differences(stored: Mapping[str, Any], spec: Any) -> dict[str, tuple[Any, Any]]:
     """`{field: (stored, now)}` for every field the study recorded that the spec sets otherwise.
-    Fields the study did not record (an earlier nasopt) are not compared."""
+    Fields the study did not record (an earlier nasopt) are not compared, except those of `LATER_DEFAULTS`,
+    which it ran at their default."""
     now = _now(stored, spec)
+    stored = {**{k: v for k, v in LATER_DEFAULTS.items() if k in now}, **stored}
     keys = [k for k in stored if k in now] + [k for k in now if k.startswith("space.") and k not in stored
                                                and any(s.startswith("space.") for s in stored)]
     diff = {k: (stored.get(k), now[k]) for k in dict.fromkeys(keys) if not _same(stored.get(k), now[k])}
