@@ -125,11 +125,13 @@ _NO_COPY = frozenset({"clone", "contiguous", "dropout", "dropout1d", "dropout2d"
 @dataclass(frozen=True)
 class Step:
     """One op of the schedule: its torch name, the bytes it wrote to a new buffer (0: a view or in place),
-    and the bytes alive while it runs (its inputs and outputs and every tensor still needed later)."""
+    and the bytes alive while it runs (its inputs and outputs and every tensor still needed later); `inside`:
+    the index in `activation_steps`' `marks` of the innermost marked module running it (-1: none)."""
 
     op: str
     new: int
     live: int
+    inside: int = -1
 
 
 def _tensors(value: Any) -> Iterator[torch.Tensor]:
@@ -151,6 +153,8 @@ class _Record(TorchFunctionMode):
     def __init__(self) -> None:
         super().__init__()
         self.ops: list[tuple[str, list[torch.Tensor], list[torch.Tensor]]] = []
+        # (ops recorded so far, mark index, True when it starts / False when it returns), in call order
+        self.marks: list[tuple[int, int, bool]] = []
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         kwargs = kwargs or {}
@@ -192,12 +196,16 @@ class _Buffers:
         self.parent[key] = self.find(into)
 
 
-def _record(model: nn.Module, input_shape: Sequence[int]) -> tuple[_Record, torch.Tensor, list[torch.Tensor]]:
+def _record(model: nn.Module, input_shape: Sequence[int],
+            marks: Sequence[nn.Module] = ()) -> tuple[_Record, torch.Tensor, list[torch.Tensor]]:
     param = next(iter(model.parameters()), None)
     device = param.device if param is not None else torch.device("cpu")
     dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
     x = torch.zeros(1, *input_shape, device=device, dtype=dtype)
     recorder = _Record()
+    hooks = [h for i, m in enumerate(marks) for h in (
+        m.register_forward_pre_hook(lambda *_, i=i: recorder.marks.append((len(recorder.ops), i, True))),
+        m.register_forward_hook(lambda *_, i=i: recorder.marks.append((len(recorder.ops), i, False))))]
     was_training = model.training
     model.eval()
     try:
@@ -205,18 +213,40 @@ def _record(model: nn.Module, input_shape: Sequence[int]) -> tuple[_Record, torc
             out = model(x)
     finally:
         model.train(was_training)
+        for h in hooks:
+            h.remove()
     return recorder, x, list(_tensors(out))
 
 
-def activation_steps(model: nn.Module, input_shape: Sequence[int]) -> list[Step]:
-    """The int8 schedule of one inference at batch 1 (see the module's docstring), one `Step` per op."""
-    recorder, x, outputs = _record(model, input_shape)
+def _inside(recorder: _Record) -> list[int]:
+    """Per recorded op, the innermost marked module running it (-1: none)."""
+    inside: list[int] = []
+    stack: list[int] = []
+    events = iter([*recorder.marks, (len(recorder.ops) + 1, -1, False)])
+    count, i, start = next(events)
+    for k in range(len(recorder.ops)):
+        while count <= k:  # the marks that started or returned before op k
+            if start:
+                stack.append(i)
+            else:
+                stack.remove(i)
+            count, i, start = next(events)
+        inside.append(stack[-1] if stack else -1)
+    return inside
+
+
+def activation_steps(model: nn.Module, input_shape: Sequence[int], marks: Sequence[nn.Module] = ()) -> list[Step]:
+    """The int8 schedule of one inference at batch 1 (see the module's docstring), one `Step` per op; each
+    step says which of the `marks` (modules, each run at most once) runs it (`Step.inside`)."""
+    recorder, x, outputs = _record(model, input_shape, marks)
+    inside = _inside(recorder)
     weights = {_key(t) for t in [*model.parameters(), *model.buffers()]}
     buffers = _Buffers()
     buffers.add(_key(x), _size(x))
     # pass 1: which buffer each op reads and writes (views and no-copies join their input's buffer)
     steps: list[tuple[str, set[int], list[int], list[int]]] = []  # name, read, written keys, unary input
-    for name, ins, outs in recorder.ops:
+    where: list[int] = []  # the mark running each step
+    for k, (name, ins, outs) in enumerate(recorder.ops):
         read = {_key(t) for t in ins if _key(t) in buffers.parent}
         written: list[int] = []
         for t in outs:
@@ -236,6 +266,7 @@ def activation_steps(model: nn.Module, input_shape: Sequence[int]) -> list[Step]
         unary = [next(iter(read))] if name in _ELEMENTWISE and len(read) == 1 and len(written) == 1 else []
         if read or written:
             steps.append((name, read, written, unary))
+            where.append(inside[k])
     # pass 2: the last reader of each storage, then in-place element-wise ops in execution order
     last_read: dict[int, int] = {}
     for s, (_, read, _, _) in enumerate(steps):
@@ -268,7 +299,7 @@ def activation_steps(model: nn.Module, input_shape: Sequence[int]) -> list[Step]
             live[s] += buffers.size[root]
         if root in written_at:
             new[start] += buffers.size[root]
-    return [Step(name, new[s], live[s]) for s, (name, _, _, _) in enumerate(steps)]
+    return [Step(name, new[s], live[s], where[s]) for s, (name, _, _, _) in enumerate(steps)]
 
 
 def sram_bytes(model: nn.Module, input_shape: Sequence[int]) -> int:

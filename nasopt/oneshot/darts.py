@@ -6,7 +6,8 @@ training split is halved: weights train on one half (SGD, cosine), architecture 
 (`unrolled=True`) differentiates through one virtual SGD step of the weights, with the Hessian-vector
 product by central finite differences, as in the paper. PC-DARTS = `partial_channels=K` (channel
 sampling + shuffle in the mixed op) with edge normalisation. The TinyML seed's resource-aware penalty
-adds `penalty_weight` x expected params ("memory") or MACs ("compute") of the softmax-weighted choice.
+adds `penalty_weight` x expected params ("memory") or MACs ("compute") of the softmax-weighted choice, or
+its expected int8 flash ("flash_kb") or SRAM peak ("sram_kb"; `nasopt.oneshot._budget_penalty`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from optuna.distributions import CategoricalDistribution
 from torch import nn
 
 from nasopt.errors import UserError
+from nasopt.oneshot._budget_penalty import RESOURCES, BudgetPenalty
 from nasopt.oneshot._shared import (
     DEFAULT_SIGNAL,
     SKIP_OPS,
@@ -84,7 +86,8 @@ class DARTS:
     (0.5, 0.999). unrolled: second-order gradient, whose Hessian-vector product perturbs the weights
     by a vector of norm hessian_eps (DARTS' 0.01). partial_channels: PC-DARTS' K (1 = DARTS);
     edge_normalization: PC-DARTS' edge weights (default: on when K > 1). penalty: None, "memory"
-    (expected params) or "compute" (expected MACs), weighted by penalty_weight. max_skips: the guard
+    (expected params), "compute" (expected MACs), "flash_kb" (expected int8 flash) or "sram_kb" (expected int8
+    SRAM peak), each normalised to [0, 1] and weighted by penalty_weight. max_skips: the guard
     against DARTS' collapse into skip-connections: when the derived normal cell holds more,
     skip_guard="stop" ends the search there, "penalize" adds skip_penalty x the skip weights to the
     architecture loss from then on.
@@ -116,8 +119,9 @@ class DARTS:
             (self.lr > 0 and self.arch_lr > 0, f"learning rates must be > 0, but got lr={self.lr}, arch_lr={self.arch_lr}"),
             (isinstance(self.partial_channels, int) and self.partial_channels >= 1,
              f"`partial_channels >= 1` must hold, but got partial_channels={self.partial_channels!r}"),
-            (self.penalty in (None, "memory", "compute"),
-             f"unknown penalty {self.penalty!r}; use None, 'memory' (params) or 'compute' (MACs)"),
+            (self.penalty in (None, "memory", "compute", *RESOURCES),
+             f"unknown penalty {self.penalty!r}; use None, 'memory' (params), 'compute' (MACs), 'flash_kb' or "
+             "'sram_kb' (int8 budgets)"),
             (self.skip_guard in ("stop", "penalize"), f"unknown skip_guard {self.skip_guard!r}; use 'stop' or 'penalize'"),
             (self.max_skips is None or self.max_skips >= 0, f"`max_skips >= 0` must hold, but got {self.max_skips!r}"),
         ]
@@ -143,6 +147,8 @@ class DARTS:
                              edge_normalization=self.normalize_edges, method=self.label)
         check_output(net, task, self.label, space)
         split_half(task.train, 0)
+        if self.penalty in RESOURCES:  # counted on the space's network before anything is stored
+            BudgetPenalty(self.penalty, space, task)
 
     # -------------------------------------------------------------------------------------------- search
 
@@ -169,8 +175,10 @@ class DARTS:
         w_split, a_split = split_half(task.train, seed)
         if min(len(w_split), len(a_split)) < 2:
             raise UserError(f"{len(task.train)} training examples are too few for a one-shot search; use more data")
-        costs = None
-        if self.penalty is not None:
+        costs: Any = None
+        if self.penalty in RESOURCES:  # expected int8 flash or SRAM: a callable of the supernet
+            costs = BudgetPenalty(self.penalty, space, task)
+        elif self.penalty is not None:
             example = next(iter(task.val.batches(1)))[0]
             spatial: Any = record_spatial(supernet, example) if self.penalty == "compute" else None
             costs = candidate_costs(chooser, self.penalty, spatial)
@@ -209,7 +217,9 @@ class DARTS:
                       "arch": arch}
             if costs is not None:
                 with torch.no_grad():
-                    record["expected_cost"] = round(float(expected_cost(supernet, costs)), 6)
+                    record["expected_cost"] = round(float(penalty_term(supernet, costs)), 6)
+                    if isinstance(costs, BudgetPenalty):  # e.g. expected_sram_kb
+                        record[f"expected_{self.penalty}"] = round(float(costs.kb(supernet)), 4)
             if self.max_skips is not None and skips > self.max_skips:
                 if self.skip_guard == "stop":
                     stopped = f"stopped at epoch {epoch}: {skips} skip-connections > max_skips={self.max_skips}"
@@ -233,7 +243,7 @@ class DARTS:
 
     def step(self, supernet: Supernet, w_opt: torch.optim.Optimizer, a_opt: torch.optim.Optimizer,
              w_batch: tuple[torch.Tensor, torch.Tensor], a_batch: tuple[torch.Tensor, torch.Tensor],
-             costs: Mapping[str, Any] | None = None, skip_on: bool = False, *,
+             costs: Any = None, skip_on: bool = False, *,
              loss_fn: LossFn = F.cross_entropy) -> tuple[torch.Tensor, torch.Tensor]:
         """One search step: the architecture update on `a_batch`, then the weight update on `w_batch`, both
         on `loss_fn` (the task's, `search_loss`). Returns the weight step's output and loss."""
@@ -261,17 +271,17 @@ class DARTS:
         return w_opt, a_opt
 
     def _arch_loss(self, supernet: Supernet, x: torch.Tensor, y: torch.Tensor,
-                   costs: Mapping[str, Any] | None, skip_on: bool, loss_fn: LossFn) -> torch.Tensor:
+                   costs: Any, skip_on: bool, loss_fn: LossFn) -> torch.Tensor:
         loss = loss_fn(supernet(x), y)
         if costs is not None:
-            loss = loss + self.penalty_weight * expected_cost(supernet, costs)
+            loss = loss + self.penalty_weight * penalty_term(supernet, costs)
         if skip_on:
             loss = loss + self.skip_penalty * skip_weight(supernet)
         return loss
 
     def unrolled_backward(self, supernet: Supernet, w_opt: torch.optim.Optimizer, xw: torch.Tensor,
                           yw: torch.Tensor, xa: torch.Tensor, ya: torch.Tensor,
-                          costs: Mapping[str, Any] | None = None, skip_on: bool = False, *,
+                          costs: Any = None, skip_on: bool = False, *,
                           loss_fn: LossFn = F.cross_entropy) -> None:
         """Set alpha.grad to the second-order DARTS gradient of L_val(w - eta * dL_train/dw, alpha).
 
@@ -313,6 +323,12 @@ class DARTS:
                 w.copy_(b)
         for a, d, h in zip(alphas, d_alpha, hvp, strict=True):
             a.grad = d - eta * h
+
+
+def penalty_term(supernet: Supernet, costs: Any) -> torch.Tensor:
+    """The resource penalty in [0, 1]: a `BudgetPenalty` of the supernet, else `expected_cost` of a table of
+    per-candidate costs (params or MACs)."""
+    return costs(supernet) if isinstance(costs, BudgetPenalty) else expected_cost(supernet, costs)
 
 
 def skip_weight(supernet: Supernet) -> torch.Tensor:
