@@ -19,6 +19,8 @@ from nasopt.storage import mask_url, open_storage
 __all__ = ["load_study", "trials_frame", "pareto_front", "study_names"]
 
 _METRIC_ATTRS = ("params", "macs", "latency_ms", "memory_mb", "energy_mj")
+# the zero-cost proxies (nasopt.measure.PROXIES, named here so that reading a study needs no torch)
+PROXY_COLUMNS = ("naswot", "synflow", "snip", "grad_norm", "jacob_cov")
 
 
 def study_names(storage: str | None = None) -> list[str]:
@@ -76,7 +78,11 @@ def trials_frame(storage: str | None = None, study_name: str | None = None, *,
     extra = [*((info.get("definition") or {}).get("metrics") or {}), "val_loss"]
     if info.get("kind") != "regress":
         extra.insert(0, "accuracy")
-    rows = [_row(t, names, extra) for t in study.get_trials(deepcopy=False)]
+    trials = study.get_trials(deepcopy=False)
+    if any("int8" in t.user_attrs for t in trials):  # the int8 model's figures (nasopt.measure._int8)
+        extra += ["int8_accuracy", "int8_latency_ms", "int8_kb"]
+    extra += [m for m in PROXY_COLUMNS if any(m in t.user_attrs for t in trials)]  # the proxies trials scored
+    rows = [_row(t, names, extra) for t in trials]
     frame = pd.DataFrame(rows)
     if frame.empty:
         return pd.DataFrame(columns=["number", "state", *names, *_METRIC_ATTRS, "arch"])

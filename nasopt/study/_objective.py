@@ -33,6 +33,8 @@ from nasopt.storage import (
     set_user_attrs,
 )
 from nasopt.storage._fast._buffer import flush, hold
+from nasopt.study import _int8 as int8
+from nasopt.study import _proxies as proxies
 from nasopt.study._identity import accepted_changes
 from nasopt.study._index import StudyIndex
 from nasopt.study._recovery import (
@@ -148,6 +150,8 @@ class Objective:
         """The hard limits, as Optuna constraints (for the samplers) and as a prune before any training."""
         violated = []
         for metric, limit in self.spec.constraints.items():
+            if metric not in metrics:  # measured after training (the int8 metrics: nasopt.study._int8)
+                continue
             trial.set_constraint(metric, metrics[metric] - limit)
             if metrics[metric] > limit:
                 violated.append(f"{metric}={metrics[metric]:g} > {limit:g}")
@@ -238,6 +242,8 @@ class Objective:
                 metrics["flash_kb"] = flash_kb(model)
             if "sram_kb" in budgets:
                 metrics["sram_kb"] = sram_kb(model, task.input_shape)
+        zero_cost = proxies.measure(spec, model, task, seed)  # the zero-cost proxies the study names
+        extra.update(zero_cost)
         settings = self.settings(study)
         extra.update({"settings": settings} if settings else {})
         set_user_attrs(trial, {"arch": space.describe(arch), **strategy, **metrics, "seed": seed, **extra,
@@ -246,6 +252,8 @@ class Objective:
         # the architecture picture for the dashboard (infeasible ones too); never fails the trial
         save_picture(trial, space, arch, self.store, task=task, directory=spec.artifacts)
         self._check_limits(trial, metrics)
+        proxies.screen(trial, spec, zero_cost)  # their limits (the least allowed), then the Screen pruner
+        metrics.update(zero_cost)
         flush(trial)  # the dashboard shows the metrics while the network trains
 
         curve: list[dict[str, float]] = []
@@ -283,6 +291,8 @@ class Objective:
             trial.set_user_attr(DECISIONS_ATTR, recorder.sequence)
             save_weights(trial, model, self.store)
         measured = final_metrics(result.curve[-1], spec.metrics)
+        if int8.wanted(spec):  # quantized and measured in onnxruntime; its limits become constraints
+            measured.update(int8.record(trial, spec, model, task))
         missing = [m for m in spec.objectives if m not in metrics and m not in measured]
         if missing:
             raise UserError(f"training gave no {missing[0]!r}, an objective of the study; return it from train_fn "

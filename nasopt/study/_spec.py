@@ -16,6 +16,8 @@ from nasopt.errors import UserError, check_fields
 from nasopt.measure._metrics import MeasureConfig
 from nasopt.pruners import CurvePruner
 from nasopt.study import _identity as identity
+from nasopt.study import _int8 as int8
+from nasopt.study import _proxies as proxies
 from nasopt.train import TrainConfig
 
 __all__ = ["StudySpec", "METRICS"]
@@ -33,6 +35,12 @@ METRICS: dict[str, tuple[str, bool]] = {
     "flash_kb": ("int8 flash in KB: weights 1 byte, biases 4, per-channel scale and zero point (BN folded)", True),
     "sram_kb": ("int8 peak activation SRAM in KB at batch 1, layer by layer, skip tensors held", True),
     "val_loss": ("validation loss (the task's loss) after the last epoch", False),
+    "int8_accuracy": ("validation accuracy of the int8 model (onnxruntime static quantization, QDQ, per-channel "
+                      "weights, calibrated on training samples); as a limit, the least allowed", False),
+    "int8_latency_ms": ("median latency of the int8 model in onnxruntime on the CPU", False),
+    "int8_kb": ("KB of the int8 model's tensors (int8 weights, int32 biases, scales, zero points)", False),
+    # zero-cost proxies of the untrained network (nasopt.measure._proxies), known before training
+    **{name: (f"{what}; as a limit, the least allowed", True) for name, what in proxies.PROXIES.items()},
 }
 # names a user metric cannot take: the built-in metrics and the other entries of a learning curve
 RESERVED = (*METRICS, "epoch", "train_loss", "train_acc", "val_acc", "val_top5", "lr", "seconds", "score", "acc",
@@ -115,6 +123,13 @@ class StudySpec:
             raise UserError("`dataset` is empty; give a dataset name such as 'digits' (known: "
                             f"{', '.join((*DATASETS, 'nanobench'))})")
         self._check_user_task()
+        if self.train.qat_epochs and self.train_fn is not None:  # QAT lives in nasopt's own loop
+            raise UserError(f"train.qat_epochs={self.train.qat_epochs} fake-quantizes nasopt's own training loop, but "
+                            "this study trains with train_fn; set qat_epochs=0 and fake-quantize inside your train_fn "
+                            "with nasopt.quant.FakeQuant(model).attach()")
+        if self.train.qat_epochs and self.dataset == "nanobench":
+            raise UserError(f"train.qat_epochs={self.train.qat_epochs}: nanobench answers from its table of networks "
+                            "trained without it; use real data (dataset='digits', 'mnist1d', ...) or qat_epochs=0")
         if not self.objectives:
             raise UserError("a study needs at least one objective, e.g. objectives={'accuracy': 'maximize'}")
         for metric, direction in self.objectives.items():
@@ -123,12 +138,14 @@ class StudySpec:
                                 "(your own: metrics={name: function})")
             if direction not in ("maximize", "minimize"):
                 raise UserError(f"objective {metric!r} has direction {direction!r}; use 'maximize' or 'minimize'")
-        limits = [m for m, (_, cheap) in METRICS.items() if cheap]
+        limits = [m for m, (_, cheap) in METRICS.items() if cheap or m in int8.INT8_METRICS]  # int8: after training
         for metric, limit in self.constraints.items():
             if metric not in limits:
                 raise UserError(f"unknown constraint {metric!r}; hard limits exist for: {', '.join(limits)}")
             if not isinstance(limit, (int, float)) or limit <= 0:
                 raise UserError(f"constraint {metric!r} must be a positive number, but got {limit!r}")
+        int8.check(self)  # onnxruntime's quantizer installed where the study asks for int8 metrics
+        proxies.check(self)  # zero-cost proxies need a network (not nanobench's table)
         if not isinstance(self.n_trials, int) or self.n_trials < 1:
             raise UserError(f"`n_trials >= 1` must hold, but got n_trials={self.n_trials!r}")
         if self.timeout is not None and self.timeout <= 0:
