@@ -2,7 +2,7 @@
 
     python benchmarks/bench_qat.py [--archs 6] [--epochs 15] [--qat 3] [--space micro] [--threads 1]
 
-`--archs` random architectures of the space (micro: the TinyML study's space; conv1d with C=4 also works) on
+`--archs` random architectures of the space (micro: the TinyML study's space; conv1d with C=4 and mobile, the demo's, also work) on
 MNIST-1D are each trained twice with nasopt's trainer from the same initialisation and seed: plain, and with
 `TrainConfig(qat_epochs=--qat)` (the last epochs fake-quantized, nasopt.quant). Each trained network is then
 quantized as a study's trials are (nasopt.measure.int8_metrics: onnxruntime static quantization, QDQ,
@@ -26,7 +26,7 @@ from nasopt.search_spaces import make_space
 from nasopt.space import random_arch
 from nasopt.train import TrainConfig, train
 
-SPACES = {"micro": {}, "conv1d": {"C": 4}}
+SPACES = {"micro": {}, "conv1d": {"C": 4}, "mobile": {"stages": 3, "max_depth": 3}}  # mobile: the demo study's space
 
 
 def main() -> None:

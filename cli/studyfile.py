@@ -98,6 +98,7 @@ def apply_sets(spec: Any, sets: Sequence[str]) -> Any:
     known = scalar + [f"{n}.{f.name}" for n, obj in nested.items() for f in dataclasses.fields(obj)]
     known += list(dict.fromkeys(f"strategy.{f.name}" for cls in strategy_classes() for f in dataclasses.fields(cls)))
     top: dict[str, Any] = {}
+    changes: dict[str, dict[str, Any]] = {}
     samplers = []
     for item in sets:
         key, sep, raw = item.partition("=")
@@ -126,7 +127,7 @@ def apply_sets(spec: Any, sets: Sequence[str]) -> Any:
             group, name = key.split(".", 1)
             field = {f.name: f for f in dataclasses.fields(nested[group])}[name]
             value = _parse(key, raw, getattr(nested[group], name), field.type)
-            nested[group] = dataclasses.replace(nested[group], **{name: value})
+            changes.setdefault(group, {})[name] = value  # applied together: rules between fields hold at the end
         elif key == "space":
             top["space"] = make_space(raw)
         elif key == "pruner":
@@ -136,6 +137,8 @@ def apply_sets(spec: Any, sets: Sequence[str]) -> Any:
         else:
             field = {f.name: f for f in dataclasses.fields(spec)}[key]
             top[key] = _parse(key, raw, getattr(spec, key), field.type)
+    for group, values in changes.items():
+        nested[group] = dataclasses.replace(nested[group], **values)
     spec = dataclasses.replace(spec, **top, **nested)
     for name in samplers:
         sampler = make_sampler(name, seed=spec.seed, n_objectives=len(spec.objectives), space=spec.space)

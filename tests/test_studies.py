@@ -60,3 +60,35 @@ def test_mobile_proxyless_joins_the_mobile_pareto_study():
     assert dict(proxyless.objectives) == dict(pareto.objectives) and proxyless.train == pareto.train
     assert dict(proxyless.constraints) == dict(pareto.constraints)
     assert vars(proxyless.space) == vars(pareto.space)
+
+
+def test_tinyml_study_runs_shrunk_through_the_cli(tmp_path):
+    """studies/tinyml_mnist1d.py, shrunk: budgets counted before training, QAT epochs, int8 figures measured in
+    onnxruntime with provenance, the front by int8 accuracy and latency; every trained network inside its budget."""
+    import subprocess
+    import sys
+
+    import optuna
+
+    path = STUDIES[0].parent / "tinyml_mnist1d.py"
+    spec = load_study_file(str(path))
+    assert spec.space.__class__.__name__ == "MicroSpace" and spec.dataset == "mnist1d"
+    assert dict(spec.objectives) == {"int8_accuracy": "maximize", "int8_latency_ms": "minimize"}
+    assert 0 < spec.train.qat_epochs < spec.train.epochs
+    url = f"sqlite:///{tmp_path / 'tiny.db'}"
+    done = subprocess.run([sys.executable, "-m", "nasopt.cli", "run", str(path), "--storage", url, "--n-trials", "3",
+                           "--set", "train.epochs=2", "--set", "train.qat_epochs=1", "-q"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    study = optuna.load_study(study_name=spec.name, storage=url)
+    trained = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert trained
+    for t in trained:
+        assert t.user_attrs["flash_kb"] <= spec.constraints["flash_kb"]
+        assert t.user_attrs["sram_kb"] <= spec.constraints["sram_kb"]
+        assert 0.1 < t.values[0] <= 1 and t.values[1] > 0  # int8 accuracy above chance after 2 epochs; latency
+        assert t.user_attrs["int8"]["latency"]["runtime"].startswith("onnxruntime")
+        assert t.user_attrs["int8"]["latency"]["threads"] == 1
+    for t in study.trials:  # an over-budget network is pruned before any training, with its reason
+        if t.state == optuna.trial.TrialState.PRUNED:
+            assert "constraint violated before training" in t.user_attrs.get("pruned_reason", "")
