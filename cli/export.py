@@ -118,7 +118,12 @@ def _int8_line(where: Path) -> str:
 
 def add_parser(sub: Any) -> None:
     e = sub.add_parser("export", help="export trials as arch.json + model.pt + TorchScript + ONNX (+ int8 ONNX) + "
-                                      "manifest.json")
+                                      "manifest.json",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=(
+                           "examples:\n"
+                           "  nasopt export nano_evolution                 # the best trial -> exports/nano_evolution-trial<N>\n"
+                           "  nasopt export mobile_pareto --pareto -o exports/mobile\n"
+                           "  nasopt export mobile_pareto --trial 2 --int8 -o exports/mobile-t2\n"))
     e.add_argument("study", help="the study's name (see `nasopt ls`)")
     e.add_argument("--storage", help="storage URL (default sqlite:///nasopt.db in the working directory)")
     e.add_argument("--trial", type=int, metavar="N", help="the trial to export (default: the best, single objective)")

@@ -67,7 +67,11 @@ def cmd_latency_table(args: argparse.Namespace) -> int:
 
 def add_parser(sub: Any) -> None:
     t = sub.add_parser("latency-table", help="measure every candidate op at every shape of a space (a latency "
-                                             "lookup table for ProxylessNAS and predicted latency)")
+                                             "lookup table for ProxylessNAS and predicted latency)",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=(
+                           "examples:\n"
+                           "  nasopt latency-table --study studies/mobile_proxyless.py   # -> ./latency_mobile_cpu.json\n"
+                           "  nasopt latency-table --space mobile --input-shape 3,32,32 --repeats 10 -o lat.json\n"))
     t.add_argument("--space", help="a space by name, with its default settings (e.g. mobile)")
     t.add_argument("--study", metavar="FILE", help="take the space, dataset and storage from a study file")
     t.add_argument("--dataset", help="the data whose input shape the table is for (default digits, or the study's)")

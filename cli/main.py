@@ -153,12 +153,30 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
+def _examples(*lines: str) -> dict[str, Any]:
+    """The `epilog` of a command's --help: runnable examples, printed as written."""
+    return {"epilog": "examples:\n" + "\n".join(f"  {line}" for line in lines),
+            "formatter_class": argparse.RawDescriptionHelpFormatter}
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="nasopt", description="Neural Architecture Search on Optuna.")
-    sub = p.add_subparsers(dest="command", required=True)
+    """The `nasopt` command line: every subcommand, each option with a help text, each --help with examples."""
+    p = argparse.ArgumentParser(prog="nasopt", description="Neural Architecture Search on Optuna.", **_examples(
+        "nasopt run studies/nano_evolution.py --n-trials 10   # a study into ./nasopt.db",
+        "nasopt ls && nasopt show nano_evolution              # what is stored, the best trials",
+        "nasopt list spaces                                   # the names a study can use (see `nasopt list -h`)"))
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     storage_help = "storage URL (default sqlite:///nasopt.db in the working directory)"
 
-    r = sub.add_parser("run", help="run or resume the study defined in a study file")
+    r = sub.add_parser("run", help="run or resume the study defined in a study file",
+                       description="Run or resume the study a study file defines. The names --sampler, --pruner "
+                                   "and --set space=/strategy=/dataset= accept are listed by `nasopt list "
+                                   "samplers|pruners|spaces|strategies|datasets`; objectives and constraints take "
+                                   "the names of `nasopt list metrics`.",
+                       **_examples("nasopt run studies/nano_evolution.py",
+                                   "nasopt run studies/mobile_pareto.py --n-trials 60 --set train.epochs=3",
+                                   "nasopt run studies/nano_evolution.py --sampler tpe --pruner median "
+                                   "--set name=nano_tpe"))
     r.add_argument("file", help="a .py study file defining `study = nasopt.StudySpec(...)`, or a .yaml one")
     r.add_argument("--storage", help=storage_help)
     r.add_argument("--n-trials", type=int, help="finished trials to reach in total (overrides the file)")
@@ -166,8 +184,10 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where to train and measure")
     r.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a study field, e.g. --set train.epochs=3 --set sampler=tpe")
-    r.add_argument("--sampler", metavar="NAME", help="search strategy by name (same as --set sampler=NAME)")
-    r.add_argument("--pruner", metavar="NAME", help="pruner by name (same as --set pruner=NAME)")
+    r.add_argument("--sampler", metavar="NAME", help="search strategy by name (same as --set sampler=NAME; "
+                                                     "names: `nasopt list samplers`)")
+    r.add_argument("--pruner", metavar="NAME", help="pruner by name (same as --set pruner=NAME; names: "
+                                                    "`nasopt list pruners`)")
     r.add_argument("--workers", type=int, default=1, metavar="N",
                    help="worker processes on this machine (needs journal:/// or postgresql:// storage); the same "
                         "command on another machine joins the study; n_trials stays the total")
@@ -178,30 +198,42 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=cmd_run)
 
-    ls = sub.add_parser("ls", help="list the studies in a storage")
+    ls = sub.add_parser("ls", help="list the studies in a storage", **_examples(
+        "nasopt ls", "nasopt ls --storage sqlite:///runs/mobile.db"))
     ls.add_argument("--storage", help=storage_help)
     ls.set_defaults(func=cmd_ls)
 
-    s = sub.add_parser("show", help="the Pareto set or the top trials of a study")
-    s.add_argument("study")
+    s = sub.add_parser("show", help="the Pareto set or the top trials of a study", **_examples(
+        "nasopt show nano_evolution", "nasopt show mobile_pareto --storage sqlite:///runs/mobile.db",
+        "nasopt show nano_evolution --top 3"))
+    s.add_argument("study", help="the study's name (see `nasopt ls`)")
     s.add_argument("--storage", help=storage_help)
-    s.add_argument("--top", type=int, default=10)
+    s.add_argument("--top", type=int, default=10, metavar="K",
+                   help="how many of the best trials a single-objective study shows (default 10)")
     s.set_defaults(func=cmd_show)
 
-    b = sub.add_parser("benchmark", help="compare search strategies over several seeded runs")
-    b.add_argument("--space", default="nano")
-    b.add_argument("--dataset", default="nanobench", help="nanobench answers trials from the shipped table")
-    b.add_argument("--strategies", default="random,tpe,rea", help="comma-separated sampler names")
-    b.add_argument("--runs", type=int, default=3)
-    b.add_argument("--trials", type=int, default=100)
+    b = sub.add_parser("benchmark", help="compare search strategies over several seeded runs", **_examples(
+        "nasopt benchmark --runs 3 --trials 50        # nano on the shipped table: seconds",
+        "nasopt benchmark --strategies random,tpe,nsga2,rea,pnas --runs 10 --trials 100 --markdown"))
+    b.add_argument("--space", default="nano", help="the space to search (default nano; `nasopt list spaces`); "
+                                                   "the nanobench table covers nano only")
+    b.add_argument("--dataset", default="nanobench", help="nanobench answers trials from the shipped table; "
+                                                          "another name trains (`nasopt list datasets`)")
+    b.add_argument("--strategies", default="random,tpe,rea",
+                   help="comma-separated sampler names (default random,tpe,rea; `nasopt list samplers`)")
+    b.add_argument("--runs", type=int, default=3, help="seeded runs per strategy (default 3)")
+    b.add_argument("--trials", type=int, default=100, help="trials per run (default 100)")
     b.add_argument("--epochs", type=int, default=5, help="training epochs (ignored by nanobench)")
     b.add_argument("--markdown", action="store_true", help="print a Markdown table")
     b.set_defaults(func=cmd_benchmark)
 
-    d = sub.add_parser("dashboard", help="open optuna-dashboard on a storage (127.0.0.1 unless --host)")
+    d = sub.add_parser("dashboard", help="open optuna-dashboard on a storage (127.0.0.1 unless --host)", **_examples(
+        "nasopt dashboard                     # http://127.0.0.1:8080 on ./nasopt.db",
+        "nasopt dashboard --storage sqlite:///runs/mobile.db --port 8081"))
     d.add_argument("--storage", help=storage_help)
-    d.add_argument("--port", type=int, default=8080)
-    d.add_argument("--host", default="127.0.0.1")
+    d.add_argument("--port", type=int, default=8080, help="the port to serve on (default 8080)")
+    d.add_argument("--host", default="127.0.0.1",
+                   help="the address to serve on (default 127.0.0.1: this machine only; 0.0.0.0 serves everyone)")
     d.add_argument("--artifacts", metavar="DIR", help="artifact folder (default <db>.artifacts beside an SQLite file)")
     d.set_defaults(func=cmd_dashboard)
 
@@ -211,9 +243,10 @@ def parser() -> argparse.ArgumentParser:
     from nasopt.cli import export, profile, retrain  # export, train, profile: each module adds its subcommand
     for module in (export, retrain, profile):
         module.add_parser(sub)
-    from nasopt.cli import report
+    from nasopt.cli import listing, report
 
     report.add_parser(sub)
+    listing.add_parser(sub)
     return p
 
 

@@ -81,8 +81,14 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("profile", help="the device, torch build, measured matmul/conv throughput and energy source; "
-                                       "with --model DIR the energy per inference of an exported model")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu")
+                                       "with --model DIR the energy per inference of an exported model",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=(
+                           "examples:\n"
+                           "  nasopt profile\n"
+                           "  nasopt profile --model exports/mobile-t2 --energy estimate\n"
+                           "  nasopt profile --device cuda --json\n"))
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu",
+                   help="the hardware to profile (default cpu; auto: cuda when available)")
     p.add_argument("--model", metavar="DIR", help="an export directory (`nasopt export`): its latency and energy "
                                                   "per inference on this device")
     p.add_argument("--energy", choices=["auto", "measured", "estimate"], default="auto",

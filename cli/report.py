@@ -39,7 +39,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: Any) -> None:
-    r = sub.add_parser("report", help="write one self-contained HTML report of a study (Pareto front, history, ...)")
+    r = sub.add_parser("report", help="write one self-contained HTML report of a study (Pareto front, history, ...)",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=(
+                           "examples:\n"
+                           "  nasopt report nano_evolution                    # -> nano_evolution_report.html\n"
+                           "  nasopt report mobile_pareto -o report.html --storage sqlite:///runs/mobile.db\n"))
     r.add_argument("study", help="the study's name (see `nasopt ls`)")
     r.add_argument("-o", "--output", metavar="FILE", help="the HTML file to write (default STUDY_report.html)")
     r.add_argument("--storage", help="storage URL (default sqlite:///nasopt.db in the working directory)")

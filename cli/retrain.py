@@ -151,7 +151,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def add_parser(sub: Any) -> None:
     t = sub.add_parser("train", help="retrain a trial from scratch with the full schedule; test accuracy, "
-                                     "optionally beside ResNet-18 or on another dataset")
+                                     "optionally beside ResNet-18 or on another dataset",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=(
+                           "examples:\n"
+                           "  nasopt train nano_evolution --trial 3 --epochs 20\n"
+                           "  nasopt train mobile_pareto --trial 2 --epochs 50 --compare resnet18 --json\n"
+                           "  nasopt train nano_evolution --trial 3 --epochs 20 -o exports/nano-t3   # retrain and export\n"))
     t.add_argument("study", help="the study's name (see `nasopt ls`)")
     t.add_argument("--trial", type=int, required=True, metavar="N", help="the trial whose architecture to train")
     t.add_argument("--epochs", type=int, required=True, metavar="E", help="training epochs (cosine schedule)")
@@ -164,8 +169,9 @@ def add_parser(sub: Any) -> None:
     t.add_argument("--augment", default="auto", help="auto (the dataset's standard), none, crop or crop+flip")
     t.add_argument("--drop-path", type=float, help="drop-path rate of cell networks (default 0.2)")
     t.add_argument("--no-aux", action="store_true", help="no auxiliary head for cell networks")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    t.add_argument("--seed", type=int, default=0, help="seed of the initial weights, the data order and the split of --dataset (default 0)")
+    t.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="where to train (default auto: cuda when available)")
     t.add_argument("--storage", help="storage URL (default sqlite:///nasopt.db in the working directory)")
     t.add_argument("--study-file", metavar="FILE", help="the study file that ran the study")
     t.add_argument("-o", "--output", metavar="DIR", help="also export the retrained model to DIR (as `nasopt export`)")

@@ -30,9 +30,9 @@ test is val.
 """
 
 from nasopt.data._splits import KINDS, Split, StreamSplit, Task, TensorSplit
-from nasopt.data._tasks import DATASETS, load_task, resolve_device
+from nasopt.data._tasks import DATASET_NOTES, DATASETS, load_task, resolve_device
 from nasopt.data._user import user_task
 from nasopt.data._user_splits import LoaderSplit, MemorySplit
 
-__all__ = ["DATASETS", "KINDS", "Split", "TensorSplit", "StreamSplit", "MemorySplit", "LoaderSplit", "Task",
+__all__ = ["DATASETS", "DATASET_NOTES", "KINDS", "Split", "TensorSplit", "StreamSplit", "MemorySplit", "LoaderSplit", "Task",
            "load_task", "resolve_device", "user_task"]

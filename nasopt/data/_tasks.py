@@ -12,10 +12,22 @@ from nasopt.data._datasets import Raw, one_line, stratified_split
 from nasopt.data._splits import Task, channel_stats, resize, tensor_split
 from nasopt.errors import UserError
 
-__all__ = ["DATASETS", "load_task", "resolve_device"]
+__all__ = ["DATASETS", "DATASET_NOTES", "load_task", "resolve_device"]
 
 DATASETS: tuple[str, ...] = ("digits", "synthetic", "mnist", "fashion_mnist", "cifar10", "cifar100", "imagefolder",
                              "mnist1d", "tensors")
+# one line per dataset, for `nasopt list datasets`
+DATASET_NOTES: dict[str, str] = {
+    "digits": "scikit-learn's 8x8 handwritten digits (1, 8, 8), 10 classes, shipped: no download",
+    "synthetic": "600 noisy class prototypes (1, 8, 8), 10 classes, generated: for tests and demos",
+    "mnist": "MNIST (1, 28, 28), 10 classes; data_dir= (download=True fetches it)",
+    "fashion_mnist": "Fashion-MNIST (1, 28, 28), 10 classes; data_dir= (download=True fetches it)",
+    "cifar10": "CIFAR-10 (3, 32, 32), 10 classes; data_dir= (download=True fetches it)",
+    "cifar100": "CIFAR-100 (3, 32, 32), 100 classes; data_dir= (download=True fetches it)",
+    "imagefolder": "your images in data_dir/train/<class>/*.png|jpg (val/, test/ optional), resized to image_size",
+    "mnist1d": "MNIST-1D signals (1, 40), 10 classes, generated and cached: TinyML-sized",
+    "tensors": "your own arrays: one .npz or .pt file with x_train, y_train, x_test, y_test (data_dir=FILE)",
+}
 
 
 # ---------------------------------------------------------------------------------------------- load_task

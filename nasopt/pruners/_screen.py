@@ -18,7 +18,6 @@ import optuna
 from optuna.trial import TrialState
 
 from nasopt.errors import UserError
-from nasopt.measure._proxies import check_names
 from nasopt.pruners._base import CurvePruner
 
 __all__ = ["Screen", "seen_scores"]
@@ -41,6 +40,8 @@ class Screen(CurvePruner):
 
     def __init__(self, *, proxy: str = "naswot", bottom: float = 0.5, warmup: int = 10,
                  then: CurvePruner | None = None) -> None:
+        from nasopt.measure._proxies import check_names  # on use: the proxies' module loads torch
+
         check_names([proxy])
         if isinstance(bottom, bool) or not isinstance(bottom, (int, float)) or not 0 < bottom < 1:
             raise UserError(f"`0 < bottom < 1` must hold (the share screened out), but got bottom={bottom!r}")

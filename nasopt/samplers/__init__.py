@@ -14,7 +14,6 @@ from typing import Any
 import optuna
 
 from nasopt.errors import UserError
-from nasopt.samplers._pnas import PNASSampler
 from nasopt.samplers._rea import REASampler
 from nasopt.samplers._rl import RLSampler
 
@@ -26,6 +25,10 @@ def __getattr__(name: str) -> Any:
         from nasopt.samplers._botorch import BoTorchPoolSampler
 
         return BoTorchPoolSampler
+    if name == "PNASSampler":  # imported on use: its predictor trains with torch (the names alone need none)
+        from nasopt.samplers._pnas import PNASSampler
+
+        return PNASSampler
     raise AttributeError(f"module 'nasopt.samplers' has no attribute {name!r}")
 
 
