@@ -62,9 +62,16 @@ class NanoBench:
 
     @functools.cached_property
     def optimum(self) -> dict[str, Any]:
-        """The architecture with the best mean validation accuracy over seeds."""
-        best = max(self.table.values(), key=lambda e: statistics.fmean(r["val_acc"] for r in e["seeds"].values()))
-        return dict(best["arch"])
+        """The architecture with the best mean validation accuracy over seeds (the first of `optima`)."""
+        return self.optima[0]
+
+    @functools.cached_property
+    def optima(self) -> list[dict[str, Any]]:
+        """Every architecture whose mean validation accuracy over seeds equals the best (the table has ties:
+        three at the top), in the table's order; finding any of them is finding the optimum."""
+        means = [(statistics.fmean(r["val_acc"] for r in e["seeds"].values()), e) for e in self.table.values()]
+        top = max(m for m, _ in means)
+        return [dict(e["arch"]) for m, e in means if m == top]
 
     def check_space(self, space: Any) -> None:
         """Raise UserError unless `space` makes exactly the decisions the table was built on."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -56,6 +57,35 @@ def test_benchmark_compares_strategies_as_a_frame():
     assert list(frame["strategy"]) == ["random", "rea"]
     assert {"best_val", "best_val_std", "best_test", "trials_to_opt", "found_opt"} <= set(frame.columns)
     assert (frame["best_val"] > 0.9).all()
+
+
+def test_benchmark_counts_every_tied_optimum_and_reports_nan_when_most_runs_miss():
+    """nano-bench has three architectures tied at the best mean validation accuracy: finding any is finding
+    the optimum; trials_to_opt is the median with a missed run counted as more than n_trials, NaN when that
+    median is a miss (never a number beyond the budget), and the CLI prints '>N' for it."""
+    import math
+    import statistics
+
+    bench = nanobench.load()
+    means = {json.dumps(e["arch"], sort_keys=True): statistics.fmean(r["val_acc"] for r in e["seeds"].values())
+             for e in bench.table.values()}
+    top = max(means.values())
+    assert len(bench.optima) == sum(m == top for m in means.values()) >= 2
+    assert bench.optimum == bench.optima[0] and all(bench.mean_val_acc(a) == top for a in bench.optima)
+
+    class LastTiedFirst(optuna.samplers.RandomSampler):
+        """Proposes the last tied optimum first (not `optimum`), then random architectures."""
+
+        def sample_independent(self, study, trial, name, distribution):
+            if trial.number == 0:
+                return bench.optima[-1][name]
+            return super().sample_independent(study, trial, name, distribution)
+
+    frame = nasopt.benchmark({"tied": lambda seed: LastTiedFirst(seed=seed)}, num_runs=1, n_trials=3)
+    assert frame.loc[0, "trials_to_opt"] == 1 and frame.loc[0, "found_opt"] == "1/1"
+    miss = nasopt.benchmark(["random"], num_runs=1, n_trials=2)  # 2 random trials of 625: a miss
+    if miss.loc[0, "found_opt"] == "0/1":
+        assert math.isnan(miss.loc[0, "trials_to_opt"])
 
 
 @pytest.mark.parametrize("seed", [0])
