@@ -13,7 +13,10 @@ Run the study first (`nasopt run studies/tinyml_mnist1d.py --storage sqlite:///t
 2. the median accuracy drop fp32 -> int8 after post-training quantization, and with QAT;
 3. for `--archs` random architectures of the space: `flash_kb` (counted from the architecture) against the
    tensors of the int8 ONNX file onnxruntime's quantizer writes (int8 weights, int32 biases, float32 scales and
-   zero points; BN folded by the export), and `sram_kb` (nasopt's op-by-op schedule) against a count over
+   zero points; BN folded by the export) — the QDQ format also stores each bias' float32 scale and int32 zero
+   point (8 bytes per output channel, which an MCU runtime derives from the input and weight scales) and a
+   float32 scale and 8-bit zero point per quantized activation (5 bytes each), so `flash+QDQ` adds those to
+   `flash_kb` and should equal the file's count —, and `sram_kb` (nasopt's op-by-op schedule) against a count over
    the exported ONNX graph: its nodes in the file's order, every activation 1 byte per element, each live
    from the node that writes it to the last node that reads it (no in-place ops: an upper bound when
    activations run in place).
@@ -72,6 +75,19 @@ def onnx_peak_kb(path: Path) -> float:
     return peak / 1024
 
 
+def _channels(model: torch.nn.Module) -> int:
+    """Output channels of every conv and linear layer (one bias each)."""
+    return sum(m.out_channels if isinstance(m, torch.nn.modules.conv._ConvNd) else m.out_features
+               for m in model.modules() if isinstance(m, torch.nn.modules.conv._ConvNd | torch.nn.Linear))
+
+
+def _quantized_activations(path: Path) -> int:
+    """QuantizeLinear nodes of the int8 graph (each reads an activation with its own scale and zero point)."""
+    import onnx
+
+    return sum(n.op_type == "QuantizeLinear" for n in onnx.load(str(path)).graph.node)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--storage", required=True, help="where studies/tinyml_mnist1d.py was run")
@@ -119,7 +135,7 @@ def main() -> None:
 
     print(f"\nbudgets of {args.archs} random architectures: predicted before training against the int8 file / "
           "the ONNX graph's schedule")
-    print(f"{'arch':<40} {'flash_kb':>8} {'int8 file':>9} {'sram_kb':>8} {'graph':>8}")
+    print(f"{'arch':<40} {'flash_kb':>8} {'flash+QDQ':>9} {'int8 file':>9} {'sram_kb':>8} {'graph':>8}")
     for i in range(args.archs):
         arch = random_arch(spec.space, seed=i)
         torch.manual_seed(i)
@@ -128,7 +144,9 @@ def main() -> None:
             fp32_path, int8_path = Path(tmp) / "model.onnx", Path(tmp) / "model.int8.onnx"
             write_onnx(model, torch.randn(2, *task.input_shape), fp32_path)
             quantize_onnx(fp32_path, int8_path, task, calibration)
-            print(f"{spec.space.describe(arch)[:40]:<40} {flash_kb(model):>8.2f} {tensor_kb(int8_path):>9.2f} "
+            extras = 8 * _channels(model) + 5 * _quantized_activations(int8_path)
+            print(f"{spec.space.describe(arch)[:40]:<40} {flash_kb(model):>8.2f} {flash_kb(model) + extras / 1024:>9.2f} "
+                  f"{tensor_kb(int8_path):>9.2f} "
                   f"{sram_kb(model, task.input_shape):>8.2f} {onnx_peak_kb(fp32_path):>8.2f}")
 
 

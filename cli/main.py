@@ -144,7 +144,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         "best val acc": [f"{m:.4f} ± {s:.4f}" for m, s in zip(frame["best_val"], frame["best_val_std"], strict=True)],
         "seed-mean val acc of best": frame["best_true"].map(lambda v: f"{v:.4f}"),
         "test acc of best": frame["best_test"].map(lambda v: f"{v:.4f}"),
-        "trials to optimum (median)": [f">{args.trials}" if t > args.trials else f"{t:g}" for t in frame["trials_to_opt"]],
+        "trials to optimum (median)": [f">{args.trials}" if t != t else f"{t:g}" for t in frame["trials_to_opt"]],  # NaN: not found in most runs
         "optimum found": frame["found_opt"],
         "s/run": frame["seconds"].map(lambda v: f"{v:.1f}"),
     })

@@ -172,6 +172,17 @@ def test_run_with_overrides_and_other_storage(tmp_path):
     assert [t.params for t in trials] == expected
 
 
+def test_a_new_storage_in_a_missing_folder_below_this_one_makes_the_folder(tmp_path):
+    """The README's `--storage sqlite:///runs/mobile.db` works in a fresh checkout (runs/ is made); a missing
+    absolute folder stays a one-line error (storage_no_folder), and reading never makes folders."""
+    result = nasopt("run", MOBILE, "-q", "--n-trials", 1, "--set", "train.epochs=1", "--storage",
+                    "sqlite:///runs/sub/mobile.db", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "runs" / "sub" / "mobile.db").is_file()
+    shown = nasopt("ls", "--storage", "sqlite:///elsewhere/x.db", cwd=tmp_path)
+    assert shown.returncode == 2 and "does not exist" in shown.stderr and not (tmp_path / "elsewhere").exists()
+
+
 def test_single_objective_study_with_median_pruner(tmp_path):
     result = nasopt("run", NANO, "-q", cwd=tmp_path)
     assert result.returncode == 0, result.stderr

@@ -64,6 +64,14 @@ def _check_file(path: Path, url: str, kind: str, create: bool) -> None:
     if path.is_dir():
         name = "nasopt.db" if kind == "sqlite" else "nasopt.log"
         raise UserError(f"storage {url} points to a directory; give a file, e.g. {scheme}:///{path / name}")
+    if not path.parent.exists() and create and not path.is_absolute() and ".." not in path.parts:
+        # a new file in a folder below this one (sqlite:///runs/mobile.db): the folder is made for it; an absolute
+        # path to a missing folder is more likely a typo than a wish, and is refused below
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"cannot create folder {path.parent} for storage {url}: {e.strerror}; create it or "
+                            "choose another path") from None
     if not path.parent.exists():
         raise UserError(f"cannot open storage {url}: folder {path.parent} does not exist; create it or "
                         "choose another path")
