@@ -9,10 +9,9 @@ The public names are imported on first use (PEP 562): `import nasopt` costs mill
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from nasopt._lazy import lazy_exports
 from nasopt.errors import UserError
 
 __version__ = "0.1.0"
@@ -37,15 +36,4 @@ if TYPE_CHECKING:
     from nasopt.train import TrainConfig
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value  # later lookups are plain attribute reads
-        return value
-    if not name.startswith("__") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
-        return importlib.import_module(f"{__name__}.{name}")  # nasopt.oneshot.DARTS after `import nasopt`
-    raise AttributeError(f"module 'nasopt' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _LAZY, submodules=True)  # nasopt.oneshot after `import nasopt`

@@ -7,8 +7,9 @@ plots (plotly) or the dashboard's views (torch).
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from nasopt._lazy import lazy_exports
 
 __all__ = ['FeasibilityView', 'artifact_folder', 'plots', 'arch_plots', 'write_report', 'search_metrics', 'render_report', 'load_study', 'trials_frame', 'pareto_front', 'study_names']
 
@@ -34,15 +35,4 @@ if TYPE_CHECKING:
     from nasopt.analysis._results import load_study, pareto_front, study_names, trials_frame
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        module, attribute = _LAZY[name]
-        value = importlib.import_module(module)
-        value = value if attribute is None else getattr(value, attribute)
-        globals()[name] = value  # later lookups are plain attribute reads
-        return value
-    raise AttributeError(f"module 'nasopt.analysis' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _LAZY)

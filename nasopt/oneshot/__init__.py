@@ -8,10 +8,9 @@ The methods are imported on first use (PEP 562): the names in STRATEGIES are rea
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from nasopt._lazy import lazy_exports
 from nasopt.oneshot._registry import STRATEGIES, make_strategy, strategy_classes
 
 __all__ = ["DARTS", "ProxylessNAS", "ENAS", "Controller", "MixedChooser", "MixedOp", "Supernet", "STRATEGIES",
@@ -30,15 +29,4 @@ if TYPE_CHECKING:
     from nasopt.oneshot.proxyless import ProxylessNAS
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value  # later lookups are plain attribute reads
-        return value
-    if not name.startswith("__") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
-        return importlib.import_module(f"{__name__}.{name}")  # nasopt.oneshot.darts after `import nasopt.oneshot`
-    raise AttributeError(f"module 'nasopt.oneshot' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _LAZY, submodules=True)  # nasopt.oneshot.darts too

@@ -13,6 +13,7 @@ from typing import Any
 
 import optuna
 
+from nasopt._lazy import lazy_exports
 from nasopt.errors import UserError
 from nasopt.samplers._rea import REASampler
 from nasopt.samplers._rl import RLSampler
@@ -20,16 +21,10 @@ from nasopt.samplers._rl import RLSampler
 __all__ = ["SAMPLERS", "SAMPLER_CLASSES", "make_sampler", "sampler_class", "REASampler", "PNASSampler", "RLSampler", "BoTorchPoolSampler"]
 
 
-def __getattr__(name: str) -> Any:
-    if name == "BoTorchPoolSampler":  # imported on use: it needs the optional botorch package
-        from nasopt.samplers._botorch import BoTorchPoolSampler
-
-        return BoTorchPoolSampler
-    if name == "PNASSampler":  # imported on use: its predictor trains with torch (the names alone need none)
-        from nasopt.samplers._pnas import PNASSampler
-
-        return PNASSampler
-    raise AttributeError(f"module 'nasopt.samplers' has no attribute {name!r}")
+# imported on use: BoTorchPoolSampler needs the optional botorch package, PNASSampler's predictor trains with
+# torch (the names alone need neither)
+__getattr__, __dir__ = lazy_exports(__name__, globals(), {"BoTorchPoolSampler": "nasopt.samplers._botorch",
+                                                         "PNASSampler": "nasopt.samplers._pnas"})
 
 
 # Each factory takes keyword arguments: seed, n_objectives and space (the study's search space, for
