@@ -42,7 +42,10 @@ def _gradient(strategy: str, epochs: int, options: dict[str, Any]) -> Any:
     return dataclasses.replace(method, **{"epochs": epochs, **options})
 
 
-def _sampler(strategy: str, *, seed: int, n_objectives: int, space: Any, **options: Any) -> Any:
+def _sampler(strategy: str, *, seed: int, n_objectives: int, space: Any, gradient: bool = True,
+             **options: Any) -> Any:
+    """The sampler called `strategy` (a sampler name or one of STRATEGY_ALIASES); an unknown name is refused
+    with every name the caller takes (`gradient`: the gradient methods too, as `search` does)."""
     from nasopt.samplers import make_sampler
 
     name = STRATEGY_ALIASES.get(strategy, strategy)
@@ -52,6 +55,12 @@ def _sampler(strategy: str, *, seed: int, n_objectives: int, space: Any, **optio
         return REASampler(seed=seed, **options)
     if options:
         raise UserError(f"strategy {strategy!r} takes no options, but got {sorted(options)}")
+    from nasopt.oneshot import STRATEGIES
+    from nasopt.samplers import SAMPLERS
+
+    if name not in SAMPLERS:  # the API's words too: the samplers, their aliases (and the gradient methods)
+        known = [*SAMPLERS, *STRATEGY_ALIASES, *(STRATEGIES if gradient else ())]
+        raise UserError(f"unknown {'strategy' if gradient else 'sampler'} {strategy!r}; known: {', '.join(known)}")
     return make_sampler(name, seed=seed, n_objectives=n_objectives, space=space)
 
 
@@ -155,7 +164,7 @@ def benchmark(strategies: Any = ("random", "tpe", "rea"), *, num_runs: int = 3,
 
     bench = nanobench.load() if dataset == "nanobench" else None
     factories = dict(strategies) if isinstance(strategies, dict) else {
-        name: (lambda seed, name=name: _sampler(name, seed=seed, n_objectives=1, space=space_of()))
+        name: (lambda seed, name=name: _sampler(name, seed=seed, n_objectives=1, space=space_of(), gradient=False))
         for name in strategies}
 
     def space_of() -> Any:

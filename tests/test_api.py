@@ -121,6 +121,9 @@ def test_benchmark_cli_prints_the_table_and_rejects_unknown_strategies(tmp_path)
     assert "random" in result.stdout and "tpe" in result.stdout and "trials to optimum" in result.stdout
     bad = subprocess.run(cmd[:5] + ["random,nope"], capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert bad.returncode == 2 and "unknown sampler 'nope'" in bad.stderr and "Traceback" not in bad.stderr
+    assert "evolution" in bad.stderr and "rea" in bad.stderr and "darts" not in bad.stderr  # every name it takes
+    with pytest.raises(nasopt.UserError, match="unknown strategy 'annealing'.*evolution.*darts"):
+        nasopt.search("annealing")
 
 
 def test_model_based_strategies_beat_random_on_nanobench():

@@ -252,3 +252,22 @@ def test_arch_gp_matches_a_direct_computation():
                                                           rel=1e-6)
             var = k(a, a, out) - ks @ np.linalg.solve(K, ks)
             assert std[row, out].item() == pytest.approx(np.sqrt(var) * scale, rel=1e-5)
+
+
+def test_no_third_party_deprecation_noise_reaches_the_user():
+    """botorch/gpytorch call torch.jit.script at import, which torch 2.14 deprecates with a FutureWarning the
+    user cannot act on: importing and running the sampler with FutureWarnings as errors works."""
+    import subprocess
+    import sys
+
+    code = ("import optuna, nasopt\n"
+            "from nasopt.search_spaces.nano import NanoSpace\n"
+            "from nasopt.samplers import make_sampler\n"
+            "sp = NanoSpace()\n"
+            "spec = nasopt.StudySpec(name='b', space=sp, dataset='nanobench', n_trials=12,\n"
+            "                        sampler=make_sampler('botorch', seed=0, n_objectives=1, space=sp))\n"
+            "study = nasopt.run(spec, storage=optuna.storages.InMemoryStorage(), progress=False)\n"
+            "print(len(study.trials))\n")
+    done = subprocess.run([sys.executable, "-W", "error::FutureWarning", "-c", code], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "12", done.stderr[-2000:]

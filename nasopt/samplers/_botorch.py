@@ -54,6 +54,7 @@ from __future__ import annotations
 import math
 import random
 import threading
+import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from typing import Any
@@ -61,9 +62,12 @@ from typing import Any
 import numpy as np
 import optuna
 import torch
-from botorch.acquisition.analytic import _log_ei_helper
-from botorch.utils.multi_objective.pareto import is_non_dominated
-from botorch.utils.safe_math import log_softplus
+
+with warnings.catch_warnings():  # botorch/gpytorch's import-time torch.jit.script calls: noise the user cannot act on
+    warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated", category=FutureWarning)
+    from botorch.acquisition.analytic import _log_ei_helper
+    from botorch.utils.multi_objective.pareto import is_non_dominated
+    from botorch.utils.safe_math import log_softplus
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
 from optuna.samplers import BaseSampler, RandomSampler
 from optuna.study import Study, StudyDirection
