@@ -79,12 +79,15 @@ class NanoBench:
             names = set(space.distributions())
             choices = {n: tuple(d.choices) for n, d in space.distributions().items()}
         except AttributeError:
-            raise UserError("dataset 'nanobench' needs the nano space (NanoSpace())") from None
+            raise UserError("dataset 'nanobench' is a table of the nano space's architectures only; use the nano "
+                            "space (NanoSpace(), --space nano), or train another space on a dataset: "
+                            "dataset='digits' or 'mnist1d' (CLI: --dataset digits)") from None
         sample = next(iter(self.table.values()))["arch"]
         ops = tuple(self.meta.get("ops", ()))
         if names != set(sample) or (ops and any(c != ops for c in choices.values())):
             raise UserError(f"dataset 'nanobench' answers only the nano space's decisions {sorted(sample)}; "
-                            f"the study's space has {sorted(names)}: use space=NanoSpace() (CLI: --set space=nano)")
+                            f"the study's space has {sorted(names)}: use space=NanoSpace() (CLI: --set space=nano), or train "
+                            "this space on a dataset: dataset='digits' or 'mnist1d' (CLI: --dataset digits)")
 
 
 @functools.cache
