@@ -86,6 +86,24 @@ def test_predictor_sums_the_entries_of_an_architecture_exactly(digits_task, monk
     assert {f["median_ms"] for f in table.frames.values()} != {0.0}  # stem + classifier in the fixed part
 
 
+def test_a_frame_timed_below_its_zero_ops_is_clamped_not_negative(digits_task, monkeypatch):
+    """Timing noise can make a skeleton time less than its zero ops alone; the table never holds a negative
+    cost: the frame is 0 with the raw difference kept beside it, and a stored negative reads as 0."""
+    def frames_faster_than_zeros(jobs, warmup, repeats, bar, seed=0):
+        # op entries 1 ms each; the frames (the last jobs: whole networks) 0.5 ms, below their zero ops' sum
+        return [(0.5 if isinstance(module, nn.Module) and hasattr(module, "blocks") else 1.0, 0.0)
+                for module, _ in jobs]
+
+    monkeypatch.setattr(latency_build, "_measure", frames_faster_than_zeros)
+    space = MobileSpace(**TINY)
+    table = build_table(space, digits_task, repeats=1, warmup=0)
+    assert all(f["median_ms"] == 0.0 and f["clamped_from_ms"] < 0 for f in table.frames.values())
+    arch = random_arch(space, seed=0)
+    key = next(iter(table.frames))
+    table.frames[key]["median_ms"] = -0.074  # an older table's negative entry
+    assert table.frame_ms(arch) >= 0.0
+
+
 def test_predictor_tracks_measured_latency(digits_task, tmp_path):
     """A loose check in real milliseconds (the exact composition is the MAC test above; the error figure is
     benchmarks/bench_latency.py): the smallest and the largest architecture and four random ones. Load from

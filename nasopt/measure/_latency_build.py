@@ -172,8 +172,10 @@ def build_table(space: Any, task: Any, *, device: str = "cpu", batch_size: int =
     frames: dict[str, dict[str, Any]] = {}
     for (key, (_, slots, decisions)), (median, iqr) in zip(shapes.frames.items(), results[len(entries):], strict=True):
         zeros = sum(ops["zero"][s.key()]["median_ms"] for s in slots)
-        frames[key] = {"median_ms": round(median - zeros, 6), "iqr_ms": round(iqr, 6), "skeleton_ms": round(median, 6),
-                       "slots": len(slots), "decisions": decisions}
+        frames[key] = {"median_ms": round(max(median - zeros, 0.0), 6), "iqr_ms": round(iqr, 6),
+                       "skeleton_ms": round(median, 6), "slots": len(slots), "decisions": decisions}
+        if median < zeros:  # the skeleton timed faster than its zero ops alone: timing noise, never a negative cost
+            frames[key]["clamped_from_ms"] = round(median - zeros, 6)
     provenance = {
         "method": "measured per op", "device": dev.type, "device_name": device_name(dev),
         "threads": threads or old_threads, "batch_size": batch_size, "warmup": warmup, "repeats": repeats,

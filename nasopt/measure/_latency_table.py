@@ -220,7 +220,7 @@ class LatencyTable:
         if key not in self.frames:
             raise UserError(f"latency table {self.path or ''} has no frame {key}: it was built for another "
                             f"space configuration; {self.rebuild_hint()}")
-        return float(self.frames[key]["median_ms"])
+        return max(float(self.frames[key]["median_ms"]), 0.0)  # a table from before negatives were clamped
 
     def predict(self, space: Any, arch: Mapping[str, Any], task: Any) -> float:
         """Predicted latency (ms) of `arch`: its frame's fixed part + the chosen op of every slot that runs."""
