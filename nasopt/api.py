@@ -9,12 +9,13 @@ from __future__ import annotations
 import math
 import statistics
 import time
+import warnings
 from typing import Any
 
 import optuna
 from torch import nn
 
-from nasopt.errors import UserError
+from nasopt.errors import SuspectResult, UserError
 from nasopt.search_spaces import make_space
 
 __all__ = ["nano_nas", "search", "benchmark", "STRATEGY_ALIASES"]
@@ -103,6 +104,8 @@ def search(strategy: str = "evolution", *, space: Any = "nano", dataset: str = "
     model = space_obj.build(best.params, task).to(task.device)
     train(model, task, spec.train, seed=seed_used)
     model.eval()
+    for message in best.user_attrs.get("warnings") or []:  # what the study stored against this result
+        warnings.warn(f"{name} trial {best.number}: {message}", SuspectResult, stacklevel=2)
     if not return_results:
         return model
     return model, {"study_name": name, "trial": best.number, "params": dict(best.params),

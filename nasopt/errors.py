@@ -8,11 +8,16 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["UserError", "Terminated", "check_fields"]
+__all__ = ["UserError", "Terminated", "SuspectResult", "check_fields"]
 
 
 class UserError(ValueError):
     """A mistake in what the user asked for (bad name, bad value, missing file): never a bug."""
+
+
+class SuspectResult(UserWarning):
+    """A result that should not be trusted (a trial's `warnings`: near-chance accuracy, a collapsed derived
+    architecture), raised as a Python warning by the one-line API."""
 
 
 class Terminated(KeyboardInterrupt):

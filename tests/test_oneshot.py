@@ -183,6 +183,9 @@ def test_a_darts_run_is_one_complete_trial_like_a_sampled_one(tmp_path):
         assert len(t.user_attrs["alphas"]) == 2 and set(t.user_attrs["alphas"][0]["weights"]) == set(t.params)
         assert t.user_attrs["genotype"] == space.describe(t.params) == t.user_attrs["arch"]
         assert t.user_attrs["curve"] and t.values[1] == t.user_attrs["params"]
+        ops = [t.params[f"pos{i}.op"] for i in range(4)]  # a mostly weightless derived network says so
+        weightless = sum(op in ("zero", "skip", "maxpool3x3") for op in ops)
+        assert any("searched ops" in w for w in t.user_attrs.get("warnings", [])) == (weightless >= 3), ops
     assert [t.user_attrs["strategy"]["label"] for t in gradient] == ["darts", "pc_darts_k2"]
     frame = nasopt.trials_frame(url, "mixed")
     assert list(frame["strategy"]) == ["RandomSampler", "RandomSampler", "darts", "pc_darts_k2"]

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from nasopt.keys import CHECKPOINT_KEY, STRATEGY_KEY, WORKER_KEY
 from nasopt.storage import set_user_attrs
 from nasopt.study import _objective, _recovery
+from nasopt.study import _suspect as suspect
 
 if TYPE_CHECKING:
     from nasopt.study._spec import StudySpec
@@ -130,6 +131,7 @@ class GradientObjective:
         strategy = self.strategies[label]
         if "fixed_params" not in system:  # killed during the evaluation training: the search is done
             arch, summary = self._search(trial, strategy, label, system)
+            suspect.warn(trial, suspect.collapsed(self.spec.space, arch, self.task))  # DARTS' collapse, said
             set_user_attrs(trial, {"strategy": strategy.config(), "search_summary": summary["stopped"] or "completed",
                                    "genotype": self.spec.space.describe(arch)})
             trial.storage.set_trial_system_attr(trial._trial_id, "fixed_params", arch)

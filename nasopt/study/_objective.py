@@ -35,6 +35,7 @@ from nasopt.storage import (
 from nasopt.storage._fast._buffer import flush, hold
 from nasopt.study import _int8 as int8
 from nasopt.study import _proxies as proxies
+from nasopt.study import _suspect as suspect
 from nasopt.study._identity import accepted_changes
 from nasopt.study._index import StudyIndex
 from nasopt.study._recovery import (
@@ -307,6 +308,8 @@ class Objective:
                                "trained_as": {"precision": result.precision, "channels_last": result.channels_last},
                                "timings": {"build_s": round(t1 - t0, 4), "latency_s": round(t2 - t1, 4),
                                            "metrics_s": round(t3 - t2, 4), "train_s": round(result.seconds, 4)}})
+        if "accuracy" in user:  # a result that should not be trusted says so (nasopt.study._suspect)
+            suspect.warn(trial, suspect.near_chance(user["accuracy"], getattr(task, "num_classes", None)))
         values = [float(metrics[m]) for m in spec.objectives]
         keep_weights(trial, model, values, self.store, directory=spec.artifacts)  # trials not dominated so far
         return values
