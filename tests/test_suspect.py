@@ -64,3 +64,29 @@ def test_a_near_chance_trial_stores_its_warning_and_the_api_raises_it(tmp_path):
                                           n_trials=1, train=nasopt.TrainConfig(epochs=3)),
                          storage=optuna.storages.InMemoryStorage(), progress=False)
     assert "warnings" not in healthy.trials[0].user_attrs
+
+
+def _trial(number, latency, warnings=None):
+    attrs = {"latency": latency, **({"warnings": warnings} if warnings else {})}
+    trial = optuna.trial.create_trial(values=[0.9, latency["median_ms"]], user_attrs=attrs,
+                                      params={}, distributions={})
+    trial.number = number
+    return trial
+
+
+def test_a_front_that_mixes_latency_conditions_or_timed_a_busy_machine_is_flagged():
+    from nasopt.analysis import front_warnings, trial_warnings
+
+    quiet = {"method": "measured", "device": "cpu", "threads": 2, "batch_size": 1, "median_ms": 1.0, "iqr_ms": 0.05}
+    front = [_trial(0, quiet), _trial(1, {**quiet, "median_ms": 2.0})]
+    assert front_warnings(front, ["accuracy", "latency_ms"]) == []
+    mixed = [*front, _trial(2, {**quiet, "threads": 1})]
+    [message] = front_warnings(mixed, ["accuracy", "latency_ms"])
+    assert "different conditions" in message and "2 thread(s), batch 1: trials 0, 1" in message
+    assert "1 thread(s), batch 1: trials 2" in message
+    busy = [*front, _trial(3, {**quiet, "iqr_ms": 0.9})]
+    [message] = front_warnings(busy, ["accuracy", "latency_ms"])
+    assert "more than half the median for trials 3 (IQR 0.9 ms on 1 ms)" in message
+    assert front_warnings(busy, ["accuracy", "params"]) == []  # latency not compared: nothing to say
+    warned = _trial(4, quiet, ["final accuracy 0.110 is near chance"])
+    assert trial_warnings([*front, warned]) == ["trial 4: final accuracy 0.110 is near chance"]

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from nasopt._lazy import lazy_exports
 
-__all__ = ['FeasibilityView', 'artifact_folder', 'plots', 'arch_plots', 'write_report', 'search_metrics', 'render_report', 'load_study', 'trials_frame', 'pareto_front', 'study_names']
+__all__ = ['FeasibilityView', 'artifact_folder', 'plots', 'arch_plots', 'write_report', 'search_metrics', 'render_report', 'load_study', 'trials_frame', 'pareto_front', 'study_names', 'trial_warnings', 'front_warnings']
 
 # public name -> (the module that defines it, the attribute there; None: the module itself)
 _LAZY: dict[str, tuple[str, str | None]] = {
@@ -25,6 +25,8 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "pareto_front": ("nasopt.analysis._results", "pareto_front"),
     "study_names": ("nasopt.analysis._results", "study_names"),
     "trials_frame": ("nasopt.analysis._results", "trials_frame"),
+    "trial_warnings": ("nasopt.analysis._trust", "trial_warnings"),
+    "front_warnings": ("nasopt.analysis._trust", "front_warnings"),
 }
 
 if TYPE_CHECKING:
@@ -33,6 +35,7 @@ if TYPE_CHECKING:
     from nasopt.analysis._dashboard import FeasibilityView, artifact_folder
     from nasopt.analysis._report import render_report, search_metrics, write_report
     from nasopt.analysis._results import load_study, pareto_front, study_names, trials_frame
+    from nasopt.analysis._trust import front_warnings, trial_warnings
 
 
 __getattr__, __dir__ = lazy_exports(__name__, globals(), _LAZY)
