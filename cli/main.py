@@ -45,32 +45,70 @@ def cmd_run(args: argparse.Namespace) -> int:
         from nasopt.keys import STRATEGY_KEY
 
         gradient = [t for t in study.get_trials(deepcopy=False) if STRATEGY_KEY in t.system_attrs and t.state.is_finished()]
-        print(f"study {spec.name!r}: {len(gradient)} gradient trial(s) finished, "
-              f"{finished_count(study)} sampled {where}")
+        done = finished_count(study)
+        print(f"study {spec.name!r}: {len(gradient)} gradient trial(s) finished, {done} sampled "
+              f"{_states(study, done)} {where}")
     else:
-        print(f"study {spec.name!r}: {finished_count(study)} trials finished {where}")
+        done = finished_count(study)
+        print(f"study {spec.name!r}: {done} trials finished {_states(study, done)} {where}")
     print(_table(study, top=5))
     return 0
 
 
-def _table(study: Any, top: int) -> str:
-    import pandas as pd
+def _states(study: Any, finished: int) -> str:
+    """How the sampled trials that count against the budget ended: "(3 complete, 1 pruned)"."""
+    from nasopt.keys import STRATEGY_KEY
 
+    sampled = [t for t in study.get_trials(deepcopy=False) if STRATEGY_KEY not in t.system_attrs]
+    complete = sum(t.state.name == "COMPLETE" for t in sampled)
+    pruned = sum(t.state.name == "PRUNED" for t in sampled)
+    failed = finished - complete - pruned  # a failure whose retry is pending does not count
+    return f"({complete} complete, {pruned} pruned{f', {failed} failed' if failed > 0 else ''})"
+
+
+def _table(study: Any, top: int) -> str:
+    """The best trials (one objective) or the Pareto set: one row per distinct architecture (a trial that
+    reused an earlier trial's result, or ran the same architecture again, is counted in the first's row),
+    every value by the one rule of `nasopt._format`, and no column that is empty in every row."""
+    from nasopt._format import MISSING, fmt
     from nasopt.analysis._results import pareto_front, trials_frame
 
     multi = len(study.directions) > 1
     frame = pareto_front(study=study) if multi else trials_frame(study=study)
     if not multi and not frame.empty:
         frame = frame[frame["state"] == "COMPLETE"]
-        frame = frame.sort_values(frame.columns[2], ascending=study.direction.name == "MINIMIZE").head(top)
+        frame = frame.sort_values(frame.columns[2], ascending=study.direction.name == "MINIMIZE")
     if frame.empty:
-        return "no finished trials yet"
+        complete = any(t.state.name == "COMPLETE" for t in study.get_trials(deepcopy=False))
+        return f"no {'feasible ' if complete else ''}complete trials: nothing to show"
     columns = ["number", *study.metric_names, "params", "macs", "latency_ms", "int8_accuracy", "int8_latency_ms",
                "int8_kb", "strategy", "arch"]
     columns = list(dict.fromkeys(c for c in columns if c in frame.columns))
+    records = frame.to_dict("records")
+    rows: dict[Any, dict[str, Any]] = {}  # the architecture -> its first (best) row
+    counts: dict[Any, int] = {}
+    for r in records:
+        arch = r.get("arch")
+        key = arch if isinstance(arch, str) and arch else ("trial", r["number"])
+        counts[key] = counts.get(key, 0) + 1
+        if key not in rows or r["number"] < rows[key]["number"]:  # the original, not a trial that reused it
+            rows[key] = r
+    shown = list(rows)[:top] if not multi else list(rows)
+    if any(counts[k] > 1 for k in shown):
+        columns.insert(1, "trials")
+    cells = [[fmt(counts[k], "trials") if c == "trials" else fmt(rows[k].get(c), c) for c in columns] for k in shown]
+    keep = [i for i, c in enumerate(columns) if any(row[i] != MISSING for row in cells)]
+    header = [columns[i] for i in keep]
+    cells = [[row[i] for i in keep] for row in cells]
+    widths = [max(len(h), *(len(row[i]) for row in cells)) for i, h in enumerate(header)]
+    text = [h.rjust(w) if h != "arch" else h for h, w in zip(header, widths, strict=True)]
+    lines = ["  ".join(text).rstrip()]
+    for row in cells:
+        lines.append("  ".join(v if h == "arch" else v.rjust(w)
+                               for v, h, w in zip(row, header, widths, strict=True)).rstrip())
     title = "Pareto set" if multi else f"top {top} trials"
-    with pd.option_context("display.max_colwidth", 80, "display.width", 200):
-        return f"{title}:\n" + frame[columns].to_string(index=False)
+    note = "" if "trials" not in header else " (trials: how many trials ran that architecture)"
+    return f"{title}{note}:\n" + "\n".join(lines)
 
 
 def cmd_ls(args: argparse.Namespace) -> int:

@@ -98,7 +98,7 @@ def test_run_creates_default_storage_and_prints_pareto_set(mobile_run):
     assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE", "MINIMIZE"]
     trials = study.get_trials()
     assert len(finished(study)) == len(trials) == 4
-    assert "'tiny_mobile': 4 trials finished" in result.stdout
+    assert "'tiny_mobile': 4 trials finished (4 complete, 0 pruned)" in result.stdout
     assert "sqlite:///nasopt.db" in result.stdout
     assert table_numbers(result.stdout, "Pareto set") == {t.number for t in study.best_trials}
     for t in trials:  # the file's TrainConfig(epochs=2) was used
@@ -200,8 +200,88 @@ def test_single_objective_study_with_median_pruner(tmp_path):
     for t in complete:
         assert sorted(t.intermediate_values) == [1, 2, 3]
         assert t.values == [t.intermediate_values[3]]
+    assert f"5 trials finished ({len(complete)} complete, {len(pruned)} pruned)" in result.stdout
     assert "top 5 trials" in result.stdout
     assert table_numbers(result.stdout, "top 5 trials") == {t.number for t in complete}
+
+
+NANOBENCH = """\
+import optuna
+import nasopt
+from nasopt.search_spaces.nano import NanoSpace
+
+study = nasopt.StudySpec(name="nb", space=NanoSpace(), dataset="nanobench", objectives={objectives},
+                         constraints={constraints}, sampler=optuna.samplers.{sampler}(seed={seed}), n_trials={n})
+"""
+
+
+def nanobench_study(tmp_path: Path, *, objectives: str = '{"accuracy": "maximize"}', constraints: str = "{}",
+                    sampler: str = "TPESampler", seed: int = 0, n: int = 60) -> Path:
+    """A nano-bench study file (table look-ups: a trial takes milliseconds, duplicates are common)."""
+    path = tmp_path / "nb.py"
+    path.write_text(NANOBENCH.format(objectives=objectives, constraints=constraints, sampler=sampler, seed=seed, n=n))
+    return path
+
+
+def table_rows(stdout: str, title: str) -> list[dict[str, str]]:
+    """The rows of the table printed under `title`, by column name."""
+    lines = stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(title))
+    header = lines[start + 1].split()
+    return [dict(zip(header, line.split(), strict=True)) for line in lines[start + 2:] if line.strip()]
+
+
+def test_show_lists_each_architecture_once_with_integer_counts(tmp_path):
+    """TPE on nano-bench proposes the best architectures again and again (the duplicates reuse the first's
+    result): the top 5 are 5 different architectures, each with how many trials ran it; params and MACs read
+    as integers with separators, and no column is empty in every row."""
+    ran = nasopt("run", nanobench_study(tmp_path), "-q", cwd=tmp_path)
+    assert ran.returncode == 0, ran.stderr
+    study = load(tmp_path / "nasopt.db", "nb")
+    reused = [t for t in study.trials if "reused_from" in t.user_attrs]
+    assert reused  # the premise: the study has duplicates
+    result = nasopt("show", "nb", "--top", 5, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    rows = table_rows(result.stdout, "top 5 trials")
+    assert len(rows) == 5 and len({r["arch"] for r in rows}) == 5
+    by_arch: dict[str, list[int]] = {}
+    for t in study.trials:
+        by_arch.setdefault(t.user_attrs["arch"], []).append(t.number)
+    for r in rows:  # the first trial of each architecture, with the count of its trials
+        assert int(r["number"]) == min(by_arch[r["arch"]]) and int(r["trials"]) == len(by_arch[r["arch"]])
+        assert r["params"] == f"{study.trials[int(r['number'])].user_attrs['params']:,}"
+        assert "." not in r["params"] and "." not in r["macs"] and "," in r["macs"]
+        assert len(r["accuracy"].split(".")[1]) == 4
+    assert "None" not in result.stdout and "NaN" not in result.stdout and " - " not in result.stdout
+    assert any(int(r["trials"]) > 1 for r in rows)
+
+
+def test_params_as_an_objective_read_as_integers(tmp_path):
+    """An objective value is a float (23778.0): the Pareto set prints it as the count it is (23,778)."""
+    objectives = '{"accuracy": "maximize", "params": "minimize"}'
+    ran = nasopt("run", nanobench_study(tmp_path, objectives=objectives, n=30), "-q", cwd=tmp_path)
+    assert ran.returncode == 0, ran.stderr
+    study = load(tmp_path / "nasopt.db", "nb")
+    rows = table_rows(ran.stdout, "Pareto set")
+    assert rows and len({r["arch"] for r in rows}) == len(rows)
+    for r in rows:
+        assert r["params"] == f"{int(study.trials[int(r['number'])].values[1]):,}"
+    assert any("," in r["params"] for r in rows) and not any(r["params"].endswith(".0") for r in rows)
+
+
+def test_an_all_pruned_run_says_so_consistently(tmp_path):
+    """Every trial over the params limit (pruned before training): the summary counts them as pruned, and the
+    table says there is no complete trial; `show` says the same."""
+    study_file = nanobench_study(tmp_path, constraints='{"params": 300}', sampler="RandomSampler", seed=1, n=4)
+    ran = nasopt("run", study_file, "-q", cwd=tmp_path)
+    assert ran.returncode == 0, ran.stderr
+    study = load(tmp_path / "nasopt.db", "nb")
+    assert [t.state for t in study.trials] == [TrialState.PRUNED] * 4  # the premise
+    assert ran.stdout.splitlines()[0].startswith("study 'nb': 4 trials finished (0 complete, 4 pruned) (storage ")
+    assert ran.stdout.splitlines()[1:] == ["no complete trials: nothing to show"]
+    assert "no finished trials" not in ran.stdout
+    shown = nasopt("show", "nb", cwd=tmp_path)
+    assert shown.returncode == 0 and shown.stdout == "no complete trials: nothing to show\n"
 
 
 # ---------------------------------------------------------------------------------------------- bad input

@@ -120,7 +120,7 @@ def test_trials_frame_show_report_and_dashboard(run: dict, capsys) -> None:
     view = FeasibilityView(open_storage(url, create=False, heartbeat=False))
     for t in view.get_all_trials(study._study_id):
         over = t.user_attrs["int8_kb"] > 2.0
-        assert t.user_attrs["feasible"] == (f"no: int8_kb={t.user_attrs['int8_kb']:,.6g} > 2" if over else "yes")
+        assert t.user_attrs["feasible"] == (f"no: int8_kb={t.user_attrs['int8_kb']:,.2f} > 2.00" if over else "yes")
 
 
 def test_export_int8_agrees_with_fp32(run: dict) -> None:
@@ -290,7 +290,7 @@ def test_an_int8_accuracy_limit_is_a_minimum_in_the_dashboard() -> None:
     for value in (0.85, 0.95):
         study.add_trial(optuna.trial.create_trial(value=value, system_attrs={"constraints:int8_accuracy": 0.9 - value}))
     low, high = FeasibilityView(storage).get_all_trials(study._study_id)
-    assert low.user_attrs["feasible"] == "no: int8_accuracy=0.85 < 0.9" and high.user_attrs["feasible"] == "yes"
+    assert low.user_attrs["feasible"] == "no: int8_accuracy=0.8500 < 0.9000" and high.user_attrs["feasible"] == "yes"
 
 
 @pytest.mark.parametrize("name", sorted(__import__("nasopt.search_spaces", fromlist=["SPACES"]).SPACES))

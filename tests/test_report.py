@@ -127,3 +127,39 @@ def test_alpha_candidates_are_named_from_the_distributions():
                                                                      "normal.n0.op0": [0.5, 0.5]}}]})
     fig = arch_plots.alpha_evolution(trial)
     assert {d.name for d in fig.data} == {"none", "a", "skip"}
+
+
+def test_the_report_prints_values_as_show_does(study_db, capsys, tmp_path):
+    """The Pareto set in `nasopt show` and in the report: the same value, the same string (params as a count
+    with separators, accuracy with 4 decimals), never `1.05e+03` beside `1,050`."""
+    _, url = study_db
+    assert main(["show", "tiny", "--storage", url]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = lines[1].split()
+    rows = [dict(zip(header, line.split(), strict=False)) for line in lines[2:] if line.strip()]
+    assert rows and all(r["params"].isdigit() for r in rows)  # 900.0 reads 900
+    assert main(["report", "tiny", "--storage", url, "-o", str(tmp_path / "r.html")]) == 0
+    text = (tmp_path / "r.html").read_text()
+    table = re.search('<section id="pareto-set">(.*?)</table>', text, re.S).group(1)
+    for r in rows:
+        assert f"<td>{r['number']}</td>" in table and f"<td>{r['accuracy']}</td><td>{r['params']}</td>" in table
+    assert not re.search(r"<td>[0-9.]+e[+-]\d+</td>", table) and ".0</td>" not in table
+
+
+def test_alpha_candidates_are_named_from_the_spaces_supernet():
+    """A ProxylessNAS run on the mobile space weighs `mbconv_k3_e1` ... `skip` per block, which the trial's
+    params (kernel, expand) do not name: the plot takes the op names from the study's stored space."""
+    from nasopt.export._rebuild import ShapeTask, study_record
+    from nasopt.search_spaces.mobile import MobileSpace
+    from nasopt.study import StudySpec
+
+    space = MobileSpace(stages=2, max_depth=2, kernels=(3, 5), expands=(1, 3))
+    record = study_record(StudySpec(name="m", space=space, dataset="digits"), ShapeTask("digits", (1, 8, 8), 10))
+    study = optuna.create_study()
+    study.set_user_attr("nasopt", record)
+    weights = {"stage1.block0": [0.25] * 4, "stage1.block1": [0.2] * 5}
+    study.add_trial(optuna.trial.create_trial(values=[1.0], user_attrs={"alphas": [{"epoch": 1, "weights": weights}]}))
+    trial = study.trials[0]
+    assert {d.name for d in arch_plots.alpha_evolution(trial).data} == {"#0", "#1", "#2", "#3", "#4"}  # no study
+    names = {d.name for d in arch_plots.alpha_evolution(trial, study=study).data}
+    assert names == {"mbconv_k3_e1", "mbconv_k3_e3", "mbconv_k5_e1", "mbconv_k5_e3", "skip"}

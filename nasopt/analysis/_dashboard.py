@@ -5,7 +5,7 @@ attr, while Optuna 5's `trial.set_constraint(key, value)` stores `constraints:<k
 are, every trial would look feasible. `FeasibilityView` wraps a storage and, in the trials it returns
 (and only there, nothing is written), adds the list form of each trial's constraints, so the
 dashboard greys infeasible trials in its Pareto-front, history and timeline plots, and the user attr
-`feasible` ("yes", or "no: params=61,234 > 50,000") to every constrained trial for the trial pages
+`feasible` ("yes", or "no: params=61,234 > 50,000", every value by the rule of `nasopt._format`) to every constrained trial for the trial pages
 and the trial table. Everything else passes straight through to the wrapped storage.
 """
 
@@ -20,6 +20,7 @@ from optuna.artifacts import FileSystemArtifactStore
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial
 
+from nasopt._format import fmt
 from nasopt.artifacts._inherit import artifact_dir
 from nasopt.measure._int8 import AT_LEAST  # limits that are minimums (int8_accuracy)
 
@@ -46,9 +47,11 @@ def _with_list_form(trial: FrozenTrial, limits: dict[str, float]) -> FrozenTrial
     view._system_attrs = {**trial._system_attrs, "constraints": list(named.values())}
     broken = [k for k, v in named.items() if v > 0]
     if broken:
-        detail = ", ".join((f"{k}={limits[k] - v:,.6g} < {limits[k]:,.6g}" if k in limits else f"{k} under by {v:,.6g}")
+        detail = ", ".join((f"{k}={fmt(limits[k] - v, k)} < {fmt(limits[k], k)}" if k in limits else
+                            f"{k} under by {fmt(v, k)}")
                            if k in AT_LEAST else  # a minimum (int8_accuracy): the constraint is limit - value
-                           f"{k}={v + limits[k]:,.6g} > {limits[k]:,.6g}" if k in limits else f"{k} over by {v:,.6g}"
+                           f"{k}={fmt(v + limits[k], k)} > {fmt(limits[k], k)}" if k in limits else
+                           f"{k} over by {fmt(v, k)}"
                            for k, v in ((k, named[k]) for k in broken))
         feasible = f"no: {detail}"
     else:

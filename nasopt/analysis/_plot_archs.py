@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -171,8 +171,41 @@ def learning_curves(study: optuna.Study) -> go.Figure | None:
     return fig
 
 
-def _candidates(t: FrozenTrial, name: str, n: int) -> list[str]:
-    """Names of the `n` candidates of a decision's architecture weights, as far as the trial tells."""
+def decision_candidates(study: optuna.Study) -> dict[str, tuple[str, ...]]:
+    """Each decision's candidate ops as a gradient method's supernet offers them (the names of its `alphas`),
+    from the study's stored space: the space's supernet (or network) built through a chooser that records
+    them. Imports torch, so it is asked only when a trial's params do not name an alpha's candidates (the
+    mobile space decides kernel and expansion, its supernet one `mbconv_k3_e4`-style op per block); {} when
+    the space cannot be rebuilt from the storage (a user's own space)."""
+    try:
+        from nasopt.export._rebuild import from_study
+        from nasopt.ops import build_op
+        from nasopt.space import random_arch
+
+        rebuilt = from_study(study)
+        seen: dict[str, tuple[str, ...]] = {}
+
+        def record(name: str, candidates: Sequence[str], chosen: Any, C_in: int, C_out: int, stride: int,
+                   **options: Any) -> Any:
+            seen.setdefault(name, tuple(str(c) for c in candidates))
+            return build_op(chosen if isinstance(chosen, str) and chosen in candidates else str(candidates[0]),
+                            C_in, C_out, stride, **options)
+
+        space, task = rebuilt.space, rebuilt.task
+        if hasattr(space, "supernet"):
+            space.supernet(task, record)
+        else:
+            space.build(random_arch(space, seed=0), task, record)
+        return seen
+    except Exception:  # a space or data this process cannot rebuild: the candidates stay numbered
+        return {}
+
+
+def _candidates(t: FrozenTrial, name: str, n: int, decisions: Mapping[str, Sequence[str]] | None = None) -> list[str]:
+    """Names of the `n` candidates of a decision's architecture weights, as far as the trial (or `decisions`,
+    from `decision_candidates`) tells."""
+    if decisions is not None and len(decisions.get(name, ())) == n:
+        return [str(c) for c in decisions[name]]
     dist = t.distributions.get(name)
     if isinstance(dist, CategoricalDistribution) and len(dist.choices) == n:
         return [str(c) for c in dist.choices]
@@ -183,9 +216,14 @@ def _candidates(t: FrozenTrial, name: str, n: int) -> list[str]:
     return [f"#{k}" for k in range(n)]
 
 
-def alpha_evolution(trial: FrozenTrial, max_panels: int = 32) -> go.Figure | None:
+def _named(t: FrozenTrial, names: Sequence[str], sizes: Sequence[int]) -> bool:
+    return all(not _candidates(t, name, n)[0].startswith("#") for name, n in zip(names, sizes, strict=True))
+
+
+def alpha_evolution(trial: FrozenTrial, max_panels: int = 32, study: optuna.Study | None = None) -> go.Figure | None:
     """A gradient run's softmax architecture weights per epoch: one panel per decision (edge), one line
-    per candidate op, the same colour for an op in every panel."""
+    per candidate op, the same colour for an op in every panel. The candidates are named by op; where the
+    trial's params do not name them, by the supernet of `study`'s space (`decision_candidates`)."""
     alphas = trial.user_attrs.get("alphas") or []
     if not alphas:
         return None
@@ -197,9 +235,11 @@ def alpha_evolution(trial: FrozenTrial, max_panels: int = 32) -> go.Figure | Non
                                "#7f7f7f", "#bcbd22", "#17becf", "#393b79", "#ad494a", "#8ca252"])
     colours: dict[str, str] = {}
     epochs = [a["epoch"] for a in alphas]
+    sizes = [len(alphas[-1]["weights"][name]) for name in names]
+    decisions = decision_candidates(study) if study is not None and not _named(trial, names, sizes) else None
     for k, name in enumerate(names):
         weights = np.array([a["weights"][name] for a in alphas])  # (epochs, candidates)
-        for c, op in enumerate(_candidates(trial, name, weights.shape[1])):
+        for c, op in enumerate(_candidates(trial, name, weights.shape[1], decisions)):
             first = op not in colours
             colour = colours.setdefault(op, next(palette))
             fig.add_trace(go.Scatter(x=epochs, y=weights[:, c], mode="lines", name=op, legendgroup=op,

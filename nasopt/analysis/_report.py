@@ -22,6 +22,7 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from nasopt._format import fmt
 from nasopt.analysis import _plot_archs as arch_plots
 from nasopt.analysis import _plots as plots
 from nasopt.artifacts._pictures import picture_ids, picture_svg
@@ -93,16 +94,22 @@ def _picture(study: optuna.Study, t: FrozenTrial, store: Any, k: int, attrs: Any
     return svg[svg.index("<svg"):]  # drop an XML prolog, if any
 
 
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:,.4g}" if abs(v) < 1e5 else f"{v:,.0f}"
-    return html.escape(str(v))
-
-
-def _table(header: Sequence[str] | None, rows: Sequence[Sequence[Any]]) -> str:
+def _table(header: Sequence[str] | None, rows: Sequence[Sequence[Any]],
+           metrics: Sequence[str | None] | None = None) -> str:
+    """An HTML table; each cell by the one rule of `nasopt._format` (as `nasopt show` prints it) under its
+    column's metric: `metrics`, else the header ("best accuracy" is accuracy), else a row's label."""
     head = "" if header is None else \
         "<thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr></thead>"
-    body = "".join("<tr>" + "".join(f"<td>{_fmt(c)}</td>" for c in row) + "</tr>" for row in rows)
+    if metrics is None and header is not None:
+        metrics = [h.removeprefix("best ") for h in header]
+
+    def metric(row: Sequence[Any], i: int) -> str | None:
+        if metrics is not None:
+            return metrics[i]
+        return str(row[0]).removeprefix("best ") if i > 0 else None  # a summary row: (label, value)
+
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(fmt(c, metric(row, i)))}</td>" for i, c in enumerate(row))
+                   + "</tr>" for row in rows)
     return f"<table>{head}<tbody>{body}</tbody></table>"
 
 
@@ -126,7 +133,7 @@ def _strategy_rows(study: optuna.Study) -> list[list[Any]]:
              "compute hours", "unique architectures"], *rows]
 
 
-def _int8_rows(front: list[FrozenTrial]) -> tuple[list[str], list[list[Any]]]:
+def _int8_rows(front: list[FrozenTrial]) -> tuple[list[str], list[list[Any]], list[str | None]]:
     """Each trial's int8 model (nasopt.measure._int8) beside its fp32 network, both run in onnxruntime."""
     rows = []
     for t in front:
@@ -138,7 +145,8 @@ def _int8_rows(front: list[FrozenTrial]) -> tuple[list[str], list[list[Any]]]:
                          rec.get("latency_ms", ""), rec["latency_ms"] / fp32 if fp32 else "", rec.get("kb", ""),
                          f"{latency.get('device_name', '')}, {latency.get('threads', '')} threads"])
     return ["trial", "fp32 accuracy", "int8 accuracy", "int8 = fp32 class", "fp32 ms (onnxruntime)", "int8 ms",
-            "int8 / fp32 time", "int8 KB", "measured on"], rows
+            "int8 / fp32 time", "int8 KB", "measured on"], rows, ["trial", "accuracy", "int8_accuracy", "agreement",
+                                                                  "latency_ms", "int8_latency_ms", "ratio", "int8_kb", None]
 
 
 def render_report(study: optuna.Study, store: Any = None) -> str:
@@ -167,7 +175,8 @@ def render_report(study: optuna.Study, store: Any = None) -> str:
         pictures = "".join(f'<figure>{_picture(study, t, store, k, attrs)}<figcaption>trial {t.number}</figcaption></figure>'
                            for k, t in enumerate(front[:8]))
         sections.append(("pareto-set", "Pareto set" if len(names) > 1 else "Best trial",
-                         [_table(["trial", "strategy", *names, "architecture"], rows),
+                         [_table(["trial", "strategy", *names, "architecture"], rows,
+                                 ["trial", None, *names, None]),
                           f'<div class="pictures">{pictures}</div>']))
         if any(isinstance(t.user_attrs.get("int8"), dict) for t in front):
             sections.append(("int8", "int8 against fp32 (the Pareto set)", [_table(*_int8_rows(front))]))
@@ -187,7 +196,7 @@ def render_report(study: optuna.Study, store: Any = None) -> str:
     sections.append(("curves", "Learning curves", [arch_plots.learning_curves(study)]))
     gradient = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("alphas")]
     sections.append(("alphas", "Architecture weights of the gradient runs",
-                     [arch_plots.alpha_evolution(t) for t in gradient]))
+                     [arch_plots.alpha_evolution(t, study=study) for t in gradient]))
 
     parts, toc = [], []
     for anchor, title, items in sections:
