@@ -108,7 +108,17 @@ def _table(study: Any, top: int) -> str:
                                for v, h, w in zip(row, header, widths, strict=True)).rstrip())
     title = "Pareto set" if multi else f"top {top} trials"
     note = "" if "trials" not in header else " (trials: how many trials ran that architecture)"
-    return f"{title}{note}:\n" + "\n".join(lines)
+    return f"{title}{note}:\n" + "\n".join(lines) + _warnings(study, [rows[k]["number"] for k in shown])
+
+
+def _warnings(study: Any, numbers: list[int]) -> str:
+    """What should not be trusted among the shown trials (nasopt.analysis._trust), as lines after the table."""
+    from nasopt.analysis._trust import front_warnings, trial_warnings
+
+    by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
+    shown = [by_number[n] for n in numbers if n in by_number]
+    messages = trial_warnings(shown) + front_warnings(shown, study.metric_names or [])
+    return "".join(f"\nwarning: {m}" for m in messages)
 
 
 def cmd_ls(args: argparse.Namespace) -> int:

@@ -90,3 +90,28 @@ def test_a_front_that_mixes_latency_conditions_or_timed_a_busy_machine_is_flagge
     assert front_warnings(busy, ["accuracy", "params"]) == []  # latency not compared: nothing to say
     warned = _trial(4, quiet, ["final accuracy 0.110 is near chance"])
     assert trial_warnings([*front, warned]) == ["trial 4: final accuracy 0.110 is near chance"]
+
+
+def test_show_and_the_report_carry_the_warnings(tmp_path):
+    """A study whose network learns nothing: `nasopt show` prints the trial's warning after the table and the
+    HTML report has a Warnings section with it."""
+    import subprocess
+    import sys
+
+    (tmp_path / "dead.py").write_text(
+        "import nasopt\nfrom nasopt.search_spaces.nano import NanoSpace\n"
+        "study = nasopt.StudySpec(name='dead', space=NanoSpace(positions=2, ops=('zero',)), dataset='digits',\n"
+        "                         n_trials=1, train=nasopt.TrainConfig(epochs=1))\n")
+    url = f"sqlite:///{tmp_path / 'dead.db'}"
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "nasopt.cli", *args, "--storage", url], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=300)
+
+    assert cli("run", "dead.py", "-q").returncode == 0
+    shown = cli("show", "dead")
+    assert shown.returncode == 0 and "warning: trial 0: final accuracy" in shown.stdout, shown.stdout
+    report = cli("report", "dead", "-o", str(tmp_path / "r.html"))
+    assert report.returncode == 0, report.stderr
+    text = (tmp_path / "r.html").read_text()
+    assert 'id="warnings"' in text and "near chance" in text

@@ -25,6 +25,7 @@ from optuna.trial import FrozenTrial, TrialState
 from nasopt._format import fmt
 from nasopt.analysis import _plot_archs as arch_plots
 from nasopt.analysis import _plots as plots
+from nasopt.analysis._trust import front_warnings, trial_warnings
 from nasopt.artifacts._pictures import picture_ids, picture_svg
 
 __all__ = ["write_report", "search_metrics", "render_report"]
@@ -180,6 +181,10 @@ def render_report(study: optuna.Study, store: Any = None) -> str:
                           f'<div class="pictures">{pictures}</div>']))
         if any(isinstance(t.user_attrs.get("int8"), dict) for t in front):
             sections.append(("int8", "int8 against fp32 (the Pareto set)", [_table(*_int8_rows(front))]))
+        warnings = trial_warnings(front) + front_warnings(front, names)  # what should not be trusted, said
+        if warnings:
+            listed = "".join(f"<li>{html.escape(w)}</li>" for w in warnings)
+            sections.insert(1, ("warnings", "Warnings", [f'<ul class="warnings">{listed}</ul>']))
     if len(names) > 1:  # a single objective has a best trial, no front
         sections.append(("pareto", "Pareto front", [plots.pareto_front(study), plots.pareto_pairs(study)]))
         sections.append(("pareto-time", "Pareto front over time",
