@@ -26,6 +26,7 @@ from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
 import nasopt
+from nasopt._format import fmt
 from nasopt.errors import UserError
 from nasopt.measure import activation_steps, flash_bytes, flash_kb, sram_bytes, sram_kb
 from nasopt.search_spaces import make_space
@@ -249,7 +250,7 @@ def test_flash_limit_prunes_before_training_and_sram_is_an_objective(tmp_path, d
     assert pruned and complete
     for t in pruned:
         reason = t.user_attrs["pruned_reason"]
-        assert reason == f"constraint violated before training: flash_kb={t.user_attrs['flash_kb']:g} > 1.5"
+        assert reason == f"constraint violated before training: flash_kb={fmt(t.user_attrs['flash_kb'], 'flash_kb')} > 1.50"
         assert "curve" not in t.user_attrs and "accuracy" not in t.user_attrs  # never trained
     for t in complete:
         assert t.user_attrs["flash_kb"] <= 1.5 and t.values[1] == t.user_attrs["sram_kb"]

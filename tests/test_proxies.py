@@ -24,6 +24,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 import nasopt
+from nasopt._format import fmt
 from nasopt.analysis._results import PROXY_COLUMNS
 from nasopt.data import user_task
 from nasopt.errors import UserError
@@ -152,7 +153,7 @@ def test_a_proxy_limit_is_the_least_score_allowed(tmp_path, one_thread):
         value = t.user_attrs["synflow"]
         assert t.system_attrs["constraints:synflow"] == pytest.approx(150.0 - value)
         if t.state == TrialState.PRUNED:
-            assert t.user_attrs["pruned_reason"] == f"constraint violated before training: synflow={value:g} < 150"
+            assert t.user_attrs["pruned_reason"] == f"constraint violated before training: synflow={fmt(value, 'synflow')} < 150"
             assert "curve" not in t.user_attrs
         else:
             assert value >= 150 and "naswot" not in t.user_attrs  # only what the study names is scored

@@ -246,7 +246,7 @@ def test_constraint_rejects_oversize_archs_before_training(study_db):
     assert oversize and fitting
     for t in oversize:
         assert t.state == TrialState.PRUNED
-        assert "constraint" in t.user_attrs["pruned_reason"] and f"params={t.user_attrs['params']}" in \
+        assert "constraint" in t.user_attrs["pruned_reason"] and f"params={t.user_attrs['params']:,}" in \
             t.user_attrs["pruned_reason"]
         assert "curve" not in t.user_attrs and "timings" not in t.user_attrs and not t.intermediate_values
         assert t.system_attrs["constraints:params"] == t.user_attrs["params"] - LIMIT > 0

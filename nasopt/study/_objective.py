@@ -20,6 +20,7 @@ import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
+from nasopt._format import fmt
 from nasopt.artifacts._inherit import Recorder, inherit, save_weights
 from nasopt.artifacts._pictures import keep_weights, save_picture
 from nasopt.errors import UserError
@@ -155,7 +156,7 @@ class Objective:
                 continue
             trial.set_constraint(metric, metrics[metric] - limit)
             if metrics[metric] > limit:
-                violated.append(f"{metric}={metrics[metric]:g} > {limit:g}")
+                violated.append(f"{metric}={fmt(metrics[metric], metric)} > {fmt(limit, metric)}")
         if violated:
             raise optuna.TrialPruned("constraint violated before training: " + ", ".join(violated))
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import optuna
 
+from nasopt._format import fmt
 from nasopt.errors import UserError
 from nasopt.measure._proxies import PROXIES, proxy_batch, zero_cost
 from nasopt.pruners import Screen
@@ -59,7 +60,7 @@ def screen(trial: optuna.Trial, spec: StudySpec, scores: dict[str, float]) -> No
         if metric in scores:
             trial.set_constraint(metric, limit - scores[metric])  # > 0 is infeasible (Optuna's rule)
             if scores[metric] < limit:
-                low.append(f"{metric}={scores[metric]:g} < {limit:g}")
+                low.append(f"{metric}={fmt(scores[metric], metric)} < {fmt(limit, metric)}")
     if low:
         raise optuna.TrialPruned("constraint violated before training: " + ", ".join(low))
     if isinstance(spec.pruner, Screen):
