@@ -35,9 +35,20 @@ def kill_mid_search_and_resume(study: Path, study_name: str, cwd: Path, epochs: 
     command = [sys.executable, "-m", "nasopt.cli", "run", str(study), "-q"]
     proc = subprocess.Popen(command, cwd=cwd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 240
+    storage = None  # opened once the database exists: a poll is then a read, not an engine set-up
     while time.monotonic() < deadline:
         assert proc.poll() is None, proc.communicate()
-        running = [t for t in read_trials(cwd / "nasopt.db", study_name) if t.state == TrialState.RUNNING]
+        if storage is None and (cwd / "nasopt.db").exists():
+            try:
+                storage = optuna.storages.RDBStorage(f"sqlite:///{cwd / 'nasopt.db'}", skip_table_creation=True,
+                                                     skip_compatibility_check=True)
+            except Exception:
+                storage = None
+        try:
+            polled = optuna.load_study(study_name=study_name, storage=storage).get_trials() if storage else []
+        except Exception:  # the study is not created yet
+            polled = []
+        running = [t for t in polled if t.state == TrialState.RUNNING]
         if running and catch[0] <= len(running[0].user_attrs.get("search", [])) <= catch[1]:
             break
         time.sleep(0.05)

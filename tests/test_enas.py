@@ -143,7 +143,9 @@ def test_an_enas_run_is_one_complete_trial_like_a_sampled_one(tmp_path):
 
 
 def test_killed_search_resumes_from_its_last_epoch(tmp_path):
-    retry = kill_mid_search_and_resume(ROOT / "studies" / "tiny_enas.py", "tiny_enas", tmp_path, epochs=6)
+    # 8 short epochs, caught anywhere from the 1st to the 6th (6 at batch 32 once all ran between two polls)
+    retry = kill_mid_search_and_resume(ROOT / "studies" / "tiny_enas.py", "tiny_enas", tmp_path, epochs=8,
+                                       catch=(1, 6))
     assert retry.params == {n: retry.params[n] for n in NanoSpace().distributions()}
 
 

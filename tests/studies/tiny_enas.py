@@ -9,6 +9,6 @@ study = nasopt.StudySpec(
     space=NanoSpace(C=4),
     dataset="digits",
     objectives={"accuracy": "maximize", "params": "minimize"},
-    strategy=ENAS(epochs=6, batch_size=32, controller_steps=2, controller_batch=4, derive_samples=4),
+    strategy=ENAS(epochs=8, batch_size=16, controller_steps=2, controller_batch=4, derive_samples=4),
     train=nasopt.TrainConfig(epochs=1, batch_size=64),
 )
