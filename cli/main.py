@@ -118,7 +118,7 @@ def _warnings(study: Any, numbers: list[int]) -> str:
     by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
     shown = [by_number[n] for n in numbers if n in by_number]
     messages = trial_warnings(shown) + front_warnings(shown, study.metric_names or [])
-    return "".join(f"\nwarning: {m}" for m in messages)
+    return ("\n" if messages else "") + "".join(f"\nwarning: {m}" for m in messages)
 
 
 def cmd_ls(args: argparse.Namespace) -> int:

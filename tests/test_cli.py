@@ -49,12 +49,18 @@ def finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 
 
 def table_numbers(stdout: str, title: str) -> set[int]:
-    """Trial numbers of the rows of the table printed under `title` (first column)."""
+    """Trial numbers of the rows of the table printed under `title` (first column), up to the blank line
+    that ends it (warnings about the shown trials, e.g. latencies measured on a loaded machine, follow)."""
     lines = stdout.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith(title))
     header = lines[start + 1].split()
     assert header[0] == "number", stdout
-    return {int(line.split()[0]) for line in lines[start + 2:] if line.strip()}
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.strip():
+            break
+        rows.append(int(line.split()[0]))
+    return set(rows)
 
 
 def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
