@@ -146,11 +146,12 @@ class FactorizedReduce(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.relu(x)
-        # pad the far end of odd sizes so both branches give ceil(size/2): (N, C/2, ceil(H/2), ceil(W/2))
+        # the second branch starts one position in; odd sizes are padded at the far end so both branches
+        # give ceil(size/2): (N, C/2, ceil(H/2), ceil(W/2)). Even sizes need no pad: a view, no copy.
         pad: list[int] = []
         for size in reversed(x.shape[2:]):
             pad += [0, size % 2]
-        y = F.pad(x, pad)[(slice(None), slice(None)) + (slice(1, None),) * (x.dim() - 2)]
+        y = (F.pad(x, pad) if any(pad) else x)[(slice(None), slice(None)) + (slice(1, None),) * (x.dim() - 2)]
         return self.bn(torch.cat([self.conv_1(x), self.conv_2(y)], dim=1))
 
 

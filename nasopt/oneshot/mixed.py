@@ -8,7 +8,10 @@ architecture weights (alphas). `Supernet` wraps the resulting network with those
 PC-DARTS is an option of the mixed op, not a copy: with `partial_channels=K` only C/K channels go
 through the candidates, the rest bypass them (max-pooled at stride 2), and the channels are shuffled;
 with K = 1 this is exactly DARTS' mixed op. Edges named `<node>.e<i>` (DARTS cells) belong to `<node>`;
-with `edge_normalization` each edge's output is scaled by a softmax over its node's edges (betas).
+with `edge_normalization` each edge's whole output — the candidates' channels and the bypassing ones — is
+scaled by its edge weight, a softmax over its node's edges (betas), as PC-DARTS (Xu et al. 2020, eq. 4)
+defines it: x_j = sum_i beta_ij * f_ij(x_i). The edge weight is folded into the candidates' weights (the
+same product, one multiply fewer) and multiplies the bypassing channels itself.
 """
 
 from __future__ import annotations
@@ -59,6 +62,8 @@ class MixedOp(nn.Module):
         c_in, c_out = C_in // partial, C_out // partial
         self.ops = nn.ModuleList(self._candidate(op, c_in, c_out, stride, **options) for op in self.candidates)
         self.weights: torch.Tensor | None = None  # set by the Supernet before every forward pass
+        # the edge weight beta already folded into `weights`, which the bypassing channels take too
+        self.edge_weight: torch.Tensor | None = None
         # single-path mode (ENAS): the indices of the candidates a controller picked, their outputs summed;
         # only those run, so each step trains only its path's share of the weights
         self.path: tuple[int, ...] | None = None
@@ -86,6 +91,8 @@ class MixedOp(nn.Module):
         if self.stride > 1:
             pool = F.max_pool2d if x.dim() == 4 else F.max_pool1d
             rest = pool(rest, 2, 2, ceil_mode=True)
+        if self.edge_weight is not None:
+            rest = self.edge_weight * rest
         return channel_shuffle(torch.cat([out, rest], dim=1), self.partial)  # type: ignore[list-item]
 
 
@@ -168,13 +175,15 @@ class Supernet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weights = self.op_weights()
+        edge = {name: F.softmax(self.betas[param_key(node)], dim=-1)[i] for name, (node, i) in self.edges.items()}
         for op in self._mixed:
             op.weights = weights[op.name]
+            op.edge_weight = edge.get(op.name) if op.partial > 1 else None
         try:
             return self.net(x)
         finally:
             for op in self._mixed:
-                op.weights = None
+                op.weights = op.edge_weight = None
 
     @torch.no_grad()
     def probabilities(self) -> dict[str, list[float]]:
