@@ -1,5 +1,7 @@
 """The dashboard and the report as a person sees them: headless Chromium (Debian's `chromium`, driven by
 Playwright) on `nasopt dashboard` serving a study with sampled and gradient trials and their pictures.
+A trial page shows the architecture large (in the trial's note), stays the width of the screen and
+lists each artifact once; the report draws pictures at their own size (a wide one scrolls).
 
 Skipped only where Chromium is absent (`apt-get install -y chromium`; `.ci/run` installs it). With
 NASOPT_SCREENSHOTS=1 the screenshots also go to docs/ (the README shows them).
@@ -28,7 +30,9 @@ from nasopt.artifacts._pictures import draw_missing
 from nasopt.cli.main import main
 from nasopt.data import load_task
 from nasopt.oneshot import DARTS
+from nasopt.search_spaces.darts_cell import DartsCellSpace
 from nasopt.search_spaces.nano import NanoSpace
+from nasopt.space import random_arch
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)
 pytestmark = [pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed "
@@ -114,6 +118,15 @@ def _picture_loaded(page) -> bool:
                              .some(img => img.complete && img.naturalWidth > 0)""")
 
 
+# the architecture shown large: an image drawn at its own size (not a ~130 px thumbnail), taller than 300 px
+_LARGE_PICTURE = """() => [...document.querySelectorAll('img[src^="/artifacts/"]')].some(img => img.complete
+    && img.naturalWidth > 0 && Math.abs(img.getBoundingClientRect().width - img.naturalWidth) < 1
+    && img.getBoundingClientRect().height > 300)"""
+# the names in the trial's artifact list (each card's title)
+_ARTIFACT_NAMES = """() => [...document.querySelectorAll('*')].filter(e => e.children.length === 0
+    && /^trial[0-9]+_[a-z]+[.][a-z]+$/.test(e.textContent)).map(e => e.textContent)"""
+
+
 def test_the_dashboard_shows_trials_pareto_front_and_pictures(mixed_study, dashboard, browser, tmp_path):
     _, _, study = mixed_study
     trials = study.get_trials()
@@ -144,9 +157,17 @@ def test_the_dashboard_shows_trials_pareto_front_and_pictures(mixed_study, dashb
         page.wait_for_function("""() => [...document.querySelectorAll('img[src^="/artifacts/"]')]
                                   .some(img => img.complete && img.naturalWidth > 0)""", timeout=30_000)
         assert _picture_loaded(page)
+        page.wait_for_function(_LARGE_PICTURE, timeout=30_000)  # the note's picture, readable on the page
+        # the page is as wide as the screen: no user attr (alphas, curve, latency) is one endless line
+        assert page.evaluate("document.documentElement.scrollWidth") <= 1400
+        names = page.evaluate(_ARTIFACT_NAMES)
+        assert f"trial{t.number}_architecture.svg" in names and len(names) == len(set(names)), names
+        if t is gradient[0]:
+            assert names.count(f"trial{t.number}_checkpoint.pt") == 1 and page.get_by_text("alphas.pos0.op").count()
         if t is infeasible[0]:  # feasibility, which the dashboard would not show from Optuna 5's constraints
             assert page.get_by_text("feasible no: params=", exact=False).count() >= 1
     page.get_by_text(f"Trial {gradient[0].number}", exact=True).first.click()
+    page.wait_for_function(_LARGE_PICTURE, timeout=30_000)
     page.wait_for_timeout(500)
     _shot(page, tmp_path, "dashboard_trial.png")
     # the picture itself, as the dashboard serves it (an SVG, drawn without any plotting library)
@@ -187,3 +208,31 @@ def test_the_report_renders_offline(mixed_study, browser, tmp_path):
     _shot(page, tmp_path, "report.png")
     page.locator("#pareto").scroll_into_view_if_needed()
     _shot(page, tmp_path, "report_pareto.png")
+
+
+def test_report_pictures_keep_their_size_and_scroll(mixed_study, browser, tmp_path):
+    """A DARTS cell pair is wider than the page: drawn at its own size inside a figure that scrolls."""
+    _, url, _ = mixed_study
+    space = DartsCellSpace()
+    study = optuna.create_study(study_name="cells", storage=url, directions=["maximize", "minimize"])
+    for seed in range(3):
+        study.add_trial(optuna.trial.create_trial(params=random_arch(space, seed), distributions=space.distributions(),
+                                                  values=[0.5 + 0.1 * seed, 1000.0 * (1 + seed)],
+                                                  user_attrs={"arch": space.describe(random_arch(space, seed))}))
+    out = tmp_path / "cells.html"
+    assert main(["report", "cells", "--storage", url, "-o", str(out)]) == 0
+    page = browser.new_page(viewport={"width": 1300, "height": 900})
+    page.goto(out.as_uri())
+    page.locator("#pareto-set figure svg").first.wait_for(timeout=30_000)
+    figures = page.evaluate("""() => [...document.querySelectorAll('#pareto-set figure')].map(f => {
+        const svg = f.querySelector('svg');
+        return {drawn: svg.getBoundingClientRect().width, own: Number(svg.getAttribute('width')),
+                box: f.clientWidth, scroll: f.scrollWidth, right: f.getBoundingClientRect().right}; })""")
+    assert len(figures) == 3
+    for f in figures:
+        assert abs(f["drawn"] - f["own"]) < 1, f  # not shrunk: the text stays at its size
+        assert f["right"] <= 1300 and (f["scroll"] > f["box"]) == (f["own"] > f["box"]), f  # wider: it scrolls
+    assert any(f["own"] > f["box"] for f in figures)  # the case this test is for
+    assert page.evaluate("document.documentElement.scrollWidth") <= 1300  # the page itself does not
+    page.locator("#pareto-set").scroll_into_view_if_needed()
+    _shot(page, tmp_path, "report_pictures.png")

@@ -11,12 +11,15 @@ import optuna
 import pytest
 import torch
 from optuna.artifacts import FileSystemArtifactStore, get_all_artifact_meta
+from optuna_dashboard import get_note, save_note
 
-from nasopt.analysis._dashboard import FeasibilityView, artifact_folder
+import nasopt
+from nasopt.analysis._dashboard import WIDTH, FeasibilityView, artifact_folder
 from nasopt.artifacts._graph import arch_graph
 from nasopt.artifacts._inherit import load_weights
 from nasopt.artifacts._pictures import (
     PICTURE_ATTR,
+    _TrialRef,
     draw_missing,
     keep_weights,
     picture_ids,
@@ -24,6 +27,7 @@ from nasopt.artifacts._pictures import (
     save_picture,
 )
 from nasopt.keys import WEIGHTS_ATTR
+from nasopt.oneshot import DARTS
 from nasopt.search_spaces.conv1d import Conv1dSpace
 from nasopt.search_spaces.darts_cell import DartsCellSpace
 from nasopt.search_spaces.layers import LayersSpace
@@ -185,3 +189,84 @@ def test_the_dashboard_sees_list_form_constraints_and_a_feasible_attr(tmp_path):
     assert artifact_folder(f"sqlite:///{tmp_path / 'study.db'}") is None  # a viewer never creates the folder
     (tmp_path / "study.artifacts").mkdir()
     assert artifact_folder(f"sqlite:///{tmp_path / 'study.db'}") is not None
+
+
+def _note(study, t):
+    return get_note(_TrialRef(study, t._trial_id))  # optuna-dashboard's own reader of a trial's note
+
+
+def test_the_trial_note_shows_the_picture_large_and_keeps_a_users_note(tmp_path):
+    study, store = _study(tmp_path)
+    space = NanoSpace(C=4)
+
+    def objective(trial):
+        if trial.number == 1:
+            save_note(trial, "my own note")  # written before the picture: it stays
+        save_picture(trial, space, space.suggest(trial), store)
+        return [0.5, 1.0]
+
+    study.optimize(objective, n_trials=2)
+    first, mine = study.get_trials()
+    url = f"/artifacts/{study._study_id}/{first._trial_id}/{first.user_attrs[PICTURE_ATTR]}"
+    note = _note(study, first)
+    # an image (as large as the page allows) that links to the file at full size
+    assert f"[![architecture]({url})]({url})" in note and f"`trial 0: {space.describe(first.params)}`" in note
+    assert _note(study, mine) == "my own note"
+    # finished trials without a picture get picture and note; one with a picture but no note, the note
+    dists = space.distributions()
+    study.add_trial(optuna.trial.create_trial(params=random_arch(space, 5), distributions=dists, values=[0.1, 2.0]))
+    study._storage.set_study_system_attr(study._study_id, f"dashboard:{first._trial_id}:note_ver", 0)
+    for key in study._storage.get_study_system_attrs(study._study_id):
+        if key.startswith(f"dashboard:{first._trial_id}:note_str:"):
+            study._storage.set_study_system_attr(study._study_id, key, "")  # the first note, emptied
+    assert draw_missing(study, store, space) == 1
+    first, mine, older = study.get_trials()
+    assert f"[![architecture]({url})]({url})" in _note(study, first) and _note(study, mine) == "my own note"
+    (artifact_id,) = picture_ids(study, older)
+    assert f"/artifacts/{study._study_id}/{older._trial_id}/{artifact_id}" in _note(study, older)
+
+
+def test_the_dashboard_folds_long_attrs_to_the_width_of_the_page(tmp_path):
+    study, _ = _study(tmp_path)
+    ops = ["conv3x3", "conv5x5", "skip"]
+    dists = {f"cell.edge{i}": optuna.distributions.CategoricalDistribution(ops) for i in range(12)}
+    alphas = [{"epoch": e, "weights": {name: [0.2, 0.5 + 0.01 * e, 0.3 - 0.01 * e] for name in dists}}
+              for e in range(1, 31)]
+    curve = [{"epoch": e, "train_loss": 1 / e, "val_acc": 0.9 - 1 / (e + 1), "lr": 0.01} for e in range(1, 31)]
+    latency = {"median_ms": 0.39, "iqr_ms": 0.05, "device": "cpu", "device_name": "AMD EPYC 7B13 64-Core Processor",
+               "threads": 2, "input_shape": [1, 1, 8, 8], "torch": "2.5.1+cpu"}
+    attrs = {"arch": "cell:c3-c5", "params": 5618, "alphas": alphas, "curve": curve, "latency": latency,
+             "note": "x" * 300}
+    study.add_trial(optuna.trial.create_trial(params=dict.fromkeys(dists, "conv5x5"), distributions=dists,
+                                              values=[0.9, 5618.0], user_attrs=attrs))
+    (shown,) = FeasibilityView(study._storage).get_all_trials(study._study_id)
+    lines = shown.user_attrs
+    assert all(len(f"{k} {v}") <= WIDTH for k, v in lines.items()), [k for k, v in lines.items() if len(f"{k} {v}") > WIDTH]
+    assert lines["arch"] == "cell:c3-c5" and lines["params"] == 5618  # short ones as they are
+    assert lines["alphas"].startswith("30 epochs; the weights of epoch 30")
+    assert lines["alphas.cell.edge0"] == "conv5x5 0.80, conv3x3 0.20, skip 0.00"  # by name, largest first
+    assert len([k for k in lines if k.startswith("alphas.")]) == 12
+    assert lines["curve"].startswith("30 epochs; epoch 30: train_loss 0.03333, val_acc 0.8677")
+    assert lines["latency.median_ms"] == 0.39 and lines["latency.input_shape"] == [1, 1, 8, 8]
+    assert lines["note"].endswith("\u2026")
+    assert study.get_trials()[0].user_attrs == attrs  # a view: storage keeps the full values
+    assert FeasibilityView(study._storage).get_trial(shown._trial_id).user_attrs == lines
+
+
+def test_a_gradient_run_lists_each_artifact_once(tmp_path):
+    url = f"sqlite:///{tmp_path / 'g.db'}"
+    nasopt.run(nasopt.StudySpec(name="g", space=NanoSpace(C=4), dataset="digits", objectives={"accuracy": "maximize"},
+                                strategy=DARTS(epochs=3, batch_size=64), train=nasopt.TrainConfig(epochs=1)),
+               storage=url, progress=False)
+    study = optuna.load_study(study_name="g", storage=url)
+    (trial,) = study.get_trials()
+    names = sorted(m.filename for m in get_all_artifact_meta(trial, storage=study._storage))
+    # one checkpoint, rewritten each epoch (the best trial's weights are kept too)
+    assert names == ["trial0_architecture.svg", "trial0_checkpoint.pt", "trial0_weights.pt"]
+    store = artifact_folder(url)
+    checkpoint = next(m for m in get_all_artifact_meta(trial, storage=study._storage) if m.filename.endswith("_checkpoint.pt"))
+    assert checkpoint.mimetype == "application/octet-stream"
+    with store.open_reader(checkpoint.artifact_id) as f:
+        assert torch.load(f, weights_only=True)["epoch"] == 3  # the last epoch's
+    assert sorted(p.name for p in (tmp_path / "g.artifacts").iterdir()) == sorted(
+        m.artifact_id for m in get_all_artifact_meta(trial, storage=study._storage))  # no spare file left

@@ -227,7 +227,8 @@ h1 {{ margin-bottom: 4px; }} h2 {{ border-bottom: 1px solid #ddd; padding-bottom
 table {{ border-collapse: collapse; margin: 10px 0; font-size: 14px; }}
 td, th {{ border: 1px solid #ddd; padding: 4px 10px; text-align: left; }} th {{ background: #f4f6f8; }}
 .pictures {{ display: flex; flex-wrap: wrap; gap: 16px; align-items: flex-start; }}
-figure {{ margin: 0; border: 1px solid #e4e4e4; padding: 6px; }} figure svg {{ max-width: 560px; max-height: 420px; width: auto; height: auto; }}
+figure {{ margin: 0; border: 1px solid #e4e4e4; padding: 6px; max-width: 100%; box-sizing: border-box; overflow-x: auto; }}
+figure svg {{ display: block; max-width: none; }} /* drawn at its own size: a wide network scrolls, its text stays readable */
 figcaption {{ font-size: 13px; color: #555; text-align: center; }} .none {{ color: #777; }}
 </style></head><body>
 <h1>nasopt report: {html.escape(study.study_name)}</h1>

@@ -113,7 +113,8 @@ def save_weights(trial: optuna.Trial, model: nn.Module, store: FileSystemArtifac
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, f"trial{trial.number}_weights.pt")
         torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, path)
-        artifact_id = upload_artifact(artifact_store=store, file_path=path, study_or_trial=trial)
+        artifact_id = upload_artifact(artifact_store=store, file_path=path, study_or_trial=trial,
+                                      mimetype="application/octet-stream")
     trial.set_user_attr(WEIGHTS_ATTR, artifact_id)
     return artifact_id
 

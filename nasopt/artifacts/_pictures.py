@@ -15,6 +15,11 @@ Artifacts of a trial, through Optuna's artifact store (`<db>.artifacts/` beside 
   written where optuna-dashboard also looks for a trial's artifacts (the study's system attrs), since a
   finished trial's own attrs can no longer change.
 
+The dashboard lists a trial's artifacts as ~130 px thumbnails, so the picture also goes into the trial's
+note (`picture_note`: Markdown that optuna-dashboard renders at the top of the trial page, as wide as the
+page allows, linked to the file at full size), through optuna-dashboard's own `save_note`. A note the
+user wrote is never replaced.
+
 None of these ever fails a trial: a picture that cannot be drawn is logged and skipped.
 """
 
@@ -42,7 +47,7 @@ from nasopt.artifacts._inherit import artifact_store_for, save_weights
 from nasopt.keys import PICTURE_ATTR, WEIGHTS_ATTR
 
 __all__ = ["to_svg", "picture_svg", "save_picture", "keep_weights", "draw_missing", "picture_ids",
-           "PICTURE_ATTR", "PICTURE_SUFFIX"]
+           "picture_note", "PICTURE_ATTR", "PICTURE_SUFFIX"]
 
 PICTURE_SUFFIX = "_architecture.svg"
 _DASHBOARD_PREFIX = "dashboard:artifacts:"  # optuna-dashboard's study-level record of a trial's artifact
@@ -275,8 +280,8 @@ def save_picture(trial: optuna.Trial, space: Any, arch: Mapping[str, Any], store
         if store is None:
             return None
         input_shape, num_classes, kind = _task_shape(task)
-        svg = picture_svg(arch, space, input_shape=input_shape, num_classes=num_classes, kind=kind,
-                          title=f"trial {trial.number}: {space.describe(arch)}")
+        title = f"trial {trial.number}: {space.describe(arch)}"
+        svg = picture_svg(arch, space, input_shape=input_shape, num_classes=num_classes, kind=kind, title=title)
         with tempfile.TemporaryDirectory() as tmp:
             path = os.path.join(tmp, f"trial{trial.number}{PICTURE_SUFFIX}")
             with open(path, "w") as f:
@@ -284,6 +289,7 @@ def save_picture(trial: optuna.Trial, space: Any, arch: Mapping[str, Any], store
             artifact_id = upload_artifact(artifact_store=store, file_path=path, study_or_trial=trial,
                                           mimetype="image/svg+xml")
         trial.set_user_attr(PICTURE_ATTR, artifact_id)
+        _note_picture(trial, artifact_id, title)
         return artifact_id
     except Exception as e:  # a picture is never worth a failed trial
         _log.warning("trial %s: no architecture picture (%s: %s)", trial.number, type(e).__name__, e)
@@ -330,8 +336,37 @@ def picture_ids(study: optuna.Study, trial: FrozenTrial, study_attrs: Mapping[st
     return ids
 
 
+def picture_note(study_id: int, trial_id: int, artifact_id: str, title: str) -> str:
+    """The Markdown of a trial note that shows the architecture picture large: optuna-dashboard serves the
+    artifact at `/artifacts/<study_id>/<trial_id>/<artifact_id>` (the URL its own "Insert an image" writes)
+    and renders a note's image at its own size, at most the page's width; a click opens it at full size."""
+    url = f"/artifacts/{study_id}/{trial_id}/{artifact_id}"
+    title = title.replace("`", "'")  # in a code span: genotypes hold `_` and `*`, which Markdown would eat
+    return f"Architecture of `{title}` ([full size]({url})):\n\n[![architecture]({url})]({url})\n"
+
+
+class _TrialRef:
+    """A trial as optuna-dashboard's `save_note`/`get_note` read it (its storage, study and id); a finished
+    trial cannot be reopened as an `optuna.Trial`, whose constructor calls the sampler."""
+
+    def __init__(self, study: optuna.Study, trial_id: int) -> None:
+        self.study, self.storage, self._trial_id = study, study._storage, trial_id
+
+
+def _note_picture(trial: Any, artifact_id: str, title: str) -> bool:
+    """Write the picture's note unless the trial has one (a user's note stays); True when written."""
+    from optuna_dashboard import get_note, save_note  # optuna-dashboard's own note format, via its API
+
+    if get_note(trial).strip():
+        return False
+    save_note(trial, picture_note(trial.study._study_id, trial._trial_id, artifact_id, title))
+    return True
+
+
 def draw_missing(study: optuna.Study, store: Any, space: Any = None, *, task: Any = None) -> int:
     """Draw a picture for every finished trial with params but no picture; returns how many were drawn.
+    A trial with a picture but no note (a study from before notes, or a trial that reused another's
+    picture) gets the note.
 
     The picture is recorded in the study's system attrs under optuna-dashboard's key for that trial
     (`dashboard:artifacts:<trial_id>:<artifact_id>`), which the dashboard lists with the trial's own."""
@@ -339,7 +374,15 @@ def draw_missing(study: optuna.Study, store: Any, space: Any = None, *, task: An
     study_attrs = study._storage.get_study_system_attrs(study._study_id)
     drawn = 0
     for t in study.get_trials(deepcopy=False):
-        if not t.state.is_finished() or not t.params or picture_ids(study, t, study_attrs):
+        if not t.state.is_finished() or not t.params:
+            continue
+        pictures = picture_ids(study, t, study_attrs)
+        if pictures:
+            try:
+                arch = t.user_attrs.get("arch") or (space.describe(t.params) if space is not None else "")
+                _note_picture(_TrialRef(study, t._trial_id), pictures[0], f"trial {t.number}: {arch}".rstrip(": "))
+            except Exception as e:
+                _log.warning("trial %s: no note with its picture (%s: %s)", t.number, type(e).__name__, e)
             continue
         try:
             title = f"trial {t.number}: {space.describe(t.params)}" if space is not None else f"trial {t.number}"
@@ -354,5 +397,6 @@ def draw_missing(study: optuna.Study, store: Any, space: Any = None, *, task: An
         store.write(artifact_id, io.BytesIO(svg.encode()))
         study._storage.set_study_system_attr(study._study_id, f"{_DASHBOARD_PREFIX}{t._trial_id}:{artifact_id}",
                                              json.dumps(meta))
+        _note_picture(_TrialRef(study, t._trial_id), artifact_id, title)
         drawn += 1
     return drawn

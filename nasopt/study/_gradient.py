@@ -29,7 +29,7 @@ from optuna.artifacts import download_artifact, upload_artifact
 from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
-from nasopt.keys import CHECKPOINT_KEY, STRATEGY_KEY, WORKER_KEY
+from nasopt.keys import CHECKPOINT_KEY, OPTUNA_ARTIFACT_PREFIX, STRATEGY_KEY, WORKER_KEY
 from nasopt.storage import set_user_attrs
 from nasopt.study import _objective, _recovery
 from nasopt.study import _suspect as suspect
@@ -71,29 +71,50 @@ def strategy_done(study: optuna.Study, label: str) -> bool:
                or (t.state == TrialState.FAIL and t.number not in retried) for t in trials)
 
 
+def _spare(artifact_id: str) -> str:
+    return f"{artifact_id}.next"
+
+
 def _save_checkpoint(trial: optuna.Trial, state: dict[str, Any], store: Any, previous: str | None) -> str:
+    """One checkpoint artifact per run (`trial{N}_checkpoint.pt`, one name in the dashboard's list), rewritten
+    every epoch: the state goes to a spare file (no artifact record) first, so a kill while the checkpoint
+    is rewritten leaves a whole copy for `_load_checkpoint`. A retry gets its own, and the one it resumed
+    from (its failed trial's) is removed."""
+    own = previous is not None and \
+        f"{OPTUNA_ARTIFACT_PREFIX}{previous}" in trial.storage.get_trial_system_attrs(trial._trial_id)
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, f"trial{trial.number}_checkpoint.pt")
         torch.save(state, path)
-        artifact_id = upload_artifact(artifact_store=store, file_path=path, study_or_trial=trial)
-    if previous:
+        if previous is None or not own:
+            artifact_id = upload_artifact(artifact_store=store, file_path=path, study_or_trial=trial,
+                                          mimetype="application/octet-stream")
+        else:
+            artifact_id = previous
+            for stored in (_spare(previous), previous):
+                with open(path, "rb") as f:
+                    store.write(stored, f)
+    for stale in ([_spare(previous)] if own else [previous, _spare(previous)]) if previous else []:
         try:
-            store.remove(previous)  # keep one checkpoint per run on disk
-        except Exception:  # already gone (e.g. removed by hand): nothing to free
+            store.remove(stale)  # keep one checkpoint per run on disk
+        except Exception:  # already gone: nothing to free
             pass
     return artifact_id
 
 
 def _load_checkpoint(artifact_id: str, store: Any) -> dict[str, Any] | None:
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            path = os.path.join(tmp, "checkpoint.pt")
-            download_artifact(artifact_store=store, file_path=path, artifact_id=artifact_id)
-            with open(path, "rb") as f:
-                return torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=True)
-    except Exception as e:  # missing or unreadable: the search starts over, and says so
-        tqdm.write(f"checkpoint {artifact_id} could not be loaded ({type(e).__name__}: {e}); searching from the start")
-        return None
+    problem = None
+    for stored in (artifact_id, _spare(artifact_id)):  # the spare: killed while the checkpoint was rewritten
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                path = os.path.join(tmp, "checkpoint.pt")
+                download_artifact(artifact_store=store, file_path=path, artifact_id=stored)
+                with open(path, "rb") as f:
+                    return torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=True)
+        except Exception as e:  # missing or unreadable: the search starts over, and says so
+            problem = problem or e
+    tqdm.write(f"checkpoint {artifact_id} could not be loaded ({type(problem).__name__}: {problem}); "
+               "searching from the start")
+    return None
 
 
 class GradientObjective:
