@@ -4,7 +4,9 @@ The names come from the registries beside the code they name (`nasopt.search_spa
 `nasopt.samplers.SAMPLER_CLASSES`, `nasopt.pruners.PRUNERS`, `nasopt.oneshot.STRATEGIES`,
 `nasopt.data.DATASETS`, `nasopt.study.METRICS`). A "module:Class" entry is described by the first sentence
 of its docstring, read from the source with `ast`: listing the spaces imports no network code (no torch),
-and listing the samplers imports neither botorch nor its sampler.
+and listing the samplers imports neither botorch nor its sampler. The dataset and metric tables are
+literals in modules that import torch: they are read from the source too (imported only where a table
+stops being a literal).
 """
 
 from __future__ import annotations
@@ -64,6 +66,27 @@ def describe(path: str, depth: int = 0) -> str:
     return ""
 
 
+def _literal(module: str, name: str) -> Any:
+    """The value of `name = <literal>` at the top of `module`, read without running it or its package's
+    `__init__` (which imports torch); None when not one."""
+    package, _, leaf = module.rpartition(".")
+    try:
+        spec = importlib.util.find_spec(package)
+        folder = list(spec.submodule_search_locations or []) if spec is not None else []
+        tree = ast.parse(Path(folder[0], f"{leaf}.py").read_text(encoding="utf-8")) if folder else None
+    except (ImportError, OSError, SyntaxError, ValueError):
+        tree = None
+    for node in tree.body if tree is not None else []:
+        target = node.target if isinstance(node, ast.AnnAssign) else \
+            node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1 else None
+        if isinstance(target, ast.Name) and target.id == name and node.value is not None:
+            try:
+                return ast.literal_eval(node.value)
+            except ValueError:
+                return None
+    return None
+
+
 def _spaces() -> list[tuple[str, str]]:
     from nasopt.search_spaces import SPACES
 
@@ -100,15 +123,21 @@ def _strategies() -> list[tuple[str, str]]:
 
 
 def _datasets() -> list[tuple[str, str]]:
-    from nasopt.data import DATASET_NOTES, DATASETS
+    names, notes = _literal("nasopt.data._tasks", "DATASETS"), _literal("nasopt.data._tasks", "DATASET_NOTES")
+    if not isinstance(names, tuple) or not isinstance(notes, dict):
+        from nasopt.data import DATASET_NOTES, DATASETS
 
-    return [(name, DATASET_NOTES.get(name, "")) for name in DATASETS]
+        names, notes = DATASETS, DATASET_NOTES
+    return [(name, notes.get(name, "")) for name in names]
 
 
 def _metrics() -> list[tuple[str, str]]:
-    from nasopt.study import METRICS
+    metrics = _literal("nasopt.study._spec", "METRICS")
+    if not isinstance(metrics, dict):
+        from nasopt.study import METRICS
 
-    return [(name, what) for name, (what, _) in METRICS.items()]
+        metrics = METRICS
+    return [(name, what) for name, (what, _) in metrics.items()]
 
 
 KINDS: dict[str, Callable[[], list[tuple[str, str]]]] = {

@@ -1,6 +1,6 @@
 """The command answers at once and explains itself: every option of every subcommand has a help text,
-every --help ends with runnable examples, `nasopt --help` and `nasopt run --help` import no torch, and
-`nasopt list KIND` prints the names a study can use (real subprocesses, as a user runs them).
+every --help ends with runnable examples, `nasopt --help`, `nasopt run --help`, `nasopt list datasets` and
+`nasopt report` import no torch, and `nasopt list KIND` prints the names a study can use (real subprocesses, as a user runs them).
 """
 
 from __future__ import annotations
@@ -85,6 +85,42 @@ def test_list_spaces_names_every_registered_space_without_torch():
     names = [line.split()[0] for line in lines[:-1]]
     assert names == list(SPACES) and {"micro", "mobile", "nano"} <= set(names)
     assert all(len(line.split(None, 1)) == 2 for line in lines[:-1]), lines  # each with a description
+
+
+def test_list_datasets_reads_the_table_without_torch():
+    from nasopt.data import DATASET_NOTES, DATASETS
+
+    code = ("import sys\nfrom nasopt.cli.main import main\nmain(['list', 'datasets'])\n"
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert lines[-1] == "False"  # the table is read from the source, not imported
+    assert [line.split(None, 1) for line in lines[:-1]] == [[n, DATASET_NOTES[n]] for n in DATASETS]
+
+
+def test_report_imports_no_torch(tmp_path):
+    """The report reads the storage and draws pictures from the params: no network is built."""
+    import optuna
+
+    from nasopt.search_spaces.nano import NanoSpace
+    from nasopt.space import random_arch
+
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    space = NanoSpace(C=4)
+    study = optuna.create_study(study_name="r", storage=url, directions=["maximize", "minimize"])
+    for seed in range(3):
+        arch = random_arch(space, seed)
+        study.add_trial(optuna.trial.create_trial(params=arch, distributions=space.distributions(),
+                                                  values=[0.5 + 0.1 * seed, 100.0 * (1 + seed)],
+                                                  user_attrs={"arch": space.describe(arch)}))
+    out = tmp_path / "r.html"
+    code = (f"import sys\nfrom nasopt.cli.main import main\nassert main(['report', 'r', '--storage', {url!r}, "
+            f"'-o', {str(out)!r}]) == 0\nprint('torch' in sys.modules)")
+    run = subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip().splitlines()[-1] == "False"
+    assert out.read_text().count("<figure><svg") == 3  # every Pareto-optimal architecture drawn
 
 
 @pytest.mark.parametrize("kind, some", [("samplers", {"random", "tpe", "nsga2", "rea", "botorch"}),

@@ -32,7 +32,6 @@ from optuna.trial import FrozenTrial
 
 from nasopt._format import fmt
 from nasopt.artifacts._inherit import artifact_dir
-from nasopt.measure._int8 import AT_LEAST  # limits that are minimums (int8_accuracy)
 
 __all__ = ["FeasibilityView", "artifact_folder", "WIDTH"]
 
@@ -128,6 +127,8 @@ def _with_list_form(trial: FrozenTrial, limits: dict[str, float]) -> FrozenTrial
     view._system_attrs = {**trial._system_attrs, "constraints": list(named.values())}
     broken = [k for k, v in named.items() if v > 0]
     if broken:
+        from nasopt.measure._int8 import AT_LEAST  # limits that are minimums (int8_accuracy); imports torch
+
         detail = ", ".join((f"{k}={fmt(limits[k] - v, k)} < {fmt(limits[k], k)}" if k in limits else
                             f"{k} under by {fmt(v, k)}")
                            if k in AT_LEAST else  # a minimum (int8_accuracy): the constraint is limit - value

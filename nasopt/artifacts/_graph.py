@@ -28,10 +28,6 @@ from types import SimpleNamespace
 from typing import Any
 
 import networkx as nx
-import torch
-from torch import nn
-
-from nasopt.space import fixed
 
 __all__ = ["arch_graph", "trace_shapes"]
 
@@ -39,18 +35,6 @@ Shape = tuple[int, ...]
 _CELL = re.compile(r"^(\w+)\.n(\d+)\.op([01])$")
 _NB201 = re.compile(r"^edge\.(\d+)<-(\d+)$")
 _STRUCTURAL = ("skip", "skip_connect", "none", "zero")
-
-
-class _StandIn(nn.Module):
-    """Zeros of an op's output shape: `C_out` channels, every spatial dim strided (see `trace_shapes`)."""
-
-    def __init__(self, C_out: int, stride: int) -> None:
-        super().__init__()
-        self.C_out, self.stride = C_out, stride
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x[(slice(None), slice(None)) + (slice(None, None, self.stride),) * (x.dim() - 2)]
-        return x.new_zeros(x.shape[0], self.C_out, *x.shape[2:])  # (N, C_out, ceil(H / stride), ...)
 
 
 def trace_shapes(space: Any, arch: Mapping[str, Any], input_shape: Sequence[int],
@@ -61,6 +45,22 @@ def trace_shapes(space: Any, arch: Mapping[str, Any], input_shape: Sequence[int]
     Every op except the identities and zeros is built as a weightless stand-in of the same output shape
     (`C_out` channels, strided like the op), so tracing a 20-cell evaluation network costs milliseconds,
     not the seconds its convolutions would."""
+    import torch  # here, not at the top: drawing a picture from params alone (the report) needs no torch
+    from torch import nn
+
+    from nasopt.space import fixed
+
+    class _StandIn(nn.Module):
+        """Zeros of an op's output shape: `C_out` channels, every spatial dim strided (see `trace_shapes`)."""
+
+        def __init__(self, C_out: int, stride: int) -> None:
+            super().__init__()
+            self.C_out, self.stride = C_out, stride
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = x[(slice(None), slice(None)) + (slice(None, None, self.stride),) * (x.dim() - 2)]
+            return x.new_zeros(x.shape[0], self.C_out, *x.shape[2:])  # (N, C_out, ceil(H / stride), ...)
+
     modules: list[tuple[str, Any]] = []
 
     def choose(name: str, candidates: Sequence[str], chosen: str | None, C_in: int, C_out: int, stride: int,

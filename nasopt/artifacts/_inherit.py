@@ -16,16 +16,17 @@ import os
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
-import torch
 from optuna.artifacts import FileSystemArtifactStore, download_artifact, upload_artifact
 from optuna.trial import TrialState
-from torch import nn
 
 from nasopt.keys import DECISIONS_ATTR, WEIGHTS_ATTR
-from nasopt.space import fixed
+
+if TYPE_CHECKING:  # torch on first use: `nasopt report` and `nasopt dashboard` find artifacts without it
+    import torch
+    from torch import nn
 
 __all__ = ["artifact_dir", "Recorder", "matching_prefix", "inherit", "save_weights", "load_weights", "artifact_store_for",
            "WEIGHTS_ATTR", "DECISIONS_ATTR"]
@@ -40,6 +41,8 @@ class Recorder:
 
     def __call__(self, name: str, candidates: Sequence[str], chosen: str, C_in: int, C_out: int, stride: int,
                  **options: Any) -> nn.Module:
+        from nasopt.space import fixed
+
         module = fixed(name, candidates, chosen, C_in, C_out, stride, **options)
         self.decisions.append((name, chosen, module))
         return module
@@ -110,6 +113,8 @@ def matching_prefix(child: Mapping[str, torch.Tensor], parent: Mapping[str, torc
 
 def save_weights(trial: optuna.Trial, model: nn.Module, store: FileSystemArtifactStore) -> str:
     """Upload the model's state dict as an artifact of `trial`; returns the artifact id."""
+    import torch
+
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, f"trial{trial.number}_weights.pt")
         torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, path)
@@ -121,6 +126,8 @@ def save_weights(trial: optuna.Trial, model: nn.Module, store: FileSystemArtifac
 
 def load_weights(artifact_id: str, store: FileSystemArtifactStore) -> dict[str, torch.Tensor]:
     """A stored state dict, loaded with `weights_only=True` (tensors only, no code)."""
+    import torch
+
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "weights.pt")
         download_artifact(artifact_store=store, file_path=path, artifact_id=artifact_id)
@@ -134,6 +141,8 @@ def inherit(model: nn.Module, recorder: Recorder, study: optuna.Study, store: Fi
 
     Returns `{"parent": number, "tensors": [...], "total": n}`, or None when no parent shares a layer.
     """
+    import torch
+
     own = model.state_dict()
     preceding = recorder.preceding(model)
     best: tuple[int, float, int, dict[str, torch.Tensor], list[str]] | None = None
