@@ -2,9 +2,9 @@
 
 The file carries plotly.js inline (no network needed to open it) and, in order: a summary with the
 search metrics (trials by state, search cost in CPU/GPU hours, diversity as unique architectures and
-mean pairwise distance), the Pareto set with each architecture's picture, the Pareto front (Optuna's
-2-D/3-D plot and every objective pair, infeasible trials marked), its evolution (fronts over time and
-Optuna's hypervolume history), the optimisation history per strategy, convergence against compute, a
+mean pairwise distance), the Pareto set with each architecture's picture (at its own size: a wide
+one scrolls, its text stays readable), the Pareto front (Optuna's 2-D/3-D plot and every objective
+pair, infeasible trials marked), its evolution (fronts over time and Optuna's hypervolume history), the optimisation history per strategy, convergence against compute, a
 strategy comparison (when several strategies share the study), decision importances (Optuna's
 fANOVA), the architecture DNA, operation frequencies over time, the search landscape, learning
 curves and the architecture-weight evolution of every gradient run.
