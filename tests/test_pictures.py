@@ -270,3 +270,17 @@ def test_a_gradient_run_lists_each_artifact_once(tmp_path):
         assert torch.load(f, weights_only=True)["epoch"] == 3  # the last epoch's
     assert sorted(p.name for p in (tmp_path / "g.artifacts").iterdir()) == sorted(
         m.artifact_id for m in get_all_artifact_meta(trial, storage=study._storage))  # no spare file left
+
+
+def test_a_repeated_architecture_shows_the_originals_picture_in_its_note(tmp_path):
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    spec = dict(name="r", space=NanoSpace(C=4), dataset="digits", objectives={"accuracy": "maximize"},
+                train=nasopt.TrainConfig(epochs=1), sampler=optuna.samplers.RandomSampler(seed=0))
+    nasopt.run(nasopt.StudySpec(**spec, n_trials=1), storage=url, progress=False)
+    study = optuna.load_study(study_name="r", storage=url)
+    study.enqueue_trial(study.trials[0].params)  # the same architecture again: its result is reused
+    nasopt.run(nasopt.StudySpec(**spec, n_trials=2), storage=url, progress=False)
+    first, again = optuna.load_study(study_name="r", storage=url).get_trials()
+    assert again.user_attrs["reused_from"] == 0 and again.user_attrs[PICTURE_ATTR] == first.user_attrs[PICTURE_ATTR]
+    url = f"/artifacts/{study._study_id}/{again._trial_id}/{first.user_attrs[PICTURE_ATTR]}"
+    assert f"[![architecture]({url})]({url})" in _note(study, again)  # served under the repeat's own id

@@ -47,7 +47,7 @@ from nasopt.artifacts._inherit import artifact_store_for, save_weights
 from nasopt.keys import PICTURE_ATTR, WEIGHTS_ATTR
 
 __all__ = ["to_svg", "picture_svg", "save_picture", "keep_weights", "draw_missing", "picture_ids",
-           "picture_note", "PICTURE_ATTR", "PICTURE_SUFFIX"]
+           "picture_note", "note_picture", "PICTURE_ATTR", "PICTURE_SUFFIX"]
 
 PICTURE_SUFFIX = "_architecture.svg"
 _DASHBOARD_PREFIX = "dashboard:artifacts:"  # optuna-dashboard's study-level record of a trial's artifact
@@ -289,7 +289,7 @@ def save_picture(trial: optuna.Trial, space: Any, arch: Mapping[str, Any], store
             artifact_id = upload_artifact(artifact_store=store, file_path=path, study_or_trial=trial,
                                           mimetype="image/svg+xml")
         trial.set_user_attr(PICTURE_ATTR, artifact_id)
-        _note_picture(trial, artifact_id, title)
+        note_picture(trial, artifact_id, title)
         return artifact_id
     except Exception as e:  # a picture is never worth a failed trial
         _log.warning("trial %s: no architecture picture (%s: %s)", trial.number, type(e).__name__, e)
@@ -353,14 +353,21 @@ class _TrialRef:
         self.study, self.storage, self._trial_id = study, study._storage, trial_id
 
 
-def _note_picture(trial: Any, artifact_id: str, title: str) -> bool:
-    """Write the picture's note unless the trial has one (a user's note stays); True when written."""
+def note_picture(trial: Any, artifact_id: str, title: str) -> bool:
+    """Write the picture's note (`picture_note`) on `trial` (an `optuna.Trial`, or what optuna-dashboard's
+    `save_note` reads of one) unless it has a note (a user's note stays); True when written. Never raises:
+    a note that cannot be written is logged and skipped."""
     from optuna_dashboard import get_note, save_note  # optuna-dashboard's own note format, via its API
 
-    if get_note(trial).strip():
+    try:
+        if get_note(trial).strip():
+            return False
+        save_note(trial, picture_note(trial.study._study_id, trial._trial_id, artifact_id, title))
+        return True
+    except Exception as e:  # a note is never worth a failed trial
+        _log.warning("trial %s: no note with its picture (%s: %s)", getattr(trial, "number", trial._trial_id),
+                     type(e).__name__, e)
         return False
-    save_note(trial, picture_note(trial.study._study_id, trial._trial_id, artifact_id, title))
-    return True
 
 
 def draw_missing(study: optuna.Study, store: Any, space: Any = None, *, task: Any = None) -> int:
@@ -378,11 +385,8 @@ def draw_missing(study: optuna.Study, store: Any, space: Any = None, *, task: An
             continue
         pictures = picture_ids(study, t, study_attrs)
         if pictures:
-            try:
-                arch = t.user_attrs.get("arch") or (space.describe(t.params) if space is not None else "")
-                _note_picture(_TrialRef(study, t._trial_id), pictures[0], f"trial {t.number}: {arch}".rstrip(": "))
-            except Exception as e:
-                _log.warning("trial %s: no note with its picture (%s: %s)", t.number, type(e).__name__, e)
+            arch = t.user_attrs.get("arch") or (space.describe(t.params) if space is not None else "")
+            note_picture(_TrialRef(study, t._trial_id), pictures[0], f"trial {t.number}: {arch}".rstrip(": "))
             continue
         try:
             title = f"trial {t.number}: {space.describe(t.params)}" if space is not None else f"trial {t.number}"
@@ -397,6 +401,6 @@ def draw_missing(study: optuna.Study, store: Any, space: Any = None, *, task: An
         store.write(artifact_id, io.BytesIO(svg.encode()))
         study._storage.set_study_system_attr(study._study_id, f"{_DASHBOARD_PREFIX}{t._trial_id}:{artifact_id}",
                                              json.dumps(meta))
-        _note_picture(_TrialRef(study, t._trial_id), artifact_id, title)
+        note_picture(_TrialRef(study, t._trial_id), artifact_id, title)
         drawn += 1
     return drawn

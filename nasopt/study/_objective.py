@@ -22,7 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from nasopt._format import fmt
 from nasopt.artifacts._inherit import Recorder, inherit, save_weights
-from nasopt.artifacts._pictures import keep_weights, save_picture
+from nasopt.artifacts._pictures import keep_weights, note_picture, save_picture
 from nasopt.errors import UserError
 from nasopt.importing import named
 from nasopt.keys import DECISIONS_ATTR, INTERRUPTED_KEY, OPTUNA_ARTIFACT_PREFIX, PICTURE_ATTR, WORKER_KEY
@@ -108,6 +108,7 @@ class Objective:
         meta = prev.system_attrs.get(f"{OPTUNA_ARTIFACT_PREFIX}{picture}") if picture else None
         if meta is not None:
             trial.storage.set_trial_system_attr(trial._trial_id, f"{OPTUNA_ARTIFACT_PREFIX}{picture}", meta)
+            note_picture(trial, picture, f"trial {trial.number}: {prev.user_attrs.get('arch', '')}")  # shown large
         elif not isinstance(self.task, NanoBench):  # a table look-up draws no picture (see `_lookup`)
             save_picture(trial, self.spec.space, trial.params, self.store, task=self.task,
                          directory=self.spec.artifacts)
