@@ -150,7 +150,9 @@ def test_bad_qat_epochs_is_a_user_error(bad, words):
 
 
 def test_fake_quant_is_closer_to_onnxruntimes_int8_model_than_fp32(digits_task, one_thread):
-    """The simulation (ranges calibrated like the deployment quantizer's) against onnxruntime's int8 graph."""
+    """The simulation (ranges calibrated like the deployment quantizer's) against onnxruntime's int8 graph. Both
+    put the logits on the same 256-level output grid (next test), so fp32 is compared on that grid too: what is
+    measured is the rounding inside the network (a logit one level off costs a whole level in either)."""
     pytest.importorskip("onnxruntime")
     from nasopt.measure import _int8 as int8
     from nasopt.measure._onnx import run_onnx, write_onnx
@@ -168,13 +170,53 @@ def test_fake_quant_is_closer_to_onnxruntimes_int8_model_than_fp32(digits_task, 
             int8.quantize_onnx(Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx", digits_task,
                                int8.Calibration(samples=256))
             deployed = run_onnx(Path(tmp) / "int8.onnx", x)
-        with torch.no_grad():
-            fp32 = model(x)
-            with FakeQuant(model).attach().calibrate(calibration):
-                simulated = model(x)
+        with torch.no_grad(), FakeQuant(model).attach().calibrate(calibration) as fq:
+            simulated = model(x)
+            with fq.paused():  # the fp32 network's logits, on the output grid of the int8 model
+                assert fq.output is not None and fq.output.lo is not None and fq.output.hi is not None
+                fp32 = fake_quantize_activation(model(x), fq.output.lo, fq.output.hi)
         error = {name: float((out - deployed).norm() / deployed.norm()) for name, out in
                  (("fp32", fp32), ("simulated", simulated))}
         assert error["simulated"] < 0.95 * error["fp32"], error
+
+
+def test_the_output_is_rounded_on_onnxruntimes_output_grid(digits_task, one_thread):
+    """onnxruntime quantizes the graph's output too (a QuantizeLinear/DequantizeLinear pair on the logits), which
+    is where a dense head loses its mIoU (tied logits): the fake-quantized network rounds its output on that grid."""
+    pytest.importorskip("onnxruntime")
+    import onnx
+    from onnx import numpy_helper
+
+    from nasopt.measure import _int8 as int8
+    from nasopt.measure._onnx import run_onnx, write_onnx
+
+    model = cnn(1)
+    train(model, digits_task, TrainConfig(epochs=1, batch_size=64), seed=1)
+    model.eval()
+    x = torch.cat([b for b, _ in digits_task.val.batches(512)])
+    generator = torch.Generator().manual_seed(0)  # the calibration samples of Calibration(seed=0, batch_size=64)
+    batches = digits_task.train.batches(64, shuffle=True, generator=generator)
+    calibration = [b for _, (b, _) in zip(range(4), batches, strict=False)]
+    with tempfile.TemporaryDirectory() as tmp:
+        write_onnx(model, x[:2], Path(tmp) / "fp32.onnx")
+        int8.quantize_onnx(Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx", digits_task, int8.Calibration(samples=256))
+        graph = onnx.load(str(Path(tmp) / "int8.onnx")).graph
+        deployed = run_onnx(Path(tmp) / "int8.onnx", x)
+    init = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    last = next(n for n in graph.node if n.op_type == "DequantizeLinear" and n.output[0] == graph.output[0].name)
+    scale, zero = float(init[last.input[1]]), int(init[last.input[2]])
+    fq = FakeQuant(model).attach().calibrate(calibration)
+    with torch.no_grad():
+        simulated = model(x)
+    levels = simulated / scale + zero
+    assert torch.allclose(levels, levels.round(), atol=1e-3) and 0 <= int(levels.round().min()) <= int(levels.round().max()) <= 255
+    assert (simulated - deployed).abs().max() < (deployed.abs().max() * 0.1)  # the same logits, give or take levels
+    fq.remove()
+    assert not model._forward_hooks
+    with torch.no_grad():
+        plain = model(x)
+    levels = plain / scale + zero
+    assert not torch.allclose(levels, levels.round(), atol=1e-3)  # the fp32 network's logits are off the grid
 
 
 # ------------------------------------------------------------------------------------------------ the CLI
