@@ -25,10 +25,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from nasopt.errors import UserError
+from nasopt.oneshot._fused import split_terminal_bn, weighted_bn_sum
 from nasopt.oneshot._shared import EDGE
-from nasopt.ops import OPS, build_op, layers_nd
+from nasopt.ops import OPS, Zero, build_op, layers_nd
 
-__all__ = ["MixedOp", "MixedChooser", "Supernet", "channel_shuffle", "param_key"]
+__all__ = ["MixedOp", "MixedChooser", "Supernet", "channel_shuffle", "channel_shuffle_into", "param_key"]
 
 
 
@@ -43,6 +44,29 @@ def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
         return x
     n, c = x.shape[:2]
     return x.view(n, groups, c // groups, *x.shape[2:]).transpose(1, 2).reshape(x.shape)
+
+
+def channel_shuffle_into(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """`channel_shuffle` that keeps x's memory format (channels_last stays channels_last)."""
+    if groups == 1:
+        return x
+    n, c = x.shape[:2]
+    out = torch.empty_like(x)
+    out.view(n, c // groups, groups, *x.shape[2:]).copy_(x.view(n, groups, c // groups, *x.shape[2:]).transpose(1, 2))
+    return out
+
+
+def _after_relu(module: nn.Module) -> nn.Module | None:
+    """The layers of `module` after its leading non-inplace ReLU, as one Sequential of the same modules, or
+    None when the module does not begin with one (plain Sequentials only: DARTS' ReLUConvBN, DilConv, SepConv)."""
+    if type(module).forward is not nn.Sequential.forward or not len(module):  # type: ignore[arg-type]
+        return None
+    layers = list(module)  # type: ignore[call-overload]
+    first = layers[0]
+    if isinstance(first, nn.ReLU):
+        return nn.Sequential(*layers[1:]) if not first.inplace else None
+    inner = _after_relu(first)
+    return None if inner is None else nn.Sequential(*inner.children(), *layers[1:])
 
 
 class MixedOp(nn.Module):
@@ -67,6 +91,14 @@ class MixedOp(nn.Module):
         # single-path mode (ENAS): the indices of the candidates a controller picked, their outputs summed;
         # only those run, so each step trains only its path's share of the weights
         self.path: tuple[int, ...] | None = None
+        # the fast weighted sum (`_mix`): what each candidate needs — skipped (a zero op), the shared ReLU of
+        # the input then the rest of its layers (ops that begin with a non-inplace ReLU), or the input itself
+        self.fast = True
+        self._zero = [isinstance(op, Zero) for op in self.ops]
+        self._after_relu = [_after_relu(op) for op in self.ops]  # plain lists: the same modules, not re-registered
+        # (the layers before it, the BN) for candidates ending in an affine-free BN, after the shared ReLU if any
+        self._bn_split = [split_terminal_bn(tail if tail is not None else op)
+                          for op, tail in zip(self.ops, self._after_relu, strict=True)]
 
     @staticmethod
     def _candidate(op: str, C_in: int, C_out: int, stride: int, **options: Any) -> nn.Module:
@@ -84,16 +116,46 @@ class MixedOp(nn.Module):
         w = self.weights
         assert w is not None, "MixedOp used outside its Supernet"
         if self.partial == 1:
-            return sum(wi * op(x) for wi, op in zip(w, self.ops, strict=True))  # type: ignore[return-value]
+            return self._mix(x, w)
         k = x.shape[1] // self.partial
         head, rest = x[:, :k], x[:, k:]
-        out = sum(wi * op(head) for wi, op in zip(w, self.ops, strict=True))
+        out = self._mix(head, w)
         if self.stride > 1:
             pool = F.max_pool2d if x.dim() == 4 else F.max_pool1d
             rest = pool(rest, 2, 2, ceil_mode=True)
         if self.edge_weight is not None:
             rest = self.edge_weight * rest
-        return channel_shuffle(torch.cat([out, rest], dim=1), self.partial)  # type: ignore[list-item]
+        shuffle = channel_shuffle if not self.fast else channel_shuffle_into
+        return shuffle(torch.cat([out, rest], dim=1), self.partial)
+
+    def _mix(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """sum_i w_i op_i(x). The fast form computes the same sum with less work: a zero op adds nothing
+        (its weight still enters every other weight through the softmax), ops that begin with ReLU share
+        one ReLU of the input instead of one each (DARTS' four separable/dilated convs), and the terms
+        accumulate in place into the first one."""
+        if not self.fast or all(self._zero):
+            return sum(wi * op(x) for wi, op in zip(w, self.ops, strict=True))  # type: ignore[return-value]
+        relu: torch.Tensor | None = None
+        out: torch.Tensor | None = None
+        fused: list[tuple[int, Any, torch.Tensor]] = []  # (candidate, its BN, the BN's input)
+        fuse = torch.is_grad_enabled() and self.training
+        for i, (wi, op, tail, split, zero) in enumerate(
+                zip(w, self.ops, self._after_relu, self._bn_split, self._zero, strict=True)):
+            if zero:
+                continue
+            if tail is not None:
+                relu = F.relu(x) if relu is None else relu
+            source = relu if tail is not None else x
+            if fuse and split is not None and split[1].training:
+                fused.append((i, split[1], split[0](source)))
+                continue
+            y = tail(source) if tail is not None else op(source)
+            out = wi * y if out is None else out.addcmul_(y, wi)
+        if fused:  # sum_i w_i BN_i(z_i) keeping only the z_i (nasopt.oneshot._fused)
+            mixed = weighted_bn_sum(w[[i for i, _, _ in fused]], [bn for _, bn, _ in fused], [z for _, _, z in fused])
+            out = mixed if out is None else mixed.add_(out)
+        assert out is not None
+        return out
 
 
 class MixedChooser:
@@ -138,9 +200,11 @@ class Supernet(nn.Module):
     """
 
     def __init__(self, net: nn.Module, chooser: MixedChooser, *, edge_normalization: bool = False,
-                 init_scale: float = 1e-3) -> None:
+                 init_scale: float = 1e-3, fast: bool = True) -> None:
         super().__init__()
         self.net = net
+        self.fast = fast
+        self._layout: str | None = None  # the memory format chosen at the first forward pass (see `forward`)
         self.decisions = dict(chooser.decisions)
         self.alphas = nn.ParameterDict({param_key(n): nn.Parameter(init_scale * torch.randn(len(c)))
                                         for n, c in self.decisions.items()})
@@ -159,6 +223,8 @@ class Supernet(nn.Module):
         else:
             self.betas = nn.ParameterDict()
         self._mixed = list(chooser.ops)
+        for op in self._mixed:
+            op.fast = fast
 
     def arch_parameters(self) -> list[nn.Parameter]:
         return [*self.alphas.values(), *self.betas.values()]
@@ -174,6 +240,14 @@ class Supernet(nn.Module):
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fast and x.dim() == 4 and x.device.type == "cpu":
+            # images on the CPU run channels-last: the depthwise convs and pools of the candidate ops are
+            # about twice as fast in NHWC with oneDNN (benchmarks/bench_oneshot.py). The parameters change
+            # layout in place once (same Parameter objects, so optimisers are unaffected); values are equal.
+            if self._layout is None:
+                self.net.to(memory_format=torch.channels_last)
+                self._layout = "channels_last"
+            x = x.contiguous(memory_format=torch.channels_last)
         weights = self.op_weights()
         edge = {name: F.softmax(self.betas[param_key(node)], dim=-1)[i] for name, (node, i) in self.edges.items()}
         for op in self._mixed:

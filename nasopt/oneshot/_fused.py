@@ -1,0 +1,127 @@
+"""The mixed op's weighted sum of batch-normalised candidates, without storing the normalised outputs.
+
+In DARTS' search cell most candidates end in an affine-free BatchNorm (the separable and dilated convs,
+the pools' added BN), and the mixed op multiplies each BN output by its weight. Plain autograd keeps every
+BN output for the gradient of its weight (d/dw_i = <g, y_i>) while the BN itself keeps its input: two
+tensors per candidate. `weighted_bn_sum` computes the same sum_i w_i BN_i(z_i) and keeps only the BN
+inputs and statistics; the backward pass recomputes y_i = (z_i - mean_i) * invstd_i (one element-wise pass)
+and calls ATen's own batch-norm backward, so the gradients are the ones autograd computes, to float
+rounding. The running statistics are updated exactly as `nn.BatchNorm*d.forward` updates them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from nasopt.ops import _Pool
+
+__all__ = ["RecomputedMaxPool", "split_terminal_bn", "weighted_bn_sum"]
+
+
+def split_terminal_bn(module: nn.Module | None) -> tuple[nn.Module, _BatchNorm] | None:
+    """(the layers before it, the BN) when `module` is a plain Sequential ending in an affine-free BatchNorm
+    that tracks running statistics; else None. A 2-D max pool among those layers is a `RecomputedMaxPool`."""
+    if module is None or type(module).forward is not nn.Sequential.forward or len(module) < 2:  # type: ignore[arg-type]
+        return None
+    layers = list(module)  # type: ignore[call-overload]
+    bn = layers[-1]
+    if not isinstance(bn, _BatchNorm) or bn.affine or not bn.track_running_stats:
+        return None
+    return nn.Sequential(*(_recomputed(m) for m in layers[:-1])), bn
+
+
+def _recomputed(layer: nn.Module) -> nn.Module:
+    """`layer` with a 2-D max pool (bare or the op table's pool without projection) as a RecomputedMaxPool."""
+    pool = layer.pool if isinstance(layer, _Pool) and isinstance(layer.proj, nn.Identity) else layer
+    return RecomputedMaxPool(pool) if type(pool) is nn.MaxPool2d else layer
+
+
+class _MaxPool2d(torch.autograd.Function):
+    """max_pool2d that keeps its input (which the mixed op holds anyway) instead of an int64 index tensor
+    twice the size of a float output, and finds the maxima again in the backward pass."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, args: tuple[Any, ...]) -> torch.Tensor:  # type: ignore[override]
+        out, _ = torch.ops.aten.max_pool2d_with_indices(x, *args)
+        ctx.args = args
+        ctx.save_for_backward(x)
+        return out  # type: ignore[no-any-return]
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+        (x,) = ctx.saved_tensors
+        _, indices = torch.ops.aten.max_pool2d_with_indices(x, *ctx.args)
+        return torch.ops.aten.max_pool2d_with_indices_backward(g, x, *ctx.args, indices), None
+
+
+def _pair(v: Any) -> list[int]:
+    return list(v) if isinstance(v, (tuple, list)) else [v, v]
+
+
+class RecomputedMaxPool(nn.Module):
+    """The same pooling as `pool` (an nn.MaxPool2d), through `_MaxPool2d` when autograd records it."""
+
+    def __init__(self, pool: nn.MaxPool2d) -> None:
+        super().__init__()
+        self.pool = pool
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.pool
+        if not (torch.is_grad_enabled() and x.requires_grad) or p.return_indices:
+            return p(x)  # type: ignore[no-any-return]
+        stride = p.stride if p.stride is not None else p.kernel_size
+        args = (_pair(p.kernel_size), _pair(stride), _pair(p.padding), _pair(p.dilation), p.ceil_mode)
+        return _MaxPool2d.apply(x, args)  # type: ignore[no-any-return]
+
+
+def _shape(x: torch.Tensor) -> tuple[int, ...]:
+    return (1, -1) + (1,) * (x.dim() - 2)
+
+
+def _momentum(bn: _BatchNorm) -> float:
+    """What `_BatchNorm.forward` uses as the running-average factor in training, counting the batch."""
+    assert bn.num_batches_tracked is not None
+    bn.num_batches_tracked.add_(1)
+    return 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+
+
+class _WeightedBNSum(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, w: torch.Tensor, bns: list[_BatchNorm], *zs: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        out: torch.Tensor | None = None
+        saved: list[torch.Tensor] = []
+        ctx.eps = [bn.eps for bn in bns]
+        for i, (z, bn) in enumerate(zip(zs, bns, strict=True)):
+            y, mean, invstd = torch.ops.aten.native_batch_norm(
+                z, None, None, bn.running_mean, bn.running_var, True, _momentum(bn), bn.eps)
+            out = y.mul_(w[i]) if out is None else out.add_(y.mul_(w[i]))
+            saved += [z, mean, invstd]
+        ctx.save_for_backward(w, *saved)
+        assert out is not None
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+        w, *saved = ctx.saved_tensors
+        grads_z: list[torch.Tensor | None] = []
+        grad_w = torch.zeros_like(w) if ctx.needs_input_grad[0] else None
+        for i in range(len(saved) // 3):
+            z, mean, invstd = saved[3 * i: 3 * i + 3]
+            if grad_w is not None:
+                y = (z - mean.view(_shape(z))) * invstd.view(_shape(z))
+                grad_w[i] = (g * y).sum()
+            if ctx.needs_input_grad[2 + i]:
+                grads_z.append(torch.ops.aten.native_batch_norm_backward(
+                    g * w[i], z, None, None, None, mean, invstd, True, ctx.eps[i], [True, False, False])[0])
+            else:
+                grads_z.append(None)
+        return (grad_w, None, *grads_z)
+
+
+def weighted_bn_sum(w: torch.Tensor, bns: list[_BatchNorm], zs: list[torch.Tensor]) -> torch.Tensor:
+    """sum_i w[i] * bns[i](zs[i]) for affine-free BNs in training mode, keeping only the BN inputs."""
+    return _WeightedBNSum.apply(w, bns, *zs)  # type: ignore[no-any-return]
