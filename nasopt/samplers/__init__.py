@@ -2,6 +2,10 @@
 
 `make_sampler("nsga2", seed=0, n_objectives=3)` is what `--set sampler=NAME` and `StudySpec(sampler=...)`
 resolve to; a study file may just as well construct any Optuna sampler itself.
+
+A study's limits counted before training (params, MACs, flash, SRAM) reach its sampler through
+`with_limits(sampler, Limits(...))`, which `nasopt.run` calls: a sampler with `use_limits` (REA, PNAS, BoTorch)
+filters its own candidates, any other is wrapped in `WithinLimits`.
 """
 
 from __future__ import annotations
@@ -15,10 +19,13 @@ import optuna
 
 from nasopt._lazy import lazy_exports
 from nasopt.errors import UserError
+from nasopt.samplers._limits import Limits
 from nasopt.samplers._rea import REASampler
 from nasopt.samplers._rl import RLSampler
+from nasopt.samplers._within import WithinLimits, with_limits
 
-__all__ = ["SAMPLERS", "SAMPLER_CLASSES", "make_sampler", "sampler_class", "REASampler", "PNASSampler", "RLSampler", "BoTorchPoolSampler"]
+__all__ = ["SAMPLERS", "SAMPLER_CLASSES", "make_sampler", "sampler_class", "REASampler", "PNASSampler", "RLSampler",
+           "BoTorchPoolSampler", "Limits", "WithinLimits", "with_limits"]
 
 
 # imported on use: BoTorchPoolSampler needs the optional botorch package, PNASSampler's predictor trains with

@@ -44,6 +44,12 @@ Constraints (Optuna 5 `trial.set_constraint`, > 0 infeasible): a second GP, trai
 and on PRUNED ones that reported constraints (nasopt prunes what breaks a hard limit before training),
 adds log P(all <= 0) to the acquisition; infeasible trials never enter the front.
 
+Hard limits (`use_limits`, which the runner calls with the study's counted limits, e.g. params): before
+proposing, candidates are taken best-scoring first and one over a limit is passed over (counted as it comes
+up, cached, at most `max_counted` per choice); the second round mutates the 16 best that fit, and the
+startup trials are random architectures that fit. Where none counted fits, the one that breaks the limits
+least. The constraint GP still learns what is measured (latency, energy).
+
 CPU, float64, one thread. FAIL trials are ignored as if deleted (their architecture may come back); no
 complete, pruned or running architecture is proposed again. The first `n_startup_trials` and parameters
 outside the relative search space go to the independent sampler (RandomSampler by default).
@@ -76,6 +82,7 @@ from threadpoolctl import threadpool_limits
 from torch.special import log_ndtr
 
 from nasopt.samplers._arch_gp import ArchGP, decision_groups
+from nasopt.samplers._limits import Limits
 from nasopt.samplers._standin import StandInTrial
 from nasopt.space import SearchSpace, encode_params
 
@@ -179,11 +186,13 @@ class BoTorchPoolSampler(BaseSampler):
         independent_sampler: samples the startup trials and parameters outside the relative search
             space (default: RandomSampler(seed=seed)).
         seed: seeds the pool, the ParEGO weights and draws and the default independent sampler.
+        max_counted: candidates counted per choice at most against the study's limits (`use_limits`).
     """
 
     def __init__(self, *, space: SearchSpace | None = None, n_startup_trials: int = 10,
                  n_candidates: int = 1024, n_mutations: int = 512, max_fit_iter: int = 200,
-                 independent_sampler: BaseSampler | None = None, seed: int | None = None) -> None:
+                 independent_sampler: BaseSampler | None = None, seed: int | None = None,
+                 max_counted: int = 256) -> None:
         self._space = space
         self._n_startup_trials = n_startup_trials
         self._n_candidates, self._n_mutations, self._max_fit_iter = n_candidates, n_mutations, max_fit_iter
@@ -192,6 +201,12 @@ class BoTorchPoolSampler(BaseSampler):
         self._dists: dict[tuple[Any, ...], BaseDistribution] = {}  # built for the space's suggest, reused
         self._intersection = optuna.search_space.IntersectionSearchSpace()
         self._warm: dict[str, torch.Tensor] = {}  # GP hyperparameters of the last fit, per model
+        self._limits: Limits | None = None
+        self._max_counted = max_counted
+
+    def use_limits(self, limits: Limits | None) -> None:
+        """Propose only candidates within `limits` where it can (module docstring); None: no limits."""
+        self._limits = limits
 
     def reseed_rng(self) -> None:
         self._rng.seed()
@@ -217,16 +232,23 @@ class BoTorchPoolSampler(BaseSampler):
         # architecture that breaks a hard limit before training: it still teaches the constraint model)
         observed = [t for t in trials if t.state == TrialState.COMPLETE
                     or (t.state == TrialState.PRUNED and t.constraints)]
-        if len(observed) < self._n_startup_trials:
-            return {}
-        data = self._observations(study, observed, search_space)
-        if not data[0] and not data[3]:
-            return {}
         # never propose an architecture that was evaluated, pruned or is running in another worker
         taken = {_key(self._restrict(t.params, search_space)) for t in trials if t.number != trial.number}
+        data = self._observations(study, observed, search_space) if len(observed) >= self._n_startup_trials else None
+        if data is None or (not data[0] and not data[3]):
+            return self._startup(search_space, taken)
         with _cpu_one_thread(), torch.random.fork_rng(devices=[]):
             torch.manual_seed(self._rng.randrange(2**31))
             return self._propose(*data, search_space, taken)
+
+    def _startup(self, space: dict[str, BaseDistribution], taken: set[tuple]) -> Arch:
+        """Before the GP: nothing (the independent sampler draws), or with limits a random architecture
+        within them."""
+        if self._limits is None:
+            return {}
+        pool = self._candidates([], space, set(taken), self._max_counted, 0)
+        chosen = self._limits.first(pool, range(len(pool)), 1, at_most=self._max_counted) if pool else []
+        return pool[chosen[0]] if chosen else {}
 
     @staticmethod
     def _restrict(params: Mapping[str, Any], space: Mapping[str, BaseDistribution]) -> Arch:
@@ -293,12 +315,23 @@ class BoTorchPoolSampler(BaseSampler):
         with torch.no_grad():
             scores = score(pool)
             # a second round around the 16 best candidates: a cheap local search of the acquisition
-            top = [pool[i] for i in scores.topk(min(16, len(pool))).indices]
+            if self._limits is None:
+                top = [pool[i] for i in scores.topk(min(16, len(pool))).indices]
+            else:
+                top = [pool[i] for i in self._limits.first(pool, self._order(scores), 16, at_most=self._max_counted)]
             more = self._candidates(top, space, seen, 0, self._n_mutations // 2)
             if more:
                 pool, scores = pool + more, torch.cat([scores, score(more)])
+        if self._limits is not None:  # the best-scoring candidate within the limits
+            return pool[self._limits.first(pool, self._order(scores), 1, at_most=self._max_counted)[0]]
         ties = torch.nonzero(scores == scores.max()).flatten()  # e.g. all -inf: pick one at random
         return pool[int(ties[self._rng.randrange(len(ties))])]
+
+    def _order(self, scores: torch.Tensor) -> list[int]:
+        """Candidate indices, best score first, equal scores in random order."""
+        tiebreak = [self._rng.random() for _ in range(len(scores))]
+        values = scores.tolist()
+        return sorted(range(len(values)), key=lambda i: (-values[i], tiebreak[i]))
 
     def _elite(self, archs: list[Arch], values: np.ndarray, feasible: np.ndarray, con_archs: list[Arch],
                con_values: np.ndarray) -> list[Arch]:

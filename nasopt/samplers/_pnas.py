@@ -26,6 +26,12 @@ and a trial continued in another process keeps its architecture. One decision:
    largest predicted hypervolume improvement over the observed Pareto front wins (objectives min-max
    normalised, cost metrics on log scale); if all are predicted dominated, the one closest to the front.
 
+Hard limits (`use_limits`, which the runner calls with the study's counted limits): the candidates are
+taken in the order the steps above prefer them (at random at startup, by score after), and one over a
+limit is passed over; each is counted when it comes up (cached), at most `max_counted` per trial, so a
+real space builds a few networks per trial rather than the whole pool. Where none counted fits, the one
+that breaks the limits least is proposed.
+
 Without a space (`space=None`) it is a generic sampler over the union of the distributions the study
 has seen (encoded with `encode_params`, no progressive stage); a name it did not decide is drawn at
 random.
@@ -48,6 +54,7 @@ from optuna.trial import FrozenTrial, TrialState
 from nasopt.errors import UserError
 from nasopt.measure._metrics import count_macs, count_params
 from nasopt.samplers._base import MISSING, ArchSampler, fit_value
+from nasopt.samplers._limits import Limits
 from nasopt.samplers._standin import StandInTrial
 from nasopt.samplers._surrogate import best_hv, ensemble_predict, pareto_mask, ranked, ridge
 from nasopt.space import encode_params
@@ -143,6 +150,7 @@ class PNASSampler(ArchSampler):
         start_fraction, grow_trials: the progressive schedule (see the module docstring).
         n_shortlist: candidates built, counted and compared by hypervolume with several objectives.
         seed: seeds the candidates, the predictor and the random fallback.
+        max_counted: candidates counted per trial at most against the study's limits (`use_limits`).
     """
 
     attr_key = ARCH_KEY
@@ -150,12 +158,13 @@ class PNASSampler(ArchSampler):
     def __init__(self, space: Any = None, *, n_startup_trials: int = 10, n_candidates: int = 1000,
                  ensemble: int = 5, input_shape: Sequence[int] | None = None, num_classes: int = 10,
                  kappa: float = 0.5, train_steps: int = 200, start_fraction: float = 0.1,
-                 grow_trials: int = 20, n_shortlist: int = 12, seed: int | None = None) -> None:
+                 grow_trials: int = 20, n_shortlist: int = 12, seed: int | None = None,
+                 max_counted: int = 256) -> None:
         if space is not None and not all(callable(getattr(space, m, None)) for m in ("suggest", "build", "encode")):
             raise UserError(f"`space` must be a search space (suggest, build, encode) or None, but got {space!r}")
         ints = {"n_startup_trials": (n_startup_trials, 0), "n_candidates": (n_candidates, 1),
                 "ensemble": (ensemble, 1), "num_classes": (num_classes, 1), "train_steps": (train_steps, 1),
-                "grow_trials": (grow_trials, 0), "n_shortlist": (n_shortlist, 1)}
+                "grow_trials": (grow_trials, 0), "n_shortlist": (n_shortlist, 1), "max_counted": (max_counted, 1)}
         for name, (value, low) in ints.items():
             if not isinstance(value, int) or value < low:
                 raise UserError(f"`{name} >= {low}` must hold for PNASSampler, but got {name}={value!r}")
@@ -176,6 +185,19 @@ class PNASSampler(ArchSampler):
         self._built: dict[Any, dict[str, Any]] = {}  # arch key -> {"x": encoding, "params": n, "macs": n}
         self._encoded: dict[Any, np.ndarray] = {}  # arch key -> space.encode(arch)
         self._dists: dict[tuple[Any, ...], BaseDistribution] = {}
+        self._limits: Limits | None = None
+        self._max_counted = max_counted
+
+    def use_limits(self, limits: Limits | None) -> None:
+        """Propose only candidates within `limits` where it can (module docstring); None: no limits."""
+        self._limits = limits
+
+    def _fitting(self, archs: list[dict[str, Any]], order: Sequence[int], n: int) -> list[int]:
+        """The first `n` of `order` (indices into `archs`) within the limits, counted as they come up (at most
+        `max_counted`); where none of those fits, the `n` counted ones that break the limits least."""
+        if self._limits is None:
+            return [int(i) for i in order[:n]]
+        return self._limits.first(archs, order, n, at_most=self._max_counted)
 
     def reseed_rng(self) -> None:
         self._rng = np.random.default_rng()
@@ -217,7 +239,8 @@ class PNASSampler(ArchSampler):
         info: dict[str, Any] = {"stage": "startup" if startup else "predictor", "fraction": round(fraction, 4)}
         index = np.flatnonzero(allowed)
         if startup:
-            chosen = int(self._rng.choice(index))
+            chosen = (int(self._rng.choice(index)) if self._limits is None
+                      else self._fitting(archs, self._rng.permutation(index).tolist(), 1)[0])
         else:
             chosen, info["predicted"] = self._propose(obj, complete, losses, archs, keys, X, complexity, index, union)
         if complexity is not None:
@@ -336,14 +359,16 @@ class PNASSampler(ArchSampler):
                                   seed=int(self._rng.integers(2**31)))
             score = mean - self._kappa * std  # optimistic: lower loss where the members disagree
         if len(obj.kinds) == 1 and learned:
-            best = int(np.argmin(score[:, 0]))
+            best = self._fitting([archs[i] for i in index], np.argsort(score[:, 0], kind="stable").tolist(), 1)[0]
             return int(index[best]), {obj.names[0]: obj.value(0, float(mean[best, 0]))}
         ranking = score
         if complexity is not None and len(learned) < len(obj.kinds):
             ranking = np.column_stack([score, complexity[index]])
         if ranking.shape[1] == 0:
             ranking = self._rng.random((len(index), 1))
-        short = ranked(ranking, self._n_shortlist)
+        # with limits: the candidates in order of preference, of which the first `n_shortlist` that fit
+        n_short = self._n_shortlist if self._limits is None else max(self._max_counted, self._n_shortlist)
+        short = np.asarray(self._fitting([archs[i] for i in index], ranked(ranking, n_short), self._n_shortlist))
         cand = np.zeros((len(short), len(obj.kinds)))
         shown: list[dict[str, Any]] = [{} for _ in short]
         for j, k in enumerate(learned):

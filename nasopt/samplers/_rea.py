@@ -23,6 +23,11 @@ active in the child and the mutation always changes the network. Mutation of a c
 another choice uniformly; an integer moves to a neighbouring value (depth: add or remove one layer);
 a float takes a Gaussian step of 10% of its (log) range.
 
+Hard limits (`use_limits`, which the runner calls with the study's counted limits): a child over a
+limit is made again, up to `limit_tries` times (the first that fits, else the one that breaks the limits
+least); the random trials before the population is full are drawn among the architectures that fit.
+The child is then stored whole, as the space's `suggest` walks it, conditional decisions included.
+
 Multi-objective studies: the tournament winner has the lowest non-domination rank within the
 population, ties broken by the larger crowding distance within its front (NSGA-II's order), then at
 random.
@@ -45,7 +50,9 @@ from optuna.study import Study, StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from nasopt.errors import UserError
-from nasopt.samplers._base import ArchSampler
+from nasopt.samplers._base import MISSING, ArchSampler, fit_value
+from nasopt.samplers._limits import Limits, draw_value
+from nasopt.samplers._standin import StandInTrial
 
 __all__ = ["REASampler"]
 
@@ -61,12 +68,13 @@ class REASampler(ArchSampler):
         crossover_prob: probability that the child is a uniform crossover of two tournament winners
             before its mutation (0 gives the paper's pure mutation).
         seed: seed of the evolution and of the random fallback.
+        limit_tries: children made per trial at most while they break the study's limits (`use_limits`).
     """
 
     attr_key = CHILD_KEY
 
     def __init__(self, *, population_size: int = 20, sample_size: int = 5, crossover_prob: float = 0.5,
-                 seed: int | None = None) -> None:
+                 seed: int | None = None, limit_tries: int = 50) -> None:
         if population_size < 1:
             raise UserError(f"`population_size >= 1` must hold, but got {population_size=}; "
                             "use a population of a few dozen trials")
@@ -75,9 +83,18 @@ class REASampler(ArchSampler):
                             f"{population_size=}; a tournament of about a quarter of the population is usual")
         if not 0.0 <= crossover_prob <= 1.0:
             raise UserError(f"`0 <= crossover_prob <= 1` must hold, but got {crossover_prob=}")
+        if not isinstance(limit_tries, int) or limit_tries < 1:
+            raise UserError(f"`limit_tries >= 1` must hold, but got {limit_tries=}")
         self.population_size, self.sample_size, self.crossover_prob = population_size, sample_size, crossover_prob
+        self.limit_tries = limit_tries
         super().__init__(fallback_seed=seed)
         self._rng = np.random.RandomState(seed)
+        self._limits: Limits | None = None
+        self._dists: dict[tuple[Any, ...], BaseDistribution] = {}
+
+    def use_limits(self, limits: Limits | None) -> None:
+        """Propose only children within `limits` where it can (module docstring); None: no limits."""
+        self._limits = limits
 
     def reseed_rng(self) -> None:
         self._rng.seed()
@@ -96,7 +113,30 @@ class REASampler(ArchSampler):
     # -- one child per trial ---------------------------------------------------------------------
     def decide(self, study: Study, trial: FrozenTrial) -> tuple[dict[str, Any], dict[str, Any]]:
         """The trial's child record (stored under `rea:child`); nothing else is stored."""
-        return self._make_child(study), {}
+        limits = self._limits
+        if limits is None or trial.system_attrs.get("fixed_params"):
+            return self._make_child(study), {}
+        best: tuple[float, dict[str, Any]] | None = None
+        for _ in range(self.limit_tries):
+            child = self._make_child(study)
+            child["params"] = self._walk(limits, child["params"])  # the whole network the trial will build
+            excess = limits.excess(child["params"])
+            if best is None or excess < best[0]:
+                best = (excess, child)
+            if excess == 0.0:
+                break
+        assert best is not None
+        return best[1], {}
+
+    def _walk(self, limits: Limits, params: Mapping[str, Any]) -> dict[str, Any]:
+        """The architecture the space's `suggest` makes of `params`; what they lack is drawn at random."""
+        def take(name: str, dist: BaseDistribution) -> Any:
+            value = fit_value(dist, params[name]) if name in params else MISSING
+            return draw_value(dist, self._rng) if value is MISSING else value
+
+        trial = StandInTrial(take, self._dists)
+        limits.space.suggest(trial)
+        return trial.params
 
     def _make_child(self, study: Study) -> dict[str, Any]:
         population = self.population(study)

@@ -13,6 +13,9 @@ For the bundled spaces each decision adds its own cost, so the descent ends at t
 a space where decisions interact, and for `sram_kb` (a peak over the schedule, not a sum), it is a local
 minimum, and the message says "smallest found" (the smallest of every architecture counted). Measured
 limits (latency, memory, energy) are not checked here: they depend on the machine.
+
+`limits_for` hands the same counted limits to the sampler (`nasopt.samplers.with_limits`), with the rule that
+counts them: the network built on the study's task, or the nano-bench table's entry, as the trial will.
 """
 
 from __future__ import annotations
@@ -26,8 +29,10 @@ import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from nasopt.errors import UserError
+from nasopt.nanobench import NanoBench
+from nasopt.samplers import Limits
 
-__all__ = ["check_reachable", "COUNTED"]
+__all__ = ["check_reachable", "limits_for", "COUNTED"]
 
 COUNTED = ("params", "macs", "flash_kb", "sram_kb")  # limits computable from the architecture alone
 _WHAT = {"params": "parameters", "macs": "multiply-adds"}
@@ -76,6 +81,37 @@ def _counter(space: Any, task: Any, metrics: list[str]) -> tuple[Any, dict[str, 
         return cache[key]
 
     return count, cache
+
+
+def limits_for(space: Any, task: Any, constraints: dict[str, float]) -> Limits | None:
+    """The study's counted limits for its sampler, or None when it has none (or the task has no input shape)."""
+    bounds = {m: float(v) for m, v in constraints.items() if m in COUNTED}
+    if not bounds:
+        return None
+    if isinstance(task, NanoBench):  # the table's counts, as the trial's look-up reports them
+        return Limits(bounds, lambda arch: {m: float(task.entry(arch)[m]) for m in bounds}, space)
+    if not hasattr(task, "input_shape"):
+        return None
+
+    def count(arch: Any) -> dict[str, float]:
+        import torch
+
+        from nasopt.measure import count_macs, count_params, flash_kb, sram_kb
+
+        # the sampler's counts leave the trials' random numbers alone (a build initialises weights)
+        with torch.random.fork_rng(devices=[]), torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = space.build(dict(arch), task)
+            out = {"params": float(count_params(model))}
+            if "macs" in bounds:
+                out["macs"] = float(count_macs(model, task.input_shape))
+            if "flash_kb" in bounds:
+                out["flash_kb"] = flash_kb(model)
+            if "sram_kb" in bounds:
+                out["sram_kb"] = sram_kb(model, task.input_shape)
+        return out
+
+    return Limits(bounds, count, space)
 
 
 def _score(values: dict[str, float], limits: dict[str, float]) -> float:

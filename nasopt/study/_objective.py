@@ -29,6 +29,7 @@ from nasopt.keys import DECISIONS_ATTR, INTERRUPTED_KEY, OPTUNA_ARTIFACT_PREFIX,
 from nasopt.measure._metrics import count_macs, count_params, measure_latency, peak_memory
 from nasopt.nanobench import NanoBench
 from nasopt.pruners import CurvePruner, score
+from nasopt.samplers import WithinLimits
 from nasopt.space import fixed
 from nasopt.storage import (
     set_user_attrs,
@@ -229,7 +230,8 @@ class Objective:
                                      "latency_ms": round(latency.median_ms, 4),
                                      "memory_mb": round(memory / 2**20, 4)}
         # the sampler that proposed it (a gradient trial already names its method)
-        strategy = {} if "strategy" in trial.user_attrs else {"strategy": type(study.sampler).__name__}
+        sampler = study.sampler.sampler if isinstance(study.sampler, WithinLimits) else study.sampler
+        strategy = {} if "strategy" in trial.user_attrs else {"strategy": type(sampler).__name__}
         extra: dict[str, Any] = {}
         if "energy_mj" in spec.objectives or "energy_mj" in spec.constraints:
             from nasopt.measure._energy import energy_per_inference

@@ -26,6 +26,7 @@ from nasopt import nanobench
 from nasopt.artifacts._inherit import artifact_store_for
 from nasopt.data import DATASETS, load_task, resolve_device, user_task
 from nasopt.errors import UserError
+from nasopt.samplers import with_limits
 from nasopt.storage import (
     DEFAULT_STORAGE,
     check_workers,
@@ -38,7 +39,7 @@ from nasopt.storage import (
 from nasopt.storage._fast._buffer import BufferedStorage
 from nasopt.study import _identity as identity
 from nasopt.study import _worker as workers
-from nasopt.study._limits import check_reachable
+from nasopt.study._limits import check_reachable, limits_for
 from nasopt.study._objective import latency_table_for
 from nasopt.study._scoring import check_output, with_scoring
 from nasopt.study._spec import METRICS, StudySpec
@@ -165,6 +166,10 @@ def _run_checked(spec: StudySpec, storage: str | optuna.storages.BaseStorage | N
     _dry_build(spec, task)
     if spec.dataset != "nanobench":  # a limit no network of the space meets would reject every trial
         check_reachable(spec.space, task, dict(spec.constraints), seed=spec.seed)
+    if spec.strategy is None:  # the sampler proposes within the counted limits (nasopt.samplers.with_limits)
+        sampler = spec.sampler if spec.sampler is not None else _default_sampler(spec)
+        limits = limits_for(spec.space, task, dict(spec.constraints))
+        spec = spec.replace(sampler=with_limits(sampler, limits, seed=spec.seed))
     for strategy in (spec.strategy if isinstance(spec.strategy, (list, tuple)) else [spec.strategy]):
         if strategy is not None and hasattr(strategy, "check"):
             strategy.check(spec.space, task)  # e.g. DARTS on a space with depth choices: refused, nothing written

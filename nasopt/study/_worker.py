@@ -160,7 +160,7 @@ def run_worker(spec: StudySpec, study: optuna.Study, task: Any, store: Any, *, p
     info = {"index": index, **({"seed": seed} if seed is not None else {})}  # in each of its trials' records
     _recovery.claim_trials(study, info)  # a trial names this worker from its creation on
     watchdog = Watchdog(trial_timeout) if trial_timeout else None
-    sampler = study.sampler
+    sampler = getattr(study.sampler, "sampler", study.sampler)  # inside WithinLimits (nasopt.samplers)
     if workers > 1 and isinstance(sampler, optuna.samplers.TPESampler) and not getattr(sampler, "_constant_liar", True):
         print("nasopt: warning: TPESampler(constant_liar=False) with several workers proposes near-duplicate "
               "architectures; set constant_liar=True", file=sys.stderr)
