@@ -19,7 +19,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from nasopt.ops import _Pool
 
-__all__ = ["RecomputedMaxPool", "split_terminal_bn", "weighted_bn_sum"]
+__all__ = ["FastDepthwise", "RecomputedMaxPool", "fast_layers", "split_terminal_bn", "weighted_bn_sum"]
 
 
 def split_terminal_bn(module: nn.Module | None) -> tuple[nn.Module, _BatchNorm] | None:
@@ -31,13 +31,97 @@ def split_terminal_bn(module: nn.Module | None) -> tuple[nn.Module, _BatchNorm] 
     bn = layers[-1]
     if not isinstance(bn, _BatchNorm) or bn.affine or not bn.track_running_stats:
         return None
-    return nn.Sequential(*(_recomputed(m) for m in layers[:-1])), bn
+    return nn.Sequential(*layers[:-1]), bn
 
 
-def _recomputed(layer: nn.Module) -> nn.Module:
-    """`layer` with a 2-D max pool (bare or the op table's pool without projection) as a RecomputedMaxPool."""
+def fast_layers(module: nn.Module) -> list[nn.Module]:
+    """The layers of a plain Sequential, nested plain Sequentials flattened, each 2-D max pool (bare or the op
+    table's pool without projection) as a RecomputedMaxPool and each 2-D depthwise conv as a FastDepthwise;
+    [module] itself for anything else. The same modules (parameters) throughout."""
+    if type(module).forward is not nn.Sequential.forward:
+        return [_fast(module)]
+    return [layer for child in module.children() for layer in fast_layers(child)]
+
+
+def _fast(layer: nn.Module) -> nn.Module:
     pool = layer.pool if isinstance(layer, _Pool) and isinstance(layer.proj, nn.Identity) else layer
-    return RecomputedMaxPool(pool) if type(pool) is nn.MaxPool2d else layer
+    if type(pool) is nn.MaxPool2d:
+        return RecomputedMaxPool(pool)
+    if type(layer) is nn.Conv2d and layer.groups == layer.in_channels == layer.out_channels > 1 \
+            and layer.bias is None and layer.padding_mode == "zeros" and isinstance(layer.padding, tuple):
+        return FastDepthwise(layer)
+    return layer
+
+
+class _Depthwise(torch.autograd.Function):
+    """A 2-D depthwise conv with 'same'-style padding (2p = d(k-1)) whose backward pass avoids ATen's CPU
+    kernels where they are slow (torch 2.14, oneDNN; benchmarks/bench_oneshot_step.py):
+    - input gradient: the depthwise conv of the output gradient with the flipped kernel — the fast forward
+      kernel, 3-20x faster than ATen's for dilated and 5x5 kernels; at stride 2 the gradient is first spread
+      onto the input grid (zeros between), which is what the transposed conv computes. Undilated strided
+      convs keep ATen's input gradient (fast there).
+    - weight gradient of a dilated kernel: k*k shifted products summed per channel (2-5x faster than
+      ATen's); undilated kernels keep ATen's.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, w: torch.Tensor, stride: tuple[int, int],  # type: ignore[override]
+                padding: tuple[int, int], dilation: tuple[int, int]) -> torch.Tensor:
+        ctx.conv = (stride, padding, dilation)
+        ctx.save_for_backward(x, w)
+        return torch.nn.functional.conv2d(x, w, None, stride, padding, dilation, x.shape[1])
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+        x, w = ctx.saved_tensors
+        (sh, sw), padding, (dh, dw) = ctx.conv
+        C, (kh, kw) = x.shape[1], w.shape[-2:]
+        dilated, strided = (dh, dw) != (1, 1), (sh, sw) != (1, 1)
+        grad_x = grad_w = None
+
+        def aten(mask: list[bool]) -> tuple[torch.Tensor, ...]:
+            return torch.ops.aten.convolution_backward(g, x, w, None, [sh, sw], list(padding), [dh, dw], False,
+                                                       [0, 0], C, mask)  # type: ignore[no-any-return]
+
+        if ctx.needs_input_grad[0]:
+            if strided and not dilated:
+                grad_x = aten([True, False, False])[0]
+            else:
+                spread = g
+                if strided:
+                    spread = torch.zeros_like(x)  # (N, C, H, W), g at every stride-th position
+                    spread[:, :, ::sh, ::sw] = g
+                grad_x = torch.nn.functional.conv2d(spread, w.flip(-1, -2), None, 1, padding, (dh, dw), C)
+        if ctx.needs_input_grad[1]:
+            if not dilated:
+                grad_w = aten([False, True, False])[1]
+            else:
+                (ph, pw), (Ho, Wo) = padding, g.shape[-2:]
+                xp = torch.nn.functional.pad(x, [pw, pw, ph, ph])
+                grad_w = torch.empty(C, kh, kw, dtype=w.dtype, device=w.device)
+                for i in range(kh):
+                    for j in range(kw):
+                        window = xp[:, :, i * dh:i * dh + sh * (Ho - 1) + 1:sh, j * dw:j * dw + sw * (Wo - 1) + 1:sw]
+                        grad_w[:, i, j] = (window * g).sum((0, 2, 3))
+                grad_w = grad_w.view_as(w)
+        return grad_x, grad_w, None, None, None
+
+
+class FastDepthwise(nn.Module):
+    """`conv` (a 2-D depthwise nn.Conv2d without bias, padding 2p = d(k-1)) through `_Depthwise` when
+    autograd records it; else the conv itself."""
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__()
+        self.conv = conv
+        k, d, p = conv.kernel_size, conv.dilation, conv.padding
+        self.same = all(2 * p[i] == d[i] * (k[i] - 1) for i in range(2))  # type: ignore[index]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.same or not torch.is_grad_enabled() or x.dim() != 4:
+            return self.conv(x)  # type: ignore[no-any-return]
+        c = self.conv
+        return _Depthwise.apply(x, c.weight, c.stride, c.padding, c.dilation)  # type: ignore[no-any-return]
 
 
 class _MaxPool2d(torch.autograd.Function):

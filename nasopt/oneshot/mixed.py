@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nasopt.errors import UserError
-from nasopt.oneshot._fused import split_terminal_bn, weighted_bn_sum
+from nasopt.oneshot._fused import fast_layers, split_terminal_bn, weighted_bn_sum
 from nasopt.oneshot._shared import EDGE
 from nasopt.ops import OPS, Zero, build_op, layers_nd
 
@@ -56,17 +56,20 @@ def channel_shuffle_into(x: torch.Tensor, groups: int) -> torch.Tensor:
     return out
 
 
-def _after_relu(module: nn.Module) -> nn.Module | None:
-    """The layers of `module` after its leading non-inplace ReLU, as one Sequential of the same modules, or
-    None when the module does not begin with one (plain Sequentials only: DARTS' ReLUConvBN, DilConv, SepConv)."""
-    if type(module).forward is not nn.Sequential.forward or not len(module):  # type: ignore[arg-type]
-        return None
-    layers = list(module)  # type: ignore[call-overload]
-    first = layers[0]
-    if isinstance(first, nn.ReLU):
-        return nn.Sequential(*layers[1:]) if not first.inplace else None
-    inner = _after_relu(first)
-    return None if inner is None else nn.Sequential(*inner.children(), *layers[1:])
+def _after_relu(module: nn.Module) -> nn.Module:
+    """The layers of `module` after its leading non-inplace ReLU, flattened and with the fast max pool and
+    depthwise conv (`fast_layers`), as one Sequential of the same modules; None when the module does not
+    begin with such a ReLU (DARTS' ReLUConvBN, DilConv and SepConv do)."""
+    layers = fast_layers(module)
+    if layers and isinstance(layers[0], nn.ReLU) and not layers[0].inplace:
+        return nn.Sequential(*layers[1:])
+    return None  # type: ignore[return-value]
+
+
+def _plain_fast(module: nn.Module) -> nn.Module:
+    """`module` as `fast_layers` in one Sequential (itself when that changes nothing)."""
+    layers = fast_layers(module)
+    return module if layers == [module] else nn.Sequential(*layers)
 
 
 class MixedOp(nn.Module):
@@ -95,10 +98,13 @@ class MixedOp(nn.Module):
         # the input then the rest of its layers (ops that begin with a non-inplace ReLU), or the input itself
         self.fast = True
         self._zero = [isinstance(op, Zero) for op in self.ops]
-        self._after_relu = [_after_relu(op) for op in self.ops]  # plain lists: the same modules, not re-registered
-        # (the layers before it, the BN) for candidates ending in an affine-free BN, after the shared ReLU if any
-        self._bn_split = [split_terminal_bn(tail if tail is not None else op)
-                          for op, tail in zip(self.ops, self._after_relu, strict=True)]
+        # plain lists: the same modules, not re-registered. Per candidate: its layers after the shared ReLU
+        # (None: no leading ReLU), what runs instead of it (`_fast`), and for candidates ending in an
+        # affine-free BN, (the layers before it, the BN)
+        self._after_relu = [_after_relu(op) for op in self.ops]
+        self._fast = [tail if tail is not None else _plain_fast(op) for op, tail in zip(self.ops, self._after_relu,
+                                                                                           strict=True)]
+        self._bn_split = [split_terminal_bn(f) for f in self._fast]
 
     @staticmethod
     def _candidate(op: str, C_in: int, C_out: int, stride: int, **options: Any) -> nn.Module:
@@ -139,8 +145,8 @@ class MixedOp(nn.Module):
         out: torch.Tensor | None = None
         fused: list[tuple[int, Any, torch.Tensor]] = []  # (candidate, its BN, the BN's input)
         fuse = torch.is_grad_enabled() and self.training
-        for i, (wi, op, tail, split, zero) in enumerate(
-                zip(w, self.ops, self._after_relu, self._bn_split, self._zero, strict=True)):
+        for i, (wi, tail, fast, split, zero) in enumerate(
+                zip(w, self._after_relu, self._fast, self._bn_split, self._zero, strict=True)):
             if zero:
                 continue
             if tail is not None:
@@ -149,7 +155,7 @@ class MixedOp(nn.Module):
             if fuse and split is not None and split[1].training:
                 fused.append((i, split[1], split[0](source)))
                 continue
-            y = tail(source) if tail is not None else op(source)
+            y = fast(source)
             out = wi * y if out is None else out.addcmul_(y, wi)
         if fused:  # sum_i w_i BN_i(z_i) keeping only the z_i (nasopt.oneshot._fused)
             mixed = weighted_bn_sum(w[[i for i, _, _ in fused]], [bn for _, bn, _ in fused], [z for _, _, z in fused])
