@@ -107,7 +107,7 @@ class Objective:
         # the same architecture has the same picture: point to the original's file instead of drawing it again
         picture = prev.user_attrs.get(PICTURE_ATTR)
         meta = prev.system_attrs.get(f"{OPTUNA_ARTIFACT_PREFIX}{picture}") if picture else None
-        if meta is not None:
+        if picture and meta is not None:
             trial.storage.set_trial_system_attr(trial._trial_id, f"{OPTUNA_ARTIFACT_PREFIX}{picture}", meta)
             note_picture(trial, picture, f"trial {trial.number}: {prev.user_attrs.get('arch', '')}")  # shown large
         elif not isinstance(self.task, NanoBench):  # a table look-up draws no picture (see `_lookup`)
