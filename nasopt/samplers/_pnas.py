@@ -159,7 +159,7 @@ class PNASSampler(ArchSampler):
                  ensemble: int = 5, input_shape: Sequence[int] | None = None, num_classes: int = 10,
                  kappa: float = 0.5, train_steps: int = 200, start_fraction: float = 0.1,
                  grow_trials: int = 20, n_shortlist: int = 12, seed: int | None = None,
-                 max_counted: int = 256) -> None:
+                 max_counted: int = 1024) -> None:
         if space is not None and not all(callable(getattr(space, m, None)) for m in ("suggest", "build", "encode")):
             raise UserError(f"`space` must be a search space (suggest, build, encode) or None, but got {space!r}")
         ints = {"n_startup_trials": (n_startup_trials, 0), "n_candidates": (n_candidates, 1),
