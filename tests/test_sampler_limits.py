@@ -102,14 +102,26 @@ def test_limits_are_counted_on_the_built_network_on_real_data(tmp_path, one_thre
 
 def test_with_limits_hands_nasopt_samplers_the_limits_and_wraps_the_others():
     space = NanoSpace()
-    limits = Limits({"params": LIMIT}, lambda arch: {"params": 1000.0}, space)
-    rea = REASampler(seed=0)
+    counted: list[dict] = []
+
+    def count(arch):
+        counted.append(dict(arch))
+        return {"params": 1000.0}
+
+    limits = Limits({"params": LIMIT}, count, space)
+    rea = REASampler(seed=0, population_size=2, sample_size=1)
     assert with_limits(rea, limits) is rea  # filters its own children
+    study = optuna.create_study(direction="maximize", sampler=rea)
+    arch = space.suggest(study.ask())
+    assert counted == [arch]  # the child was counted before it was proposed
     tpe = make_sampler("tpe", seed=0, space=space)
     wrapped = with_limits(tpe, limits)
     assert isinstance(wrapped, WithinLimits) and wrapped.sampler is tpe
     assert with_limits(wrapped, limits).sampler is tpe  # never wrapped twice
-    assert with_limits(tpe, None) is tpe
+    assert with_limits(tpe, None) is tpe and with_limits(wrapped, None) is tpe
+    assert with_limits(rea, None) is rea  # reused by a study without limits, it forgets the earlier study's
+    space.suggest(study.ask())
+    assert len(counted) == 1
 
 
 def test_limits_refuse_what_cannot_be_counted_before_training():

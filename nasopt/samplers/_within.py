@@ -180,13 +180,13 @@ class WithinLimits(BaseSampler):
 def with_limits(sampler: BaseSampler, limits: Limits | None, *, seed: int | None = None) -> BaseSampler:
     """`sampler`, told of `limits`: nasopt's samplers that filter their own candidates take them through
     `use_limits` (and are returned themselves); any other sampler comes back wrapped in `WithinLimits`
-    (`seed`: of its fallback's random architectures). No limits (None, or none): `sampler` unchanged."""
-    if limits is None or not limits.bounds:
-        return sampler
-    if isinstance(sampler, WithinLimits):
+    (`seed`: of its fallback's random architectures). No limits (None, or none): `sampler` itself."""
+    if isinstance(sampler, WithinLimits):  # never wrapped twice; a study without limits gets the sampler itself
         sampler = sampler.sampler
+    if limits is not None and not limits.bounds:
+        limits = None
     use = getattr(sampler, "use_limits", None)
-    if callable(use):
+    if callable(use):  # also told of no limits: a sampler reused from a study that had some forgets them
         use(limits)
         return sampler
-    return WithinLimits(sampler, limits, seed=seed)
+    return sampler if limits is None else WithinLimits(sampler, limits, seed=seed)
