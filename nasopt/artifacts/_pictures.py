@@ -25,6 +25,8 @@ None of these ever fails a trial: a picture that cannot be drawn is logged and s
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import io
 import json
 import logging
@@ -32,6 +34,7 @@ import math
 import os
 import tempfile
 import uuid
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -353,13 +356,35 @@ class _TrialRef:
         self.study, self.storage, self._trial_id = study, study._storage, trial_id
 
 
+@functools.cache
+def _dashboard_notes() -> tuple[Any, Any]:
+    """optuna-dashboard's own `get_note` and `save_note` (its note format, via its API). They live in its
+    `_note` module, which needs only optuna; the package's `__init__` also loads its web app and, through
+    its preferential GP sampler, botorch and gpytorch (~1.8 s per process, and torch.jit FutureWarnings on
+    the user's terminal). So the module is loaded from its file alone; any surprise falls back to the
+    package import with that noise silenced."""
+    try:
+        spec = importlib.util.find_spec("optuna_dashboard")  # locates the package without importing it
+        assert spec is not None and spec.submodule_search_locations
+        path = Path(next(iter(spec.submodule_search_locations))) / "_note.py"
+        module_spec = importlib.util.spec_from_file_location("_nasopt_dashboard_note", path)
+        assert module_spec is not None and module_spec.loader is not None
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+        return module.get_note, module.save_note
+    except Exception:  # noqa: BLE001 - another layout of optuna-dashboard: its public import
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            from optuna_dashboard import get_note, save_note
+        return get_note, save_note
+
+
 def note_picture(trial: Any, artifact_id: str, title: str) -> bool:
     """Write the picture's note (`picture_note`) on `trial` (an `optuna.Trial`, or what optuna-dashboard's
     `save_note` reads of one) unless it has a note (a user's note stays); True when written. Never raises:
     a note that cannot be written is logged and skipped."""
-    from optuna_dashboard import get_note, save_note  # optuna-dashboard's own note format, via its API
-
     try:
+        get_note, save_note = _dashboard_notes()
         if get_note(trial).strip():
             return False
         save_note(trial, picture_note(trial.study._study_id, trial._trial_id, artifact_id, title))
