@@ -22,7 +22,7 @@ from torch import nn
 from nasopt.errors import UserError
 
 __all__ = ["OPS", "ND_OPS", "ACTIVATIONS", "build_op", "activation", "layers_nd", "InvertedResidual",
-           "SqueezeExcite"]
+           "SqueezeExcite", "Pool"]
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": lambda: nn.ReLU(inplace=False),
@@ -172,7 +172,7 @@ def _skip_connect(C_in: int, C_out: int, stride: int, affine: bool = True, dim: 
     return FactorizedReduce(C_in, C_out, affine, dim)
 
 
-class _Pool(nn.Module):
+class Pool(nn.Module):
     """A 3x3 pool, followed by a 1x1 conv-BN when the channel count changes."""
 
     def __init__(self, kind: str, C_in: int, C_out: int, stride: int, kernel: int = 3, dim: int = 2) -> None:
@@ -253,16 +253,16 @@ OPS: dict[str, OpFactory] = {
     "conv3x3": lambda C_in, C_out, stride, act="relu", **_: ConvBNAct(C_in, C_out, 3, stride, act=act),
     "conv5x5": lambda C_in, C_out, stride, act="relu", **_: ConvBNAct(C_in, C_out, 5, stride, act=act),
     "conv7x7": lambda C_in, C_out, stride, act="relu", **_: ConvBNAct(C_in, C_out, 7, stride, act=act),
-    "maxpool3x3": lambda C_in, C_out, stride, **_: _Pool("max", C_in, C_out, stride),
-    "avgpool3x3": lambda C_in, C_out, stride, **_: _Pool("avg", C_in, C_out, stride),
+    "maxpool3x3": lambda C_in, C_out, stride, **_: Pool("max", C_in, C_out, stride),
+    "avgpool3x3": lambda C_in, C_out, stride, **_: Pool("avg", C_in, C_out, stride),
     "skip": lambda C_in, C_out, stride, dim=2, **_: _identity(C_in, C_out, stride, dim),
     "zero": lambda C_in, C_out, stride, **_: Zero(C_in, C_out, stride),
     # DARTS' primitives under their paper names (ReLU-conv-BN ordering, affine switchable)
     "none": lambda C_in, C_out, stride, **_: Zero(C_in, C_out, stride),
     "skip_connect": lambda C_in, C_out, stride, affine=True, dim=2, **_: _skip_connect(C_in, C_out, stride,
                                                                                       affine, dim),
-    "max_pool_3x3": lambda C_in, C_out, stride, **_: _Pool("max", C_in, C_out, stride),
-    "avg_pool_3x3": lambda C_in, C_out, stride, **_: _Pool("avg", C_in, C_out, stride),
+    "max_pool_3x3": lambda C_in, C_out, stride, **_: Pool("max", C_in, C_out, stride),
+    "avg_pool_3x3": lambda C_in, C_out, stride, **_: Pool("avg", C_in, C_out, stride),
     "sep_conv_3x3": lambda C_in, C_out, stride, affine=True, **_: SepConv(C_in, C_out, 3, stride, 1, affine),
     "sep_conv_5x5": lambda C_in, C_out, stride, affine=True, **_: SepConv(C_in, C_out, 5, stride, 2, affine),
     "sep_conv_7x7": lambda C_in, C_out, stride, affine=True, **_: SepConv(C_in, C_out, 7, stride, 3, affine),
@@ -288,8 +288,8 @@ for _k in (3, 5, 7):
         C_in, C_out, _k, stride, dilation=2, dim=dim)
     OPS[f"sep_conv_bn_relu_k{_k}"] = lambda C_in, C_out, stride, dim=2, _k=_k, **_: nn.Sequential(
         ConvBNAct(C_in, C_in, _k, stride, groups=C_in, dim=dim), ConvBNAct(C_in, C_out, 1, dim=dim))
-OPS["max_pool_k3"] = lambda C_in, C_out, stride, dim=2, **_: _Pool("max", C_in, C_out, stride, dim=dim)
-OPS["avg_pool_k3"] = lambda C_in, C_out, stride, dim=2, **_: _Pool("avg", C_in, C_out, stride, dim=dim)
+OPS["max_pool_k3"] = lambda C_in, C_out, stride, dim=2, **_: Pool("max", C_in, C_out, stride, dim=dim)
+OPS["avg_pool_k3"] = lambda C_in, C_out, stride, dim=2, **_: Pool("avg", C_in, C_out, stride, dim=dim)
 # MobileNetV2 / ProxylessNAS inverted-residual blocks: mbconv_k{kernel}_e{expand}
 for _k in (3, 5, 7):
     for _e in (1, 3, 4, 6):

@@ -17,9 +17,9 @@ import nasopt
 from nasopt.analysis._dashboard import WIDTH, FeasibilityView, artifact_folder
 from nasopt.artifacts._graph import arch_graph
 from nasopt.artifacts._inherit import load_weights
+from nasopt.artifacts._notes import TrialRef
 from nasopt.artifacts._pictures import (
     PICTURE_ATTR,
-    _TrialRef,
     draw_missing,
     keep_weights,
     picture_ids,
@@ -192,7 +192,7 @@ def test_the_dashboard_sees_list_form_constraints_and_a_feasible_attr(tmp_path):
 
 
 def _note(study, t):
-    return get_note(_TrialRef(study, t._trial_id))  # optuna-dashboard's own reader of a trial's note
+    return get_note(TrialRef(study, t._trial_id))  # optuna-dashboard's own reader of a trial's note
 
 
 def test_the_trial_note_shows_the_picture_large_and_keeps_a_users_note(tmp_path):

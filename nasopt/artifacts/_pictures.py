@@ -16,17 +16,15 @@ Artifacts of a trial, through Optuna's artifact store (`<db>.artifacts/` beside 
   finished trial's own attrs can no longer change.
 
 The dashboard lists a trial's artifacts as ~130 px thumbnails, so the picture also goes into the trial's
-note (`picture_note`: Markdown that optuna-dashboard renders at the top of the trial page, as wide as the
-page allows, linked to the file at full size), through optuna-dashboard's own `save_note`. A note the
-user wrote is never replaced.
+note (`nasopt.artifacts._notes.picture_note`: Markdown that optuna-dashboard renders at the top of the
+trial page, as wide as the page allows, linked to the file at full size), through optuna-dashboard's own
+`save_note`. A note the user wrote is never replaced.
 
 None of these ever fails a trial: a picture that cannot be drawn is logged and skipped.
 """
 
 from __future__ import annotations
 
-import functools
-import importlib.util
 import io
 import json
 import logging
@@ -34,7 +32,6 @@ import math
 import os
 import tempfile
 import uuid
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -47,10 +44,11 @@ from optuna.trial import FrozenTrial, TrialState
 
 from nasopt.artifacts._graph import arch_graph
 from nasopt.artifacts._inherit import artifact_store_for, save_weights
+from nasopt.artifacts._notes import TrialRef, note_picture
 from nasopt.keys import PICTURE_ATTR, WEIGHTS_ATTR
 
 __all__ = ["to_svg", "picture_svg", "save_picture", "keep_weights", "draw_missing", "picture_ids",
-           "picture_note", "note_picture", "PICTURE_ATTR", "PICTURE_SUFFIX"]
+           "PICTURE_ATTR", "PICTURE_SUFFIX"]
 
 PICTURE_SUFFIX = "_architecture.svg"
 _DASHBOARD_PREFIX = "dashboard:artifacts:"  # optuna-dashboard's study-level record of a trial's artifact
@@ -339,62 +337,6 @@ def picture_ids(study: optuna.Study, trial: FrozenTrial, study_attrs: Mapping[st
     return ids
 
 
-def picture_note(study_id: int, trial_id: int, artifact_id: str, title: str) -> str:
-    """The Markdown of a trial note that shows the architecture picture large: optuna-dashboard serves the
-    artifact at `/artifacts/<study_id>/<trial_id>/<artifact_id>` (the URL its own "Insert an image" writes)
-    and renders a note's image at its own size, at most the page's width; a click opens it at full size."""
-    url = f"/artifacts/{study_id}/{trial_id}/{artifact_id}"
-    title = title.replace("`", "'")  # in a code span: genotypes hold `_` and `*`, which Markdown would eat
-    return f"Architecture of `{title}` ([full size]({url})):\n\n[![architecture]({url})]({url})\n"
-
-
-class _TrialRef:
-    """A trial as optuna-dashboard's `save_note`/`get_note` read it (its storage, study and id); a finished
-    trial cannot be reopened as an `optuna.Trial`, whose constructor calls the sampler."""
-
-    def __init__(self, study: optuna.Study, trial_id: int) -> None:
-        self.study, self.storage, self._trial_id = study, study._storage, trial_id
-
-
-@functools.cache
-def _dashboard_notes() -> tuple[Any, Any]:
-    """optuna-dashboard's own `get_note` and `save_note` (its note format, via its API). They live in its
-    `_note` module, which needs only optuna; the package's `__init__` also loads its web app and, through
-    its preferential GP sampler, botorch and gpytorch (~1.8 s per process, and torch.jit FutureWarnings on
-    the user's terminal). So the module is loaded from its file alone; any surprise falls back to the
-    package import with that noise silenced."""
-    try:
-        spec = importlib.util.find_spec("optuna_dashboard")  # locates the package without importing it
-        assert spec is not None and spec.submodule_search_locations
-        path = Path(next(iter(spec.submodule_search_locations))) / "_note.py"
-        module_spec = importlib.util.spec_from_file_location("_nasopt_dashboard_note", path)
-        assert module_spec is not None and module_spec.loader is not None
-        module = importlib.util.module_from_spec(module_spec)
-        module_spec.loader.exec_module(module)
-        return module.get_note, module.save_note
-    except Exception:  # noqa: BLE001 - another layout of optuna-dashboard: its public import
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", category=FutureWarning)
-            from optuna_dashboard import get_note, save_note
-        return get_note, save_note
-
-
-def note_picture(trial: Any, artifact_id: str, title: str) -> bool:
-    """Write the picture's note (`picture_note`) on `trial` (an `optuna.Trial`, or what optuna-dashboard's
-    `save_note` reads of one) unless it has a note (a user's note stays); True when written. Never raises:
-    a note that cannot be written is logged and skipped."""
-    try:
-        get_note, save_note = _dashboard_notes()
-        if get_note(trial).strip():
-            return False
-        save_note(trial, picture_note(trial.study._study_id, trial._trial_id, artifact_id, title))
-        return True
-    except Exception as e:  # a note is never worth a failed trial
-        _log.warning("trial %s: no note with its picture (%s: %s)", getattr(trial, "number", trial._trial_id),
-                     type(e).__name__, e)
-        return False
-
-
 def draw_missing(study: optuna.Study, store: Any, space: Any = None, *, task: Any = None) -> int:
     """Draw a picture for every finished trial with params but no picture; returns how many were drawn.
     A trial with a picture but no note (a study from before notes, or a trial that reused another's
@@ -411,7 +353,7 @@ def draw_missing(study: optuna.Study, store: Any, space: Any = None, *, task: An
         pictures = picture_ids(study, t, study_attrs)
         if pictures:
             arch = t.user_attrs.get("arch") or (space.describe(t.params) if space is not None else "")
-            note_picture(_TrialRef(study, t._trial_id), pictures[0], f"trial {t.number}: {arch}".rstrip(": "))
+            note_picture(TrialRef(study, t._trial_id), pictures[0], f"trial {t.number}: {arch}".rstrip(": "))
             continue
         try:
             title = f"trial {t.number}: {space.describe(t.params)}" if space is not None else f"trial {t.number}"
@@ -426,6 +368,6 @@ def draw_missing(study: optuna.Study, store: Any, space: Any = None, *, task: An
         store.write(artifact_id, io.BytesIO(svg.encode()))
         study._storage.set_study_system_attr(study._study_id, f"{_DASHBOARD_PREFIX}{t._trial_id}:{artifact_id}",
                                              json.dumps(meta))
-        note_picture(_TrialRef(study, t._trial_id), artifact_id, title)
+        note_picture(TrialRef(study, t._trial_id), artifact_id, title)
         drawn += 1
     return drawn

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from nasopt.ops import _Pool
+from nasopt.ops import Pool
 
 __all__ = ["FastDepthwise", "RecomputedMaxPool", "fast_layers", "split_terminal_bn", "weighted_bn_sum"]
 
@@ -44,7 +44,7 @@ def fast_layers(module: nn.Module) -> list[nn.Module]:
 
 
 def _fast(layer: nn.Module) -> nn.Module:
-    pool = layer.pool if isinstance(layer, _Pool) and isinstance(layer.proj, nn.Identity) else layer
+    pool = layer.pool if isinstance(layer, Pool) and isinstance(layer.proj, nn.Identity) else layer
     if type(pool) is nn.MaxPool2d:
         return RecomputedMaxPool(pool)
     if type(layer) is nn.Conv2d and layer.groups == layer.in_channels == layer.out_channels > 1 \

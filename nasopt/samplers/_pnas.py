@@ -26,16 +26,13 @@ and a trial continued in another process keeps its architecture. One decision:
    largest predicted hypervolume improvement over the observed Pareto front wins (objectives min-max
    normalised, cost metrics on log scale); if all are predicted dominated, the one closest to the front.
 
-Hard limits (`use_limits`, which the runner calls with the study's counted limits): the candidates are
-taken in the order the steps above prefer them (at random at startup, by score after), and one over a
-limit is passed over; each is counted when it comes up (cached), at most `max_counted` per trial, so a
-real space builds a few networks per trial rather than the whole pool. Where none counted fits, the one
-that breaks the limits least is proposed.
+Hard limits (`use_limits`, which the runner calls with the study's counted limits): candidates are taken in
+the order the steps above prefer them (at random at startup, by score after) and one over a limit is passed
+over; each is counted when it comes up (cached), at most `max_counted` per trial, so a real space builds a
+few networks per trial, not the pool. Where none counted fits, the one that breaks them least is proposed.
 
-Without a space (`space=None`) it is a generic sampler over the union of the distributions the study
-has seen (encoded with `encode_params`, no progressive stage); a name it did not decide is drawn at
-random.
-"""
+Without a space (`space=None`): a generic sampler over the union of the distributions the study has seen
+(`encode_params`, no progressive stage); a name it did not decide is drawn at random."""
 
 from __future__ import annotations
 

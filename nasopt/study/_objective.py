@@ -22,7 +22,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from nasopt._format import fmt
 from nasopt.artifacts._inherit import Recorder, inherit, save_weights
-from nasopt.artifacts._pictures import keep_weights, note_picture, save_picture
+from nasopt.artifacts._notes import note_picture
+from nasopt.artifacts._pictures import keep_weights, save_picture
 from nasopt.errors import UserError
 from nasopt.importing import named
 from nasopt.keys import DECISIONS_ATTR, INTERRUPTED_KEY, OPTUNA_ARTIFACT_PREFIX, PICTURE_ATTR, WORKER_KEY
