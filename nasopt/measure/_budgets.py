@@ -45,7 +45,7 @@ tensor, a DARTS cell's states until the cell's concatenation). The peak is the l
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,7 +53,8 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-__all__ = ["flash_bytes", "flash_kb", "sram_bytes", "sram_kb", "activation_steps", "Step", "folded_batchnorms"]
+__all__ = ["flash_bytes", "flash_kb", "sram_bytes", "sram_kb", "activation_steps", "Step", "folded_batchnorms",
+           "counted_metrics"]
 
 KB = 1024
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.Linear)
@@ -310,3 +311,17 @@ def sram_bytes(model: nn.Module, input_shape: Sequence[int]) -> int:
 def sram_kb(model: nn.Module, input_shape: Sequence[int]) -> float:
     """`sram_bytes(model, input_shape) / 1024`: the peak SRAM of the activations in KB."""
     return sram_bytes(model, input_shape) / KB
+
+
+def counted_metrics(model: nn.Module, input_shape: Sequence[int], names: Iterable[str]) -> dict[str, float]:
+    """The metrics counted from the built network alone, for those of `names` that are: `params`, `macs`,
+    `flash_kb`, `sram_kb` (what a trial counts before training, what `check_reachable` and the samplers'
+    limits count)."""
+    from nasopt.measure._metrics import count_macs, count_params
+
+    names = set(names)
+    counters = {"params": lambda: float(count_params(model)),
+                "macs": lambda: float(count_macs(model, input_shape)),
+                "flash_kb": lambda: flash_kb(model),
+                "sram_kb": lambda: sram_kb(model, input_shape)}
+    return {name: count() for name, count in counters.items() if name in names}

@@ -29,7 +29,7 @@ from nasopt.oneshot._fused import fast_layers, split_terminal_bn, weighted_bn_su
 from nasopt.oneshot._shared import EDGE
 from nasopt.ops import OPS, Zero, build_op, layers_nd
 
-__all__ = ["MixedOp", "MixedChooser", "Supernet", "channel_shuffle", "channel_shuffle_into", "param_key"]
+__all__ = ["MixedOp", "MixedChooser", "Supernet", "channel_shuffle", "param_key"]
 
 
 
@@ -39,15 +39,8 @@ def param_key(name: str) -> str:
 
 
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
-    """(N, C, ...) -> the channels interleaved across `groups` (ShuffleNet), any spatial rank."""
-    if groups == 1:
-        return x
-    n, c = x.shape[:2]
-    return x.view(n, groups, c // groups, *x.shape[2:]).transpose(1, 2).reshape(x.shape)
-
-
-def channel_shuffle_into(x: torch.Tensor, groups: int) -> torch.Tensor:
-    """`channel_shuffle` that keeps x's memory format (channels_last stays channels_last)."""
+    """(N, C, ...) -> the channels interleaved across `groups` (ShuffleNet), any spatial rank, keeping x's memory
+    format (a channels-last tensor stays channels-last)."""
     if groups == 1:
         return x
     n, c = x.shape[:2]
@@ -131,8 +124,7 @@ class MixedOp(nn.Module):
             rest = pool(rest, 2, 2, ceil_mode=True)
         if self.edge_weight is not None:
             rest = self.edge_weight * rest
-        shuffle = channel_shuffle if not self.fast else channel_shuffle_into
-        return shuffle(torch.cat([out, rest], dim=1), self.partial)
+        return channel_shuffle(torch.cat([out, rest], dim=1), self.partial)
 
     def _mix(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """sum_i w_i op_i(x). The fast form computes the same sum with less work: a zero op adds nothing

@@ -52,8 +52,7 @@ def _choices(dist: Any) -> list[Any]:
 
 
 def _counter(space: Any, task: Any, metrics: list[str]) -> tuple[Any, dict[str, dict[str, float] | None]]:
-    from nasopt.measure._budgets import flash_kb, sram_kb
-    from nasopt.measure._metrics import count_macs, count_params
+    from nasopt.measure._budgets import counted_metrics
 
     cache: dict[str, dict[str, float] | None] = {}
 
@@ -68,14 +67,7 @@ def _counter(space: Any, task: Any, metrics: list[str]) -> tuple[Any, dict[str, 
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     model = space.build(arch, task)
-                    out = {"params": float(count_params(model))}
-                    if "macs" in metrics:
-                        out["macs"] = float(count_macs(model, task.input_shape))
-                    if "flash_kb" in metrics:
-                        out["flash_kb"] = flash_kb(model)
-                    if "sram_kb" in metrics:
-                        out["sram_kb"] = sram_kb(model, task.input_shape)
-                cache[key] = out
+                    cache[key] = counted_metrics(model, task.input_shape, {"params", *metrics})
             except Exception:  # a combination the space cannot build: not a candidate
                 cache[key] = None
         return cache[key]
@@ -96,20 +88,12 @@ def limits_for(space: Any, task: Any, constraints: dict[str, float]) -> Limits |
     def count(arch: Any) -> dict[str, float]:
         import torch
 
-        from nasopt.measure import count_macs, count_params, flash_kb, sram_kb
+        from nasopt.measure._budgets import counted_metrics
 
         # the sampler's counts leave the trials' random numbers alone (a build initialises weights)
         with torch.random.fork_rng(devices=[]), torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            model = space.build(dict(arch), task)
-            out = {"params": float(count_params(model))}
-            if "macs" in bounds:
-                out["macs"] = float(count_macs(model, task.input_shape))
-            if "flash_kb" in bounds:
-                out["flash_kb"] = flash_kb(model)
-            if "sram_kb" in bounds:
-                out["sram_kb"] = sram_kb(model, task.input_shape)
-        return out
+            return counted_metrics(space.build(dict(arch), task), task.input_shape, {"params", *bounds})
 
     return Limits(bounds, count, space)
 

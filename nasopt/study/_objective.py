@@ -242,12 +242,9 @@ class Objective:
             extra["energy"] = {"mj": metrics["energy_mj"], **provenance}
         budgets = set(spec.objectives) | set(spec.constraints)  # int8 flash/SRAM, counted when the study asks
         if "flash_kb" in budgets or "sram_kb" in budgets:
-            from nasopt.measure._budgets import flash_kb, sram_kb
+            from nasopt.measure._budgets import counted_metrics
 
-            if "flash_kb" in budgets:
-                metrics["flash_kb"] = flash_kb(model)
-            if "sram_kb" in budgets:
-                metrics["sram_kb"] = sram_kb(model, task.input_shape)
+            metrics.update(counted_metrics(model, task.input_shape, budgets & {"flash_kb", "sram_kb"}))
         zero_cost = proxies.measure(spec, model, task, seed)  # the zero-cost proxies the study names
         extra.update(zero_cost)
         settings = self.settings(study)
