@@ -132,6 +132,8 @@ def main() -> None:
                 runner.step(train, valid)
                 if round_:  # round 0 warms up allocators and kernels
                     times[name].append(time.perf_counter() - t0)
+                print(f"  [{label}] round {round_}/{args.rounds} {name}: {time.perf_counter() - t0:.2f} s"
+                      f"{' (warm-up)' if not round_ else ''}", file=sys.stderr, flush=True)
         peaks = {name: weight_step_peak(r.net, train) for name, r in runners.items()}
         ratios = [a / b for a, b in zip(times["nasopt"], times["reference"], strict=True)]
         print(f"\n{label} ({weights['nasopt']:,} weights):")
