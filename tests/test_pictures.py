@@ -195,6 +195,25 @@ def _note(study, t):
     return get_note(TrialRef(study, t._trial_id))  # optuna-dashboard's own reader of a trial's note
 
 
+def test_an_infeasible_trial_never_costs_a_feasible_one_its_weights(tmp_path, digits_task):
+    """Optuna's best_trials holds the feasible front only; a feasible trial dominated by an infeasible one
+    (trial 0: better values, a constraint over its limit) is on that front and keeps its weights."""
+    study, store = _study(tmp_path)
+    space = NanoSpace(C=4)
+
+    def objective(trial):
+        arch = space.suggest(trial)
+        trial.set_constraint("int8_kb", 1.0 if trial.number == 0 else -1.0)  # only trial 0 is infeasible
+        values = [0.9, 50.0] if trial.number == 0 else [0.5, 100.0] if trial.number == 1 else [0.4, 200.0]
+        keep_weights(trial, space.build(arch, digits_task), values, store)
+        return values
+
+    study.optimize(objective, n_trials=3)
+    trials = study.get_trials()
+    assert [t.number for t in study.best_trials] == [1]
+    assert [WEIGHTS_ATTR in t.user_attrs for t in trials] == [True, True, False]  # 2: dominated by feasible 1
+
+
 def test_the_trial_note_shows_the_picture_large_and_keeps_a_users_note(tmp_path):
     study, store = _study(tmp_path)
     space = NanoSpace(C=4)

@@ -303,16 +303,24 @@ def _dominates(a: Sequence[float], b: Sequence[float], directions: Sequence[Any]
     return all(better) and any(s * x > s * y for s, x, y in zip(sign, a, b, strict=True))
 
 
+def _feasible(t: FrozenTrial) -> bool:
+    return all(v <= 0 for v in t.constraints.values())
+
+
 def keep_weights(trial: optuna.Trial, model: Any, values: Sequence[float], store: Any = None, *,
                  directory: str | None = None) -> str | None:
     """Store the trained weights of a finishing trial that no COMPLETE trial dominates (a Pareto-optimal
-    or best trial at the time it finishes). Returns the artifact id, or None when not kept."""
+    or best trial at the time it finishes). As in Optuna's `best_trials`, an infeasible trial (a constraint
+    above 0) never dominates a feasible one, so the feasible front always has its weights. Returns the
+    artifact id, or None when not kept."""
     try:
         if trial.user_attrs.get(WEIGHTS_ATTR):  # weight inheritance stored them already
             return str(trial.user_attrs[WEIGHTS_ATTR])
         directions = trial.study.directions
+        feasible = _feasible(trial.study._storage.get_trial(trial._trial_id))
         for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            if t.number != trial.number and t.values is not None and _dominates(t.values, values, directions):
+            if t.number != trial.number and t.values is not None and (_feasible(t) or not feasible) \
+                    and _dominates(t.values, values, directions):
                 return None
         store = _store(trial.storage, store, directory)
         return None if store is None else save_weights(trial, model, store)
