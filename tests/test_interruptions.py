@@ -65,11 +65,12 @@ def trials_of(url: str, name: str) -> list[FrozenTrial]:
         return []
 
 
-def wait_for_trial(proc: subprocess.Popen[str], url: str, name: str, timeout: float = 120) -> FrozenTrial:
-    """The RUNNING trial of `proc` once its params are written."""
+def wait_for_trial(proc: subprocess.Popen[str], url: str, name: str, marker: Path, timeout: float = 120) -> FrozenTrial:
+    """The RUNNING trial of `proc` once it waits in `build` (tiny_interrupt: all its params written)."""
     deadline = time.monotonic() + timeout
+    waiting = Path(f"{marker}.{proc.pid}")
     while time.monotonic() < deadline:
-        for t in trials_of(url, name):
+        for t in trials_of(url, name) if waiting.exists() else []:
             if (t.state == TrialState.RUNNING and t.params
                     and (t.system_attrs.get("nasopt:worker") or {}).get("pid") == proc.pid):
                 return t
@@ -103,7 +104,7 @@ def test_a_trial_interrupted_four_times_is_retried_until_it_completes(tmp_path):
     victims = []
     for sig in signals:
         proc = start("tiny_interrupt.py", url, tmp_path, NASOPT_TEST_BLOCK=str(marker))
-        victims.append(wait_for_trial(proc, f"sqlite:///{tmp_path / 'nasopt.db'}", "tiny_interrupt"))
+        victims.append(wait_for_trial(proc, f"sqlite:///{tmp_path / 'nasopt.db'}", "tiny_interrupt", marker))
         proc.send_signal(sig)
         out, err = proc.communicate(timeout=60)
         assert proc.returncode == CODES[sig], (sig, proc.returncode, err)
