@@ -26,6 +26,9 @@ and a trial continued in another process keeps its architecture. One decision:
    largest predicted hypervolume improvement over the observed Pareto front wins (objectives min-max
    normalised, cost metrics on log scale); if all are predicted dominated, the one closest to the front.
 
+Zero-cost proxies (`proxy_inputs`): the predictor's shortlist is predicted again with the proxies of the
+untrained networks appended to their encodings (`nasopt.samplers._proxy_inputs`; the runner gives the rule).
+
 Hard limits (`use_limits`, which the runner calls with the study's counted limits): candidates are taken in
 the order the steps above prefer them (at random at startup, by score after) and one over a limit is passed
 over; each is counted when it comes up (cached), at most `max_counted` per trial, so a real space builds a
@@ -38,13 +41,13 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.distributions import BaseDistribution
 from optuna.study import Study, StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
@@ -52,7 +55,8 @@ from nasopt.errors import UserError
 from nasopt.measure._metrics import count_macs, count_params
 from nasopt.samplers._base import MISSING, ArchSampler, fit_value
 from nasopt.samplers._limits import Limits
-from nasopt.samplers._standin import StandInTrial
+from nasopt.samplers._proxy_inputs import ProxyInputs, Scorer
+from nasopt.samplers._standin import StandInTrial, chooser
 from nasopt.samplers._surrogate import best_hv, ensemble_predict, pareto_mask, ranked, ridge
 from nasopt.space import encode_params
 
@@ -63,50 +67,9 @@ _COSTS = ("params", "macs", "latency_ms", "memory_mb")  # positive metrics, mode
 _REFERENCE_SHAPE = (3, 32, 32)
 
 
-def _draw(dist: BaseDistribution, rng: np.random.Generator, avoid: Any = MISSING) -> Any:
-    """A random value of `dist` (uniform, on log scale for log distributions), unequal to `avoid` if possible."""
-    for _ in range(8):
-        u = rng.random()  # one uniform per draw: `rng.integers` costs ten times more per call
-        if isinstance(dist, CategoricalDistribution):
-            value = dist.choices[min(int(u * len(dist.choices)), len(dist.choices) - 1)]
-        else:
-            assert isinstance(dist, (IntDistribution, FloatDistribution))
-            low, high = dist.low, dist.high
-            if dist.log:  # an int covers [low - 0.5, high + 0.5] before rounding, as in Optuna
-                pad = 0.5 if isinstance(dist, IntDistribution) else 0.0
-                lo, hi = math.log(low - pad), math.log(high + pad)
-                x = math.exp(lo + u * (hi - lo))
-            elif dist.step is not None:
-                n = int((high - low) / dist.step + 1e-8) + 1
-                x = low + dist.step * min(int(u * n), n - 1)
-            else:
-                x = low + u * (high - low)
-            value = int(min(max(round(x), low), high)) if isinstance(dist, IntDistribution) else float(min(max(x, low), high))
-        if avoid is MISSING or value != avoid:
-            break
-    return value
-
-
 def _key(arch: Mapping[str, Any]) -> tuple[Any, ...]:
     """A hashable identity of an architecture (names are unique, so values are never compared)."""
     return tuple(sorted(arch.items()))
-
-
-def _chooser(rng: np.random.Generator, pinned: Mapping[str, Any], base: Mapping[str, Any] | None = None,
-             redraw: str | None = None) -> Callable[[str, BaseDistribution], Any]:
-    """The drawing rule of a `StandInTrial`: a decision comes from `pinned`, else from `base` (except the one
-    to `redraw`, drawn unequal to its base value if possible), else is drawn at random."""
-    base = base or {}
-
-    def choose(name: str, dist: BaseDistribution) -> Any:
-        value = fit_value(dist, pinned[name]) if name in pinned else MISSING
-        if value is MISSING and name != redraw and name in base:
-            value = fit_value(dist, base[name])
-        if value is MISSING:
-            value = _draw(dist, rng, base.get(name, MISSING) if name == redraw else MISSING)
-        return value
-
-    return choose
 
 
 @dataclass(frozen=True)
@@ -148,6 +111,8 @@ class PNASSampler(ArchSampler):
         n_shortlist: candidates built, counted and compared by hypervolume with several objectives.
         seed: seeds the candidates, the predictor and the random fallback.
         max_counted: candidates counted per trial at most against the study's limits (`use_limits`).
+        proxy_inputs: zero-cost proxies (e.g. ("naswot",)) the predictor also reads, for the `proxy_shortlist`
+            candidates it ranks best without them (module docstring); `nasopt run` gives the scoring rule.
     """
 
     attr_key = ARCH_KEY
@@ -156,7 +121,8 @@ class PNASSampler(ArchSampler):
                  ensemble: int = 5, input_shape: Sequence[int] | None = None, num_classes: int = 10,
                  kappa: float = 0.5, train_steps: int = 200, start_fraction: float = 0.1,
                  grow_trials: int = 20, n_shortlist: int = 12, seed: int | None = None,
-                 max_counted: int = 1024) -> None:
+                 max_counted: int = 1024, proxy_inputs: Sequence[str] | None = None,
+                 proxy_shortlist: int = 64) -> None:
         if space is not None and not all(callable(getattr(space, m, None)) for m in ("suggest", "build", "encode")):
             raise UserError(f"`space` must be a search space (suggest, build, encode) or None, but got {space!r}")
         ints = {"n_startup_trials": (n_startup_trials, 0), "n_candidates": (n_candidates, 1),
@@ -184,6 +150,19 @@ class PNASSampler(ArchSampler):
         self._dists: dict[tuple[Any, ...], BaseDistribution] = {}
         self._limits: Limits | None = None
         self._max_counted = max_counted
+        self._proxies = ProxyInputs(proxy_inputs, proxy_shortlist) if proxy_inputs is not None else None
+        if self._proxies is not None and space is None:
+            raise UserError("PNASSampler(proxy_inputs=...) scores built networks: it needs the space")
+
+    @property
+    def proxy_inputs(self) -> list[str]:
+        """The zero-cost proxies the predictor reads (empty: the encoding alone)."""
+        return list(self._proxies.names) if self._proxies is not None else []
+
+    def use_proxies(self, scorer: Scorer | None) -> None:
+        """The rule scoring an architecture's proxies (arch -> {name: score}, None if it cannot be scored)."""
+        if self._proxies is not None:
+            self._proxies.use(scorer)
 
     def use_limits(self, limits: Limits | None) -> None:
         """Propose only candidates within `limits` where it can (module docstring); None: no limits."""
@@ -239,7 +218,11 @@ class PNASSampler(ArchSampler):
             chosen = (int(self._rng.choice(index)) if self._limits is None
                       else self._fitting(archs, self._rng.permutation(index).tolist(), 1)[0])
         else:
+            if self._proxies is not None:
+                self._proxies.used = False
             chosen, info["predicted"] = self._propose(obj, complete, losses, archs, keys, X, complexity, index, union)
+            if self._proxies is not None:  # which proxies the choice read (none: no scoring rule, or unscorable)
+                info["proxy_inputs"] = self._proxies.names if self._proxies.used else []
         if complexity is not None:
             self._count(archs[chosen], keys[chosen])  # one more exact point for the size estimate
         return archs[chosen], {INFO_KEY: info}
@@ -255,8 +238,8 @@ class PNASSampler(ArchSampler):
 
     def _new_arch(self, union: Mapping[str, BaseDistribution], pinned: Mapping[str, Any],
                   base: Mapping[str, Any] | None = None, redraw: str | None = None) -> dict[str, Any]:
-        """An architecture by `_chooser`'s rule, through the space's `suggest` (else over `union` by name)."""
-        trial = StandInTrial(_chooser(self._rng, pinned, base, redraw), self._dists)
+        """An architecture by `chooser`'s rule, through the space's `suggest` (else over `union` by name)."""
+        trial = StandInTrial(chooser(self._rng, pinned, base, redraw), self._dists)
         if self._space is None:
             for name in sorted(union):
                 trial.take(name, union[name])
@@ -355,6 +338,17 @@ class PNASSampler(ArchSampler):
             mean, std = ensemble_predict(X_obs, losses[:, learned], X[index], members=self._members, steps=self._steps,
                                   seed=int(self._rng.integers(2**31)))
             score = mean - self._kappa * std  # optimistic: lower loss where the members disagree
+            if self._proxies is not None and self._proxies.ready:
+                def predict(A: np.ndarray, B: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                    m, s = ensemble_predict(A, losses[:, learned], B, members=self._members, steps=self._steps,
+                                            seed=int(self._rng.integers(2**31)))
+                    return m, m - self._kappa * s
+
+                again = self._proxies.rerank(predict, X_obs, [t.params for t in complete],
+                                             [_key(t.params) for t in complete], X, archs, keys, index, score)
+                if again is not None:
+                    index, mean, score = again
+                self._proxies.used = again is not None
         if len(obj.kinds) == 1 and learned:
             best = self._fitting([archs[i] for i in index], np.argsort(score[:, 0], kind="stable").tolist(), 1)[0]
             return int(index[best]), {obj.names[0]: obj.value(0, float(mean[best, 0]))}

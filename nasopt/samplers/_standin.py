@@ -8,12 +8,16 @@ decision is answered once by `take(name, distribution)` (the caller's drawing ru
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
-__all__ = ["StandInTrial"]
+from nasopt.samplers._base import MISSING, fit_value
+from nasopt.samplers._limits import draw_value
+
+__all__ = ["StandInTrial", "chooser"]
 
 
 class StandInTrial:
@@ -54,3 +58,29 @@ class StandInTrial:
     def suggest_float(self, name: str, low: float, high: float, *, step: float | None = None,
                       log: bool = False) -> float:
         return float(self.take(name, self._dist(FloatDistribution, low, high, log, step)))
+
+
+def _draw(dist: BaseDistribution, rng: np.random.Generator, avoid: Any = MISSING) -> Any:
+    """A random value of `dist` (`draw_value`: one uniform per draw), unequal to `avoid` if possible."""
+    for _ in range(8):
+        value = draw_value(dist, rng)
+        if avoid is MISSING or value != avoid:
+            break
+    return value
+
+
+def chooser(rng: np.random.Generator, pinned: Mapping[str, Any], base: Mapping[str, Any] | None = None,
+             redraw: str | None = None) -> Callable[[str, BaseDistribution], Any]:
+    """The drawing rule of a `StandInTrial`: a decision comes from `pinned`, else from `base` (except the one
+    to `redraw`, drawn unequal to its base value if possible), else is drawn at random."""
+    base = base or {}
+
+    def choose(name: str, dist: BaseDistribution) -> Any:
+        value = fit_value(dist, pinned[name]) if name in pinned else MISSING
+        if value is MISSING and name != redraw and name in base:
+            value = fit_value(dist, base[name])
+        if value is MISSING:
+            value = _draw(dist, rng, base.get(name, MISSING) if name == redraw else MISSING)
+        return value
+
+    return choose

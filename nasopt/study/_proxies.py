@@ -9,6 +9,8 @@ and the limit is an Optuna constraint for the samplers. Then `Screen` ranks the 
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import optuna
@@ -16,6 +18,7 @@ import optuna
 from nasopt._format import fmt
 from nasopt.errors import UserError
 from nasopt.measure._proxies import PROXIES, proxy_batch, zero_cost
+from nasopt.nanobench import NanoBench
 from nasopt.pruners import Screen
 
 if TYPE_CHECKING:
@@ -23,7 +26,7 @@ if TYPE_CHECKING:
 
     from nasopt.study._spec import StudySpec
 
-__all__ = ["PROXIES", "wanted", "check", "measure", "screen"]
+__all__ = ["PROXIES", "wanted", "check", "measure", "screen", "proxy_scorer", "give_proxies"]
 
 BATCH = 64  # samples of the scoring batch (the zero-cost paper's batch for CIFAR-10)
 
@@ -67,3 +70,35 @@ def screen(trial: optuna.Trial, spec: StudySpec, scores: dict[str, float]) -> No
         reason = spec.pruner.screen(trial.study, trial.number, scores[spec.pruner.proxy])
         if reason:
             raise optuna.TrialPruned(reason)
+
+
+def proxy_scorer(space: Any, task: Any, names: list[str], seed: int = 0) -> Callable[[Any], dict[str, float] | None]:
+    """The rule a sampler scores an architecture's proxies by (`PNASSampler(proxy_inputs=...)`): the network
+    built on `task` from a fixed seed, scored on one fixed training batch; None when it cannot be built. The
+    caller's random numbers are left alone. A nano-bench study scores on the data the table was trained on."""
+    import torch
+
+    if isinstance(task, NanoBench):
+        from nasopt.data import load_task
+
+        task = load_task(task.meta["dataset"], seed=0)
+    x, y = proxy_batch(task, batch_size=BATCH, seed=seed)
+
+    def score(arch: Any) -> dict[str, float] | None:
+        with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.manual_seed(seed)
+            try:
+                model = space.build(dict(arch), task)
+            except Exception:  # a combination the space cannot build: no scores
+                return None
+            return zero_cost(model, names, x, y, task)
+
+    return score
+
+
+def give_proxies(sampler: Any, space: Any, task: Any, seed: int) -> None:
+    """Hand a sampler that reads zero-cost proxies (`proxy_inputs`) the rule to score them on the study's task."""
+    names = list(getattr(sampler, "proxy_inputs", None) or [])
+    if names and callable(getattr(sampler, "use_proxies", None)):
+        sampler.use_proxies(proxy_scorer(space, task, names, seed))

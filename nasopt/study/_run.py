@@ -41,6 +41,7 @@ from nasopt.study import _identity as identity
 from nasopt.study import _worker as workers
 from nasopt.study._limits import check_reachable, limits_for
 from nasopt.study._objective import latency_table_for
+from nasopt.study._proxies import give_proxies
 from nasopt.study._scoring import check_output, with_scoring
 from nasopt.study._spec import METRICS, StudySpec
 
@@ -169,6 +170,7 @@ def _run_checked(spec: StudySpec, storage: str | optuna.storages.BaseStorage | N
     if spec.strategy is None:  # the sampler proposes within the counted limits (nasopt.samplers.with_limits)
         sampler = spec.sampler if spec.sampler is not None else _default_sampler(spec)
         limits = limits_for(spec.space, task, dict(spec.constraints))
+        give_proxies(sampler, spec.space, task, spec.seed)  # a sampler reading zero-cost proxies scores on the task
         spec = spec.replace(sampler=with_limits(sampler, limits, seed=spec.seed))
     for strategy in (spec.strategy if isinstance(spec.strategy, (list, tuple)) else [spec.strategy]):
         if strategy is not None and hasattr(strategy, "check"):
