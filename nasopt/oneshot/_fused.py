@@ -17,6 +17,15 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from nasopt.oneshot._small import (
+    FastAvgPool,
+    FastPointwise,
+    FewChannelBN,
+    bn_backward,
+    bn_forward,
+    few_channel_bn,
+    normalized,
+)
 from nasopt.ops import Pool
 
 __all__ = ["FastDepthwise", "RecomputedMaxPool", "fast_layers", "split_terminal_bn", "weighted_bn_sum"]
@@ -28,7 +37,7 @@ def split_terminal_bn(module: nn.Module | None) -> tuple[nn.Module, _BatchNorm] 
     if module is None or type(module).forward is not nn.Sequential.forward or len(module) < 2:  # type: ignore[arg-type]
         return None
     layers = list(module)  # type: ignore[call-overload]
-    bn = layers[-1]
+    bn = layers[-1].bn if isinstance(layers[-1], FewChannelBN) else layers[-1]
     if not isinstance(bn, _BatchNorm) or bn.affine or not bn.track_running_stats:
         return None
     return nn.Sequential(*layers[:-1]), bn
@@ -47,6 +56,12 @@ def _fast(layer: nn.Module) -> nn.Module:
     pool = layer.pool if isinstance(layer, Pool) and isinstance(layer.proj, nn.Identity) else layer
     if type(pool) is nn.MaxPool2d:
         return RecomputedMaxPool(pool)
+    if FastAvgPool.fits(pool):
+        return FastAvgPool(pool)  # type: ignore[arg-type]
+    if FastPointwise.fits(layer):
+        return FastPointwise(layer)  # type: ignore[arg-type]
+    if few_channel_bn(layer):
+        return FewChannelBN(layer)  # type: ignore[arg-type]
     if type(layer) is nn.Conv2d and layer.groups == layer.in_channels == layer.out_channels > 1 \
             and layer.bias is None and layer.padding_mode == "zeros" and isinstance(layer.padding, tuple):
         return FastDepthwise(layer)
@@ -163,17 +178,6 @@ class RecomputedMaxPool(nn.Module):
         return _MaxPool2d.apply(x, args)  # type: ignore[no-any-return]
 
 
-def _shape(x: torch.Tensor) -> tuple[int, ...]:
-    return (1, -1) + (1,) * (x.dim() - 2)
-
-
-def _momentum(bn: _BatchNorm) -> float:
-    """What `_BatchNorm.forward` uses as the running-average factor in training, counting the batch."""
-    assert bn.num_batches_tracked is not None
-    bn.num_batches_tracked.add_(1)
-    return 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
-
-
 class _WeightedBNSum(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, w: torch.Tensor, bns: list[_BatchNorm], *zs: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
@@ -181,8 +185,7 @@ class _WeightedBNSum(torch.autograd.Function):
         saved: list[torch.Tensor] = []
         ctx.eps = [bn.eps for bn in bns]
         for i, (z, bn) in enumerate(zip(zs, bns, strict=True)):
-            y, mean, invstd = torch.ops.aten.native_batch_norm(
-                z, None, None, bn.running_mean, bn.running_var, True, _momentum(bn), bn.eps)
+            y, mean, invstd = bn_forward(z, bn)
             out = y.mul_(w[i]) if out is None else out.add_(y.mul_(w[i]))
             saved += [z, mean, invstd]
         ctx.save_for_backward(w, *saved)
@@ -197,11 +200,9 @@ class _WeightedBNSum(torch.autograd.Function):
         for i in range(len(saved) // 3):
             z, mean, invstd = saved[3 * i: 3 * i + 3]
             if grad_w is not None:
-                y = (z - mean.view(_shape(z))) * invstd.view(_shape(z))
-                grad_w[i] = (g * y).sum()
+                grad_w[i] = (g * normalized(z, mean, invstd)).sum()
             if ctx.needs_input_grad[2 + i]:
-                grads_z.append(torch.ops.aten.native_batch_norm_backward(
-                    g * w[i], z, None, None, None, mean, invstd, True, ctx.eps[i], [True, False, False])[0])
+                grads_z.append(bn_backward(g * w[i], z, mean, invstd, ctx.eps[i]))
             else:
                 grads_z.append(None)
         return (grad_w, None, *grads_z)

@@ -1,0 +1,177 @@
+"""Kernels for the few channels of PC-DARTS' candidates (C/K = 4-16) on channels-last CPU tensors.
+
+With K = 4 the candidate ops of DARTS' search network run on 4, 8 or 16 channels, where some of oneDNN's
+and ATen's channels-last CPU kernels are far slower per element than with many channels (torch 2.14,
+benchmarks/bench_oneshot_step.py; 32x4x32x32): BatchNorm 0.55 ms forward and 0.63 ms backward (NCHW
+backward: 0.05 ms), a 1x1 conv 0.11/0.22 ms (a matrix product over the pixels: 0.06/0.13 ms), a 3x3
+average pool 1.05 ms (a depthwise conv with a ones kernel: 0.16 ms). Each replacement computes the same
+values to float rounding:
+- `bn_forward` / `bn_backward`: training-mode batch norm without affine parameters; below 8 channels
+  channels-last the statistics are column sums over the (pixels, channels) view and the backward pass is
+  ATen's NCHW kernel on NCHW copies; else ATen's own kernels. Running statistics as `nn.BatchNorm2d`.
+- `FewChannelBN`: an affine-free training BN module through those two (the separable convs' middle BN).
+- `FastPointwise`: a 1x1 conv (stride 1, no bias, no groups) as one matrix product.
+- `FastAvgPool`: a 3x3 average pool without the padding in the count, as a depthwise sum / count.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+__all__ = ["FastAvgPool", "FastPointwise", "FewChannelBN", "bn_backward", "bn_forward", "bn_momentum",
+           "few_channel_bn", "normalized"]
+
+FEW = 8  # below this many channels the channels-last BN kernels are slow
+
+
+def _few(z: torch.Tensor) -> bool:
+    return (z.dim() == 4 and z.shape[1] < FEW and z.device.type == "cpu"
+            and z.is_contiguous(memory_format=torch.channels_last) and not z.is_contiguous())
+
+
+def _pair(v: Any) -> tuple[int, int]:
+    return (v[0], v[1]) if isinstance(v, (tuple, list)) else (v, v)
+
+
+def _rows(z: torch.Tensor) -> torch.Tensor:
+    """A channels-last (N, C, H, W) tensor as its (N*H*W, C) matrix (a view)."""
+    return z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+
+
+def _image(rows: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    n, _, h, w = like.shape
+    return rows.view(n, h, w, rows.shape[1]).permute(0, 3, 1, 2)
+
+
+def bn_momentum(bn: _BatchNorm) -> float:
+    """What `_BatchNorm.forward` uses as the running-average factor in training, counting the batch."""
+    assert bn.num_batches_tracked is not None
+    bn.num_batches_tracked.add_(1)
+    return 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+
+
+def bn_forward(z: torch.Tensor, bn: _BatchNorm) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(y, mean, invstd) of `bn` (affine-free, training) on `z`, updating its running statistics."""
+    momentum = bn_momentum(bn)
+    if not _few(z):
+        return torch.ops.aten.native_batch_norm(  # type: ignore[no-any-return]
+            z, None, None, bn.running_mean, bn.running_var, True, momentum, bn.eps)
+    rows = _rows(z)
+    m = rows.shape[0]
+    mean = rows.sum(0).div_(m)
+    y = torch.empty_like(z)  # channels-last like z; its (pixels, channels) view takes z - mean, then y
+    centred = torch.sub(rows, mean, out=_rows(y))
+    var = centred.square().sum(0).div_(m)
+    invstd = (var + bn.eps).rsqrt_()
+    if bn.running_mean is not None and bn.running_var is not None:
+        with torch.no_grad():
+            bn.running_mean.mul_(1 - momentum).add_(mean, alpha=momentum)
+            bn.running_var.mul_(1 - momentum).add_(var, alpha=momentum * m / max(m - 1, 1))
+    centred.mul_(invstd)
+    return y, mean, invstd
+
+
+def normalized(z: torch.Tensor, mean: torch.Tensor, invstd: torch.Tensor) -> torch.Tensor:
+    """(z - mean) * invstd per channel: the BN output again from its input and statistics."""
+    if _few(z):
+        return _image(torch.addcmul(-mean * invstd, _rows(z), invstd), z)
+    shape = (1, -1) + (1,) * (z.dim() - 2)
+    return (z - mean.view(shape)) * invstd.view(shape)
+
+
+def bn_backward(g: torch.Tensor, z: torch.Tensor, mean: torch.Tensor, invstd: torch.Tensor,
+                eps: float) -> torch.Tensor:
+    """The input gradient of training-mode, affine-free batch norm (ATen's kernel; NCHW for few channels)."""
+    if not _few(z):
+        return torch.ops.aten.native_batch_norm_backward(  # type: ignore[no-any-return]
+            g, z, None, None, None, mean, invstd, True, eps, [True, False, False])[0]
+    grad = torch.ops.aten.native_batch_norm_backward(
+        g.contiguous(), z.contiguous(), None, None, None, mean, invstd, True, eps, [True, False, False])[0]
+    return grad.contiguous(memory_format=torch.channels_last)  # type: ignore[no-any-return]
+
+
+class _BN(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, z: torch.Tensor, bn: _BatchNorm) -> torch.Tensor:  # type: ignore[override]
+        y, mean, invstd = bn_forward(z, bn)
+        ctx.eps = bn.eps
+        ctx.save_for_backward(z, mean, invstd)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+        z, mean, invstd = ctx.saved_tensors
+        return bn_backward(g, z, mean, invstd, ctx.eps), None
+
+
+class FewChannelBN(nn.Module):
+    """`bn` (a 2-D affine-free BN tracking running statistics) through `bn_forward`/`bn_backward` in
+    training on a few-channel channels-last CPU tensor; else `bn` itself."""
+
+    def __init__(self, bn: _BatchNorm) -> None:
+        super().__init__()
+        self.bn = bn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.bn.training and _few(x)):
+            return self.bn(x)  # type: ignore[no-any-return]
+        return _BN.apply(x, self.bn)  # type: ignore[no-any-return]
+
+
+def few_channel_bn(layer: nn.Module) -> bool:
+    """Whether `layer` is a BN that `FewChannelBN` may stand in for."""
+    return (type(layer) is nn.BatchNorm2d and not layer.affine and layer.track_running_stats  # type: ignore[union-attr]
+            and layer.num_features < FEW)
+
+
+class FastPointwise(nn.Module):
+    """`conv` (a 2-D 1x1 conv, stride 1, no padding, bias or groups) as a matrix product over the pixels of a
+    channels-last CPU tensor; else the conv itself."""
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__()
+        self.conv = conv
+
+    @staticmethod
+    def fits(conv: nn.Module) -> bool:
+        return (type(conv) is nn.Conv2d and conv.kernel_size == (1, 1) and conv.stride == (1, 1)
+                and conv.padding == (0, 0) and conv.groups == 1 and conv.bias is None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.conv
+        if x.dim() != 4 or x.device.type != "cpu" or not x.is_contiguous(memory_format=torch.channels_last):
+            return c(x)  # type: ignore[no-any-return]
+        return _image(_rows(x).mm(c.weight.view(c.out_channels, c.in_channels).t()), x)
+
+
+class FastAvgPool(nn.Module):
+    """`pool` (nn.AvgPool2d, count_include_pad=False, no ceil mode or divisor) on a channels-last CPU tensor
+    as a depthwise conv with a ones kernel divided by the number of input pixels in each window."""
+
+    def __init__(self, pool: nn.AvgPool2d) -> None:
+        super().__init__()
+        self.pool = pool
+        self._cache: dict[tuple[Any, ...], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @staticmethod
+    def fits(pool: nn.Module) -> bool:
+        return (type(pool) is nn.AvgPool2d and not pool.count_include_pad and not pool.ceil_mode
+                and pool.divisor_override is None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.device.type != "cpu" or not x.is_contiguous(memory_format=torch.channels_last):
+            return self.pool(x)  # type: ignore[no-any-return]
+        p = self.pool
+        k, s, pad = (_pair(v) for v in (p.kernel_size, p.stride if p.stride else p.kernel_size, p.padding))
+        key = (x.shape[1], *x.shape[2:], x.dtype)
+        if key not in self._cache:
+            ones = torch.ones(x.shape[1], 1, *k, dtype=x.dtype).contiguous(memory_format=torch.channels_last)
+            count = F.conv2d(torch.ones(1, 1, *x.shape[2:], dtype=x.dtype), ones[:1], None, s, pad)
+            self._cache[key] = ones, count
+        ones, count = self._cache[key]
+        return F.conv2d(x, ones, None, s, pad, 1, x.shape[1]) / count
