@@ -24,7 +24,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 __all__ = ["FastAvgPool", "FastPointwise", "FewChannelBN", "bn_backward", "bn_forward", "bn_momentum",
-           "few_channel_bn", "normalized"]
+           "few_channel_bn", "merge_shuffled", "normalized"]
 
 FEW = 8  # below this many channels the channels-last BN kernels are slow
 
@@ -164,8 +164,9 @@ class FastAvgPool(nn.Module):
                 and pool.divisor_override is None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4 or x.device.type != "cpu" or not x.is_contiguous(memory_format=torch.channels_last):
+        if x.dim() != 4 or x.device.type != "cpu" or x.stride(1) != 1:
             return self.pool(x)  # type: ignore[no-any-return]
+        x = x.contiguous(memory_format=torch.channels_last)  # (a slice of channels, in PC-DARTS)
         p = self.pool
         k, s, pad = (_pair(v) for v in (p.kernel_size, p.stride if p.stride else p.kernel_size, p.padding))
         key = (x.shape[1], *x.shape[2:], x.dtype)
@@ -175,3 +176,41 @@ class FastAvgPool(nn.Module):
             self._cache[key] = ones, count
         ones, count = self._cache[key]
         return F.conv2d(x, ones, None, s, pad, 1, x.shape[1]) / count
+
+
+def _merge_matrices(c_out: int, c_rest: int, skip: int, groups: int,
+                    dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """0/1 matrices that put `out`'s channels and `rest`'s (after its first `skip`) where
+    channel_shuffle(cat([out, rest]), groups) puts them."""
+    C = c_out + c_rest
+    per = C // groups
+    new = [(i % per) * groups + i // per for i in range(C)]  # old channel g*per + j -> j*groups + g
+    p_out = torch.zeros(c_out, C, dtype=dtype)
+    p_rest = torch.zeros(skip + c_rest, C, dtype=dtype)
+    for i in range(C):
+        if i < c_out:
+            p_out[i, new[i]] = 1
+        else:
+            p_rest[skip + i - c_out, new[i]] = 1
+    return p_out, p_rest
+
+
+def merge_shuffled(out: torch.Tensor, rest: torch.Tensor, groups: int, scale: torch.Tensor | None,
+                   skip: int, cache: dict[Any, tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor | None:
+    """channel_shuffle(cat([out, scale * rest[:, skip:]]), groups) for channels-last CPU tensors, as two matrix
+    products of their (pixels, channels) views with 0/1 matrices (each entry of the result is one input
+    times 1, plus zeros): no slice, concatenation or strided copy, forward or backward. `rest` may be the
+    whole input of a stride-1 edge (`skip` = the channels that went through the candidates), which then
+    needs no slicing. None where this does not apply (then the caller does it step by step)."""
+    if not (out.dim() == 4 and out.device.type == "cpu" and rest.device.type == "cpu"
+            and out.shape[2:] == rest.shape[2:] and out.dtype == rest.dtype):
+        return None
+    out = out.contiguous(memory_format=torch.channels_last)
+    rest = rest.contiguous(memory_format=torch.channels_last)
+    key = (out.shape[1], rest.shape[1] - skip, skip, groups, out.dtype)
+    if key not in cache:
+        cache[key] = _merge_matrices(*key)
+    p_out, p_rest = cache[key]
+    if scale is not None:
+        p_rest = p_rest * scale
+    return _image(torch.addmm(_rows(out).mm(p_out), _rows(rest), p_rest), out)

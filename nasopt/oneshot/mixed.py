@@ -27,6 +27,7 @@ from torch import nn
 from nasopt.errors import UserError
 from nasopt.oneshot._fused import fast_layers, split_terminal_bn, weighted_bn_sum
 from nasopt.oneshot._shared import EDGE
+from nasopt.oneshot._small import merge_shuffled
 from nasopt.ops import OPS, Zero, build_op, layers_nd
 
 __all__ = ["MixedOp", "MixedChooser", "Supernet", "channel_shuffle", "param_key"]
@@ -98,6 +99,7 @@ class MixedOp(nn.Module):
         self._fast = [tail if tail is not None else _plain_fast(op) for op, tail in zip(self.ops, self._after_relu,
                                                                                            strict=True)]
         self._bn_split = [split_terminal_bn(f) for f in self._fast]
+        self._merge: dict[Any, Any] = {}  # merge_shuffled's 0/1 matrices
 
     @staticmethod
     def _candidate(op: str, C_in: int, C_out: int, stride: int, **options: Any) -> nn.Module:
@@ -122,6 +124,11 @@ class MixedOp(nn.Module):
         if self.stride > 1:
             pool = F.max_pool2d if x.dim() == 4 else F.max_pool1d
             rest = pool(rest, 2, 2, ceil_mode=True)
+        if self.fast:  # as below, in two matrix products (stride 1: on the whole input, no slice of it)
+            merged = merge_shuffled(out, rest if self.stride > 1 else x, self.partial, self.edge_weight,
+                                    0 if self.stride > 1 else k, self._merge)
+            if merged is not None:
+                return merged
         if self.edge_weight is not None:
             rest = self.edge_weight * rest
         return channel_shuffle(torch.cat([out, rest], dim=1), self.partial)
