@@ -24,7 +24,7 @@ from nasopt.oneshot._small import (
     bn_backward,
     bn_forward,
     few_channel_bn,
-    normalized,
+    weighted_bn_backward,
 )
 from nasopt.ops import Pool
 
@@ -202,12 +202,12 @@ class _WeightedBNSum(torch.autograd.Function):
         grad_w = torch.zeros_like(w) if ctx.needs_input_grad[0] else None
         for i in range(len(saved) // 3):
             z, mean, invstd = saved[3 * i: 3 * i + 3]
+            need_z = ctx.needs_input_grad[2 + i]
             if grad_w is not None:
-                grad_w[i] = (g * normalized(z, mean, invstd)).sum()
-            if ctx.needs_input_grad[2 + i]:
-                grads_z.append(bn_backward(g * w[i], z, mean, invstd, ctx.eps[i]))
+                grad_w[i], grad_z = weighted_bn_backward(g, w[i], z, mean, invstd, ctx.eps[i], need_z)
             else:
-                grads_z.append(None)
+                grad_z = bn_backward(g * w[i], z, mean, invstd, ctx.eps[i]) if need_z else None
+            grads_z.append(grad_z)
         return (grad_w, None, *grads_z)
 
 

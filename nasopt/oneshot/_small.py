@@ -28,7 +28,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 __all__ = ["FastAvgPool", "FastPointwise", "FewChannelBN", "bn_backward", "bn_forward", "bn_momentum",
-           "few_channel_bn", "merge_shuffled", "normalized"]
+           "few_channel_bn", "merge_shuffled", "normalized", "weighted_bn_backward"]
 
 FEW = 4  # up to this many channels the elementwise BN below beats ATen's channels-last kernels (8: 1.8x slower)
 
@@ -126,6 +126,29 @@ def bn_backward(g: torch.Tensor, z: torch.Tensor, mean: torch.Tensor, invstd: to
     out = torch.addcmul((invstd * sum_g).div_(-m).repeat(r), centred, scale.repeat(r), out=_wide(grad)[0])
     out.addcmul_(grows, invstd.repeat(r))
     return grad
+
+
+def weighted_bn_backward(g: torch.Tensor, wi: torch.Tensor, z: torch.Tensor, mean: torch.Tensor,
+                         invstd: torch.Tensor, eps: float, need_z: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """For out = wi * BN(z) (affine-free, training) and its gradient g: (d/dwi = sum(g * BN(z)), d/dz or None).
+    On few channels both come from the same two per-channel sums of g (sum g, sum g * (z - mean))."""
+    if not _few(z):
+        grad_z = bn_backward(g * wi, z, mean, invstd, eps) if need_z else None
+        return (g * normalized(z, mean, invstd)).sum(), grad_z
+    grows, r = _wide(g.contiguous(memory_format=torch.channels_last))
+    m = z.numel() // z.shape[1]
+    centred = _wide(z)[0] - mean.repeat(r)
+    sum_g, sum_gz = _fold(grows.sum(0), r), _fold((grows * centred).sum(0), r)
+    grad_w = (invstd * sum_gz).sum()
+    if not need_z:
+        return grad_w, None
+    # wi * (g * invstd - centred * invstd^3 * sum_gz / m - invstd * sum_g / m)
+    scaled = invstd * wi
+    grad = torch.empty_like(z)
+    out = torch.addcmul((scaled * sum_g).div_(-m).repeat(r), centred,
+                        (scaled * invstd.square() * sum_gz).div_(-m).repeat(r), out=_wide(grad)[0])
+    out.addcmul_(grows, scaled.repeat(r))
+    return grad_w, grad
 
 
 class _BN(torch.autograd.Function):
