@@ -5,7 +5,9 @@ among the candidates that begin with one, sums the batch-normalised candidates w
 (nasopt.oneshot._fused) and lets max pools find their maxima again in the backward pass. `fast=False` is the
 plain `sum_i w_i op_i(x)` in NCHW. Both are built from one seed and compared: logits, every gradient
 (weights, alphas, betas), the BN running statistics, and whole DARTS steps (first and second order,
-PC-DARTS), to float tolerance.
+PC-DARTS), to float tolerance. PC-DARTS' few-channel kernels (nasopt.oneshot._small: elementwise BN, the
+merge of partial channels as matrix products, 1x1 convs as matmuls, avg pools as depthwise sums) are also
+checked one by one against the ops they stand in for.
 """
 
 from __future__ import annotations
@@ -108,3 +110,82 @@ def test_fast_supernet_keeps_its_parameters_and_runs_channels_last_on_the_cpu():
     conv = next(m for m in fast.modules() if isinstance(m, torch.nn.Conv2d) and m.weight.shape[-1] > 1)
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
     assert {id(p) for g in w_opt.param_groups for p in g["params"]} <= set(before)
+
+
+# PC-DARTS' few-channel kernels (nasopt.oneshot._small), each against the op it stands in for: values,
+# gradients and BN running statistics, on channels-last tensors of 4 channels (the elementwise paths) and 8
+# (ATen's kernels)
+
+
+def channels_last(*shape: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(*shape, generator=g) * 2 + 0.5).contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("C", [2, 4, 8])
+def test_few_channel_bn_and_weighted_backward_equal_batchnorm(C):
+    from nasopt.oneshot._small import FewChannelBN, weighted_bn_backward
+
+    z = channels_last(6, C, 8, 8).requires_grad_(True)
+    g, wi = channels_last(6, C, 8, 8, seed=1), torch.tensor(0.3, requires_grad=True)
+    ours, theirs = torch.nn.BatchNorm2d(C, affine=False), torch.nn.BatchNorm2d(C, affine=False)
+    for bn in (ours, theirs):
+        bn.running_mean.fill_(0.2)
+    y = FewChannelBN(ours)(z)
+    (gz,) = torch.autograd.grad(y, z, g)
+    y_ref = theirs(z)
+    (wi * y_ref).backward(g)
+    close(y, y_ref, "bn output")
+    close(gz * 0.3, z.grad, "bn input gradient")
+    close(ours.running_mean, theirs.running_mean, "running mean")
+    close(ours.running_var, theirs.running_var, "running var")
+    assert int(ours.num_batches_tracked) == int(theirs.num_batches_tracked) == 1
+    mean, var = z.detach().mean((0, 2, 3)), z.detach().var((0, 2, 3), unbiased=False)
+    grad_w, grad_z = weighted_bn_backward(g, wi.detach(), z.detach(), mean, (var + 1e-5).rsqrt(), 1e-5, True)
+    close(grad_w, wi.grad, "weight gradient")
+    close(grad_z, z.grad, "input gradient")
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_merge_shuffled_equals_concatenation_then_channel_shuffle(stride):
+    from nasopt.oneshot._small import merge_shuffled
+    from nasopt.oneshot.mixed import channel_shuffle
+
+    K, C = 4, 16
+    x = channels_last(3, C, 8, 8).requires_grad_(True)
+    out = channels_last(3, C // K, 8 // stride, 8 // stride, seed=2).requires_grad_(True)
+    scale = torch.tensor(0.7, requires_grad=True)
+    g = channels_last(3, C, 8 // stride, 8 // stride, seed=3)
+    rest = F.max_pool2d(x[:, C // K:], 2, 2) if stride > 1 else x
+    merged = merge_shuffled(out, rest, K, scale, 0 if stride > 1 else C // K, {})
+    assert merged is not None
+    ours = torch.autograd.grad(merged, (x, out, scale), g, retain_graph=True)
+    ref = channel_shuffle(torch.cat([out, scale * (rest if stride > 1 else x[:, C // K:])], 1), K)
+    close(merged, ref, "merged channels")
+    for a, b, what in zip(ours, torch.autograd.grad(ref, (x, out, scale), g), ("x", "out", "scale"), strict=True):
+        close(a, b, f"gradient of {what}")
+
+
+def test_pointwise_and_avg_pool_stand_ins_equal_the_modules():
+    from nasopt.oneshot._small import FastAvgPool, FastPointwise
+
+    conv = torch.nn.Conv2d(4, 6, 1, bias=False).to(memory_format=torch.channels_last)
+    for module, fast in ((conv, FastPointwise(conv)),
+                         *((pool, FastAvgPool(pool)) for pool in
+                           (torch.nn.AvgPool2d(3, s, 1, count_include_pad=False) for s in (1, 2)))):
+        x = channels_last(3, 8, 7, 7)[:, 2:6].requires_grad_(True)  # a channel slice, as PC-DARTS passes
+        ours, theirs = fast(x), module(x)
+        close(ours, theirs, f"{type(module).__name__} output")
+        g = torch.randn_like(theirs)
+        params = [x, *module.parameters()]
+        for a, b in zip(torch.autograd.grad(ours, params, g), torch.autograd.grad(theirs, params, g), strict=True):
+            close(a, b, f"{type(module).__name__} gradient")
+
+
+def test_pc_darts_fast_ops_use_the_few_channel_kernels():
+    from nasopt.oneshot._small import FastAvgPool, FastPointwise, FewChannelBN
+
+    fast, *_ = pair("darts_cell", 4)
+    kinds = {type(layer) for op in fast._mixed for f in op._fast if isinstance(f, torch.nn.Sequential) for layer in f}
+    kinds |= {type(f) for op in fast._mixed for f in op._fast}
+    assert {FastAvgPool, FastPointwise, FewChannelBN} <= kinds
