@@ -188,8 +188,8 @@ class _WeightedBNSum(torch.autograd.Function):
         saved: list[torch.Tensor] = []
         ctx.eps = [bn.eps for bn in bns]
         for i, (z, bn) in enumerate(zip(zs, bns, strict=True)):
-            y, mean, invstd = bn_forward(z, bn)
-            out = y.mul_(w[i]) if out is None else out.add_(y.mul_(w[i]))
+            y, mean, invstd = bn_forward(z, bn, w[i])  # w_i * BN(z)
+            out = y if out is None else out.add_(y)
             saved += [z, mean, invstd]
         ctx.save_for_backward(w, *saved)
         assert out is not None

@@ -76,12 +76,15 @@ def bn_momentum(bn: _BatchNorm) -> float:
     return 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
 
 
-def bn_forward(z: torch.Tensor, bn: _BatchNorm) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(y, mean, invstd) of `bn` (affine-free, training) on `z`, updating its running statistics."""
+def bn_forward(z: torch.Tensor, bn: _BatchNorm,
+               scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(y, mean, invstd) of `bn` (affine-free, training) on `z`, updating its running statistics; y times
+    `scale` (a 0-dim tensor) when given."""
     momentum = bn_momentum(bn)
     if not _few(z):
-        return torch.ops.aten.native_batch_norm(  # type: ignore[no-any-return]
+        y, mean, invstd = torch.ops.aten.native_batch_norm(
             z, None, None, bn.running_mean, bn.running_var, True, momentum, bn.eps)
+        return (y if scale is None else y.mul_(scale)), mean, invstd
     rows, r = _wide(z)
     m = z.numel() // z.shape[1]
     mean = _fold(rows.sum(0), r).div_(m)
@@ -93,7 +96,7 @@ def bn_forward(z: torch.Tensor, bn: _BatchNorm) -> tuple[torch.Tensor, torch.Ten
         with torch.no_grad():
             bn.running_mean.mul_(1 - momentum).add_(mean, alpha=momentum)
             bn.running_var.mul_(1 - momentum).add_(var, alpha=momentum * m / max(m - 1, 1))
-    centred.mul_(invstd.repeat(r))
+    centred.mul_((invstd if scale is None else invstd * scale).repeat(r))
     return y, mean, invstd
 
 
