@@ -19,7 +19,7 @@ the Hamming kernel alone was worse than it on the nano problem of the tests, who
 Without the priors (maximum likelihood) the hypervolume fell below random search; re-fitting at every
 trial instead of every 10% of growth helped at 30 trials.
 
-Acquisition: LogEI for one objective; ParEGO for several (`_log_parego`). With this model, exact
+Acquisition: LogEI for one objective; ParEGO for several (`_acquisition.log_parego`). With this model, exact
 expected hypervolume improvement over the same pool (independent Gaussians, summed over the boxes of the
 non-dominated region, reference point 10% of the range beyond the worst) reached the same hypervolume
 within noise on the three problems below, so ParEGO stays: simpler, and it scales to many objectives.
@@ -50,6 +50,10 @@ up, cached, at most `max_counted` per choice); the second round mutates the 16 b
 startup trials are random architectures that fit. Where none counted fits, the one that breaks the limits
 least. The constraint GP still learns what is measured (latency, energy).
 
+Zero-cost proxies (`proxy_inputs`): the `proxy_shortlist` best-scoring candidates are scored again by a GP
+whose inputs also hold the proxies of the untrained networks (one numeric decision each, min-max scaled),
+fitted to the observed trials' proxies; the runner gives the scoring rule.
+
 CPU, float64, one thread. FAIL trials are ignored as if deleted (their architecture may come back); no
 complete, pruned or running architecture is proposed again. The first `n_startup_trials` and parameters
 outside the relative search space go to the independent sampler (RandomSampler by default).
@@ -61,7 +65,7 @@ import math
 import random
 import threading
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from typing import Any
 
@@ -71,9 +75,7 @@ import torch
 
 with warnings.catch_warnings():  # botorch/gpytorch's import-time torch.jit.script calls: noise the user cannot act on
     warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated", category=FutureWarning)
-    from botorch.acquisition.analytic import _log_ei_helper
     from botorch.utils.multi_objective.pareto import is_non_dominated
-    from botorch.utils.safe_math import log_softplus
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
 from optuna.samplers import BaseSampler, RandomSampler
 from optuna.study import Study, StudyDirection
@@ -81,8 +83,11 @@ from optuna.trial import FrozenTrial, TrialState
 from threadpoolctl import threadpool_limits
 from torch.special import log_ndtr
 
+from nasopt.errors import UserError
+from nasopt.samplers._acquisition import log_ei, log_parego
 from nasopt.samplers._arch_gp import ArchGP, decision_groups
 from nasopt.samplers._limits import Limits
+from nasopt.samplers._proxy_inputs import ProxyInputs, ProxyReader
 from nasopt.samplers._standin import StandInTrial
 from nasopt.space import SearchSpace, encode_params
 
@@ -146,33 +151,7 @@ def _cpu_one_thread() -> Iterator[None]:
             torch.set_num_threads(threads)
 
 
-def _log_ei(mu: torch.Tensor, sigma: torch.Tensor, best: torch.Tensor) -> torch.Tensor:
-    """Analytic log expected improvement over `best` of N Gaussians, mu and sigma (N, 1) -> (N,)."""
-    return (_log_ei_helper((mu - best) / sigma) + sigma.log()).squeeze(-1)
-
-
-def _log_parego(mu: torch.Tensor, sigma: torch.Tensor, Y: torch.Tensor, weights: torch.Tensor,
-                base: torch.Tensor) -> torch.Tensor:
-    """log expected improvement of a random augmented Chebyshev scalarisation (ParEGO, Knowles 2006).
-
-    mu, sigma (N, m): independent posteriors of the candidates; Y (n, m): feasible observations; all
-    maximised. Objectives are scaled to [0, 1] on the observed range, s(y) = min_k w_k y_k +
-    0.05 sum_k w_k y_k with w drawn from the simplex per trial. s of a Gaussian is not Gaussian, so the
-    expectation is a Monte-Carlo mean over the standard normal draws `base` (S, 1, m), the same for
-    every candidate (common random numbers), with botorch's smoothed log-ReLU so that candidates without
-    a sampled improvement still rank.
-    """
-    low, span = Y.min(0).values, (Y.max(0).values - Y.min(0).values).clamp_min(1e-9)
-
-    def chebyshev(y: torch.Tensor) -> torch.Tensor:
-        z = weights * (y - low) / span
-        return z.min(-1).values + 0.05 * z.sum(-1)
-
-    improvement = chebyshev(mu + sigma * base) - chebyshev(Y).max()  # (S, N)
-    return torch.logsumexp(log_softplus(improvement, tau=1e-6), dim=0) - math.log(len(base))
-
-
-class BoTorchPoolSampler(BaseSampler):
+class BoTorchPoolSampler(BaseSampler, ProxyReader):
     """GP-based Bayesian optimisation that scores a pool of discrete candidates (see the module doc).
 
     Args:
@@ -189,12 +168,19 @@ class BoTorchPoolSampler(BaseSampler):
         max_counted: candidates counted per choice at most against the study's limits (`use_limits`): the
             best-scoring candidates are often the large networks over a limit (on nano-bench with params
             <= 2000 the best 256 of a ~500 pool often were), and a count costs 1-20 ms (micro to darts_cell).
+        proxy_inputs, proxy_shortlist: zero-cost proxies (e.g. ("synflow", "naswot")) a second GP also reads,
+            as numeric decisions, to choose among the `proxy_shortlist` best-scoring candidates; `nasopt run`
+            gives the scoring rule (`nasopt.samplers._proxy_inputs`).
     """
 
     def __init__(self, *, space: SearchSpace | None = None, n_startup_trials: int = 10,
                  n_candidates: int = 1024, n_mutations: int = 512, max_fit_iter: int = 200,
                  independent_sampler: BaseSampler | None = None, seed: int | None = None,
-                 max_counted: int = 1024) -> None:
+                 max_counted: int = 1024, proxy_inputs: Sequence[str] | None = None,
+                 proxy_shortlist: int = 64) -> None:
+        if proxy_inputs is not None and space is None:
+            raise UserError("BoTorchPoolSampler(proxy_inputs=...) scores built networks: it needs the space")
+        self._proxies = ProxyInputs(proxy_inputs, proxy_shortlist) if proxy_inputs is not None else None
         self._space = space
         self._n_startup_trials = n_startup_trials
         self._n_candidates, self._n_mutations, self._max_fit_iter = n_candidates, n_mutations, max_fit_iter
@@ -297,13 +283,14 @@ class BoTorchPoolSampler(BaseSampler):
         weights /= weights.sum()  # uniform on the simplex (Dirichlet(1))
         base = torch.randn(128, 1, values.shape[1], dtype=torch.float64)
 
-        def score(pool: list[Arch]) -> torch.Tensor:
+        def score(pool: list[Arch], model: ArchGP | None = objectives, extra: torch.Tensor | None = None
+                  ) -> torch.Tensor:
             X = _encode(pool, space)
             out = torch.zeros(len(pool), dtype=X.dtype)  # nothing feasible yet: feasibility decides
-            if objectives is not None and len(Y_feasible):
-                mu, sigma = objectives.posterior(X)
-                out = (_log_ei(mu, sigma, Y_feasible.max()) if mu.shape[1] == 1
-                       else _log_parego(mu, sigma, Y_feasible, weights, base))
+            if model is not None and len(Y_feasible):
+                mu, sigma = model.posterior(X if extra is None else torch.cat([X, extra], 1))
+                out = (log_ei(mu, sigma, Y_feasible.max()) if mu.shape[1] == 1
+                       else log_parego(mu, sigma, Y_feasible, weights, base))
             if constraints is not None:  # + log P(every constraint <= 0) under independent GPs
                 mu, sigma = constraints.posterior(X)
                 out = out + log_ndtr(-mu / sigma).sum(-1)
@@ -324,6 +311,21 @@ class BoTorchPoolSampler(BaseSampler):
             more = self._candidates(top, space, seen, 0, self._n_mutations // 2)
             if more:
                 pool, scores = pool + more, torch.cat([scores, score(more)])
+        if self._proxies is not None and self._proxies.ready and objectives is not None and len(Y_feasible):
+            short = (self._order(scores)[:self._proxies.shortlist] if self._limits is None else self._limits.first(
+                pool, self._order(scores), self._proxies.shortlist, at_most=self._max_counted))
+            pool = [pool[i] for i in short]
+            P = self._proxies.columns(archs + pool, [_key(a) for a in archs + pool], unit=True)
+            if P is not None:  # the shortlist scored again by a GP that also reads the proxies
+                P_t, k = torch.from_numpy(P), P.shape[1]
+                G_p = torch.block_diag(G, torch.eye(k, dtype=G.dtype))  # each proxy: one numeric decision
+                model = self._fit("objectives+proxies", torch.cat([_encode(archs, space), P_t[:len(archs)]], 1),
+                                  torch.from_numpy(values), G_p)
+                with torch.no_grad():
+                    scores = score(pool, model, P_t[len(archs):])
+            else:
+                scores = scores[short]
+            return pool[self._order(scores)[0]]
         if self._limits is not None:  # the best-scoring candidate within the limits
             return pool[self._limits.first(pool, self._order(scores), 1, at_most=self._max_counted)[0]]
         ties = torch.nonzero(scores == scores.max()).flatten()  # e.g. all -inf: pick one at random

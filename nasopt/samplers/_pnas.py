@@ -55,7 +55,7 @@ from nasopt.errors import UserError
 from nasopt.measure._metrics import count_macs, count_params
 from nasopt.samplers._base import MISSING, ArchSampler, fit_value
 from nasopt.samplers._limits import Limits
-from nasopt.samplers._proxy_inputs import ProxyInputs, Scorer
+from nasopt.samplers._proxy_inputs import ProxyInputs, ProxyReader
 from nasopt.samplers._standin import StandInTrial, chooser
 from nasopt.samplers._surrogate import best_hv, ensemble_predict, pareto_mask, ranked, ridge
 from nasopt.space import encode_params
@@ -97,7 +97,7 @@ class _Objectives:
         return float(math.expm1(self.signs[k] * loss) if self.logs[k] else self.signs[k] * loss)
 
 
-class PNASSampler(ArchSampler):
+class PNASSampler(ArchSampler, ProxyReader):
     """Predictor-guided progressive architecture search (the algorithm is in the module docstring).
 
     Args:
@@ -153,16 +153,6 @@ class PNASSampler(ArchSampler):
         self._proxies = ProxyInputs(proxy_inputs, proxy_shortlist) if proxy_inputs is not None else None
         if self._proxies is not None and space is None:
             raise UserError("PNASSampler(proxy_inputs=...) scores built networks: it needs the space")
-
-    @property
-    def proxy_inputs(self) -> list[str]:
-        """The zero-cost proxies the predictor reads (empty: the encoding alone)."""
-        return list(self._proxies.names) if self._proxies is not None else []
-
-    def use_proxies(self, scorer: Scorer | None) -> None:
-        """The rule scoring an architecture's proxies (arch -> {name: score}, None if it cannot be scored)."""
-        if self._proxies is not None:
-            self._proxies.use(scorer)
 
     def use_limits(self, limits: Limits | None) -> None:
         """Propose only candidates within `limits` where it can (module docstring); None: no limits."""

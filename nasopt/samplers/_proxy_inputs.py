@@ -25,7 +25,7 @@ from nasopt.errors import UserError
 from nasopt.measure._proxies import PROXIES
 from nasopt.samplers._surrogate import ranked
 
-__all__ = ["ProxyInputs", "Scorer"]
+__all__ = ["ProxyInputs", "ProxyReader", "Scorer"]
 
 Scorer = Callable[[Mapping[str, Any]], "Mapping[str, float] | None"]
 _LOG = ("synflow", "snip", "grad_norm")  # saliency sums: positive, spanning decades
@@ -74,13 +74,18 @@ class ProxyInputs:
             self._cache[key] = row
         return self._cache[key]
 
-    def columns(self, archs: Sequence[Mapping[str, Any]], keys: Sequence[Any]) -> np.ndarray | None:
-        """The standardised proxy columns of `archs` (rows in order), or None when one cannot be scored (the
-        predictor then goes on without proxies)."""
+    def columns(self, archs: Sequence[Mapping[str, Any]], keys: Sequence[Any], *, unit: bool = False
+                ) -> np.ndarray | None:
+        """The proxy columns of `archs` (rows in order), standardised over the architectures scored so far
+        (`unit`: min-max scaled to [0, 1] instead, as a GP's numeric decisions are), or None when one cannot
+        be scored (the model then goes on without proxies)."""
         rows = [self._raw(a, k) for a, k in zip(archs, keys, strict=True)]
         if any(r is None for r in rows):
             return None
         known = np.stack([r for r in self._cache.values() if r is not None])
+        if unit:
+            low, span = known.min(axis=0), np.ptp(known, axis=0)
+            return (np.stack(rows) - low) / np.where(span > 1e-12, span, 1.0)  # type: ignore[arg-type]
         mean, std = known.mean(axis=0), known.std(axis=0)
         return ((np.stack(rows) - mean) / np.where(std > 1e-12, std, 1.0)).astype(np.float32)  # type: ignore[arg-type]
 
@@ -99,3 +104,20 @@ class ProxyInputs:
         n = len(observed)
         mean, new_score = predict(np.hstack([X_obs, P[:n]]), np.hstack([X[short], P[n:]]))
         return short, mean, new_score
+
+
+class ProxyReader:
+    """What a sampler reading zero-cost proxies shows the runner: `proxy_inputs` and `use_proxies`."""
+
+    _proxies: ProxyInputs | None = None
+
+    @property
+    def proxy_inputs(self) -> list[str]:
+        """The zero-cost proxies the model reads (empty: the encoding alone)."""
+        return list(self._proxies.names) if self._proxies is not None else []
+
+    def use_proxies(self, scorer: Scorer | None) -> None:
+        """The rule scoring an architecture's proxies (arch -> {name: score}, None if it cannot be scored);
+        `nasopt run` gives it (`nasopt.study._proxies.give_proxies`)."""
+        if self._proxies is not None:
+            self._proxies.use(scorer)

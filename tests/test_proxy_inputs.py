@@ -1,9 +1,9 @@
-"""Zero-cost proxies as PNAS predictor inputs (`PNASSampler(proxy_inputs=...)`, issue 18 item 2).
+"""Zero-cost proxies as model inputs of PNAS and BoTorch (`proxy_inputs=...`, issue 18 item 2).
 
-The shortlist the encoding-only predictor ranks best is predicted again with the proxies appended; only the
-shortlist and the finished trials are scored, each architecture once; a seed repeats; without a scoring rule
-(or with an architecture that cannot be scored) the sampler is exactly the one without proxies; an oracle
-proxy finds the optimum sooner; `nasopt run` hands the rule over; bad options are one-line errors.
+The shortlist the model ranks best without proxies is predicted again with them; only the shortlist and the
+finished trials are scored, each architecture once; a seed repeats; without a scoring rule (PNAS: or with an
+architecture that cannot be scored) the sampler is exactly the one without proxies; an oracle proxy finds
+the optimum sooner; `nasopt run` hands the rule over; bad options are one-line errors.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import pytest
 
 from nasopt.errors import UserError
 from nasopt.nanobench import load
-from nasopt.samplers import PNASSampler
+from nasopt.samplers import BoTorchPoolSampler, PNASSampler
 from nasopt.samplers._pnas import INFO_KEY
 from nasopt.search_spaces.nano import NanoSpace
 from nasopt.study._proxies import proxy_scorer
@@ -46,10 +46,12 @@ class Counting:
         return self.rule(arch)
 
 
-def search(trials: int, seed: int, scorer=None, **options) -> tuple[list[str], list[dict]]:
-    """(architectures in trial order, each trial's pnas:info) of a nano-bench search by PNASSampler."""
+def search(trials: int, seed: int, scorer=None, kind: str = "pnas", **options) -> tuple[list[str], list[dict]]:
+    """(architectures in trial order, each trial's pnas:info) of a nano-bench search by PNAS (or BoTorch)."""
     bench, space = load(), NanoSpace()
-    sampler = PNASSampler(space, seed=seed, **FAST, **options)
+    sampler = (PNASSampler(space, seed=seed, **FAST, **options) if kind == "pnas"
+               else BoTorchPoolSampler(space=space, seed=seed, n_startup_trials=4, n_candidates=256, n_mutations=128,
+                                       **options))
     if scorer is not None:
         sampler.use_proxies(scorer)
     study = optuna.create_study(direction="maximize", sampler=sampler)
@@ -57,7 +59,7 @@ def search(trials: int, seed: int, scorer=None, **options) -> tuple[list[str], l
         trial = study.ask()
         arch = space.suggest(trial)
         study.tell(trial, bench.query(arch, seed)["val_acc"])
-    return [key(t.params) for t in study.trials], [t.system_attrs[INFO_KEY] for t in study.trials]
+    return [key(t.params) for t in study.trials], [t.system_attrs.get(INFO_KEY, {}) for t in study.trials]
 
 
 def test_only_the_shortlist_and_the_trials_are_scored_once_each_and_a_seed_repeats(one_thread):
@@ -111,6 +113,10 @@ def test_bad_options_are_one_line_errors(tmp_path, capsys):
         PNASSampler(NanoSpace(), proxy_inputs=[])
     with pytest.raises(UserError, match=r"needs the space"):
         PNASSampler(None, proxy_inputs=["naswot"])
+    with pytest.raises(UserError, match=r"BoTorchPoolSampler\(proxy_inputs=...\) scores built networks: it needs the space"):
+        BoTorchPoolSampler(proxy_inputs=["naswot"])
+    with pytest.raises(UserError, match=r"unknown zero-cost proxy 'snap'"):
+        BoTorchPoolSampler(space=NanoSpace(), proxy_inputs=["snap"])
     study = tmp_path / "bad.py"
     study.write_text("import nasopt\nfrom nasopt.samplers import PNASSampler\nfrom nasopt.search_spaces.nano import "
                      "NanoSpace\nstudy = nasopt.StudySpec(name='bad', space=NanoSpace(C=4), n_trials=2, sampler="
@@ -134,3 +140,30 @@ def test_nasopt_run_hands_the_sampler_its_scoring_rule(tmp_path):
     study = optuna.load_study(study_name="zc", storage=f"sqlite:///{tmp_path / 'zc.db'}")
     infos = [t.system_attrs[INFO_KEY] for t in study.trials if "reused_from" not in t.user_attrs]
     assert [i["proxy_inputs"] for i in infos if i["stage"] == "predictor"] == [["naswot"]] * 2
+
+
+def test_botorch_scores_its_shortlist_again_with_the_proxies(one_thread):
+    real = proxy_scorer(NanoSpace(), load(), ["naswot", "synflow"])
+    scorer = Counting(real)
+    archs, _ = search(10, 0, scorer, "botorch", proxy_inputs=["naswot", "synflow"], proxy_shortlist=8)
+    assert scorer.calls and len(scorer.calls) == len(set(scorer.calls))  # scored, each architecture once
+    assert len(scorer.calls) <= 8 * 6 + 10  # the shortlist of each GP trial and the finished trials only
+    assert len(set(archs)) == len(archs)  # never an architecture twice
+    assert search(10, 0, Counting(real), "botorch", proxy_inputs=["naswot", "synflow"], proxy_shortlist=8)[0] == archs
+    plain, _ = search(10, 0, None, "botorch")
+    assert search(10, 0, None, "botorch", proxy_inputs=["naswot"])[0] == plain  # no rule: the plain sampler
+    assert archs != plain
+
+
+def test_botorch_with_an_oracle_proxy_finds_the_optimum_sooner(one_thread):
+    bench = load()
+    optima = {key(a) for a in bench.optima}
+
+    def first_hit(archs: list[str]) -> int:
+        return next((n for n, a in enumerate(archs, 1) if a in optima), len(archs) + 1)
+
+    rule = lambda arch: {"naswot": bench.mean_val_acc(arch)}  # noqa: E731
+    with_oracle = [first_hit(search(30, s, rule, "botorch", proxy_inputs=["naswot"], proxy_shortlist=128)[0])
+                   for s in range(5)]
+    plain = [first_hit(search(30, s, None, "botorch")[0]) for s in range(5)]
+    assert statistics.median(with_oracle) < statistics.median(plain), (with_oracle, plain)
