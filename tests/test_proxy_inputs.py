@@ -109,6 +109,9 @@ def test_bad_options_are_one_line_errors(tmp_path, capsys):
         PNASSampler(NanoSpace(), proxy_inputs=["nawsot"])
     with pytest.raises(UserError, match=r"`proxy_shortlist >= 2` must hold, but got proxy_shortlist=1"):
         PNASSampler(NanoSpace(), proxy_inputs=["naswot"], proxy_shortlist=1)
+    assert PNASSampler(NanoSpace(), proxy_inputs="naswot").proxy_inputs == ["naswot"]  # one name, not letters
+    with pytest.raises(UserError, match=r"`proxy_inputs` must be proxy names like \('synflow', 'naswot'\), but got \[3\]"):
+        PNASSampler(NanoSpace(), proxy_inputs=[3])
     with pytest.raises(UserError, match=r"names no proxy"):
         PNASSampler(NanoSpace(), proxy_inputs=[])
     with pytest.raises(UserError, match=r"needs the space"):

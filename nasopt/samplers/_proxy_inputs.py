@@ -35,7 +35,11 @@ _MAX_CACHED = 100_000
 class ProxyInputs:
     """The proxy columns of a predictor's inputs: which proxies, how many candidates get them, the cache."""
 
-    def __init__(self, names: Iterable[str], shortlist: int) -> None:
+    def __init__(self, names: Iterable[str] | str, shortlist: int) -> None:
+        if isinstance(names, str):  # proxy_inputs="naswot": one proxy, not five letters
+            names = [names]
+        if not all(isinstance(n, str) for n in names):
+            raise UserError(f"`proxy_inputs` must be proxy names like ('synflow', 'naswot'), but got {names!r}")
         names = list(dict.fromkeys(names))
         unknown = [n for n in names if n not in PROXIES]
         if unknown:
