@@ -63,6 +63,18 @@ class JournalLock(JournalFileSymlinkLock):
         self._using_fallback = False
         self._mutex = threading.Lock()  # one lock object, one holder at a time within this process too
 
+    def __getstate__(self) -> dict[str, object]:
+        """Picklable, like Optuna's locks (a storage sent to another process): the mutex and the flock are this
+        process's own, so the copy starts without them."""
+        state = dict(self.__dict__)
+        state.pop("_mutex", None)
+        state["_fd"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__dict__.update(state)
+        self._mutex = threading.Lock()
+
     # ------------------------------------------------------------------ Optuna's lock interface
 
     def acquire(self) -> bool:

@@ -91,6 +91,10 @@ class CachedReads(_CachedStorage):
         if now - self._last_read.get(study_id, -1e9) < COALESCE:
             return
         with self._lock:
+            known = study_id in self._studies
+        if not known:  # a study this process has not read yet: one that does not exist is a KeyError, as in Optuna
+            self._backend.get_study_name_from_id(study_id)
+        with self._lock:
             if study_id not in self._studies:
                 self._studies[study_id] = self._study_info()
             study = self._studies[study_id]
@@ -142,8 +146,9 @@ class CachedReads(_CachedStorage):
             if not self._own:
                 return trials
             own = {t.number: t for t in self._own.values()}
-        # this process's running trials as it has changed them (the database may not have all of it yet)
-        return [(copy.deepcopy(own[t.number]) if deepcopy else own[t.number])
+        # this process's running trials as it has changed them (the database may not have all of it yet); a
+        # copy even without `deepcopy`: what the caller holds does not change with the trial's later writes
+        return [(copy.deepcopy(own[t.number]) if deepcopy else copy_trial(own[t.number]))
                 if t.number in own and t._trial_id == own[t.number]._trial_id and t.state == TrialState.RUNNING
                 else t for t in trials]
 
