@@ -132,8 +132,11 @@ def _datasets() -> list[tuple[str, str]]:
 
 
 def _metrics() -> list[tuple[str, str]]:
-    metrics = _literal("nasopt.study._spec", "METRICS")
-    if not isinstance(metrics, dict):
+    measured, suffix = _literal("nasopt.study._spec", "MEASURED"), _literal("nasopt.study._spec", "PROXY_LIMIT")
+    proxies = _literal("nasopt.measure._proxies", "PROXIES")
+    if isinstance(measured, dict) and isinstance(suffix, str) and isinstance(proxies, dict):
+        metrics = {**measured, **{name: (what + suffix, True) for name, what in proxies.items()}}
+    else:  # not literals (an edited install): the real table, at the cost of importing torch
         from nasopt.study import METRICS
 
         metrics = METRICS

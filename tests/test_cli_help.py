@@ -99,6 +99,18 @@ def test_list_datasets_reads_the_table_without_torch():
     assert [line.split(None, 1) for line in lines[:-1]] == [[n, DATASET_NOTES[n]] for n in DATASETS]
 
 
+def test_list_metrics_reads_the_table_without_torch():
+    from nasopt.study import METRICS
+
+    code = ("import sys\nfrom nasopt.cli.main import main\nmain(['list', 'metrics'])\n"
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert lines[-1] == "False"  # the table and the proxies' descriptions are read from the source
+    assert [line.split(None, 1) for line in lines[:-1]] == [[n, what] for n, (what, _) in METRICS.items()]
+
+
 def test_report_imports_no_torch(tmp_path):
     """The report reads the storage and draws pictures from the params: no network is built."""
     import optuna

@@ -23,7 +23,8 @@ from nasopt.train import TrainConfig
 __all__ = ["StudySpec", "METRICS"]
 
 # metric name -> (what it is, usable as a hard limit before training)
-METRICS: dict[str, tuple[str, bool]] = {
+# (a literal, so `nasopt list metrics` reads it without importing torch; METRICS adds the proxies)
+MEASURED: dict[str, tuple[str, bool]] = {
     "accuracy": ("validation top-1 after the last epoch", False),
     "top5": ("validation top-5 after the last epoch", False),
     "params": ("trainable parameters", True),
@@ -39,8 +40,12 @@ METRICS: dict[str, tuple[str, bool]] = {
                       "weights, calibrated on training samples); as a limit, the least allowed", False),
     "int8_latency_ms": ("median latency of the int8 model in onnxruntime on the CPU", False),
     "int8_kb": ("KB of the int8 model's tensors (int8 weights, int32 biases, scales, zero points)", False),
+}
+PROXY_LIMIT = "; as a limit, the least allowed"
+METRICS: dict[str, tuple[str, bool]] = {
+    **MEASURED,
     # zero-cost proxies of the untrained network (nasopt.measure._proxies), known before training
-    **{name: (f"{what}; as a limit, the least allowed", True) for name, what in proxies.PROXIES.items()},
+    **{name: (what + PROXY_LIMIT, True) for name, what in proxies.PROXIES.items()},
 }
 # names a user metric cannot take: the built-in metrics and the other entries of a learning curve
 RESERVED = (*METRICS, "epoch", "train_loss", "train_acc", "val_acc", "val_top5", "lr", "seconds", "score", "acc",
