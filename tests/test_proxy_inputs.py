@@ -170,3 +170,43 @@ def test_botorch_with_an_oracle_proxy_finds_the_optimum_sooner(one_thread):
                    for s in range(5)]
     plain = [first_hit(search(30, s, None, "botorch")[0]) for s in range(5)]
     assert statistics.median(with_oracle) < statistics.median(plain), (with_oracle, plain)
+
+
+WEIGHTLESS = '''
+import numpy as np
+import nasopt
+from torch import nn
+from nasopt.samplers import PNASSampler
+
+
+class Pools:
+    """One decision; its networks have no conv or linear weight (nothing for snip to score)."""
+
+    def distributions(self):
+        import optuna
+        return {"size": optuna.distributions.CategoricalDistribution([10])}
+
+    def suggest(self, trial):
+        return {"size": trial.suggest_categorical("size", [10])}
+
+    def build(self, arch, task, choose=None):
+        return nn.Sequential(nn.Flatten(), nn.AdaptiveAvgPool1d(arch["size"]))
+
+    def encode(self, arch):
+        return np.ones(1, dtype=np.float32)
+
+    def describe(self, arch):
+        return f"pool{arch['size']}"
+
+
+space = Pools()
+study = nasopt.StudySpec(name="weightless", space=space, dataset="digits", n_trials=2,
+                         sampler=PNASSampler(space, proxy_inputs=["snip"]))
+'''
+
+
+def test_a_proxy_the_space_cannot_have_is_refused_before_anything_is_written(tmp_path, capsys):
+    (tmp_path / "w.py").write_text(WEIGHTLESS)
+    user_error(capsys, ["run", str(tmp_path / "w.py"), "--storage", f"sqlite:///{tmp_path / 'w.db'}"],
+               "zero-cost proxy 'snip' needs conv or linear weights")
+    assert not list(tmp_path.glob("*.db*"))

@@ -92,13 +92,24 @@ def proxy_scorer(space: Any, task: Any, names: list[str], seed: int = 0) -> Call
                 model = space.build(dict(arch), task)
             except Exception:  # a combination the space cannot build: no scores
                 return None
-            return zero_cost(model, names, x, y, task)
+            try:
+                return zero_cost(model, names, x, y, task)
+            except UserError:
+                raise
+            except Exception:  # this network cannot be scored: the sampler goes on without proxies
+                return None
 
     return score
 
 
 def give_proxies(sampler: Any, space: Any, task: Any, seed: int) -> None:
-    """Hand a sampler that reads zero-cost proxies (`proxy_inputs`) the rule to score them on the study's task."""
+    """Hand a sampler that reads zero-cost proxies (`proxy_inputs`) the rule to score them on the study's task,
+    after scoring one architecture with it: a proxy the space or task cannot have (no gradient, no weights) is
+    a UserError before anything is written."""
     names = list(getattr(sampler, "proxy_inputs", None) or [])
     if names and callable(getattr(sampler, "use_proxies", None)):
-        sampler.use_proxies(proxy_scorer(space, task, names, seed))
+        from nasopt.space import random_arch
+
+        rule = proxy_scorer(space, task, names, seed)
+        rule(random_arch(space, seed))
+        sampler.use_proxies(rule)
