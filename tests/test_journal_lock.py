@@ -36,11 +36,22 @@ pytestmark = pytest.mark.skipif(not hasattr(os, "fork") or sys.platform == "win3
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
 
 STUDY = """
+import os, time
 import optuna, nasopt
 from nasopt.search_spaces.nano import NanoSpace
+
+
+class Gated(optuna.samplers.RandomSampler):
+    # with $NASOPT_TEST_GATE set, trials from number 300 on wait (up to 2 minutes) until that file exists
+    def sample_independent(self, study, trial, name, distribution):
+        gate, deadline = os.environ.get("NASOPT_TEST_GATE"), time.monotonic() + 120
+        while gate and trial.number >= 300 and not os.path.exists(gate) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return super().sample_independent(study, trial, name, distribution)
+
+
 study = nasopt.StudySpec(name="locks", space=NanoSpace(), dataset="nanobench",
-                         objectives={{"accuracy": "maximize"}},
-                         sampler=optuna.samplers.RandomSampler(seed=0), n_trials={n_trials})
+                         objectives={{"accuracy": "maximize"}}, sampler=Gated(seed=0), n_trials={n_trials})
 """
 
 HOLDER = """
@@ -88,11 +99,11 @@ def grows_after(path: Path, size: int, limit: float) -> float:
     return time.monotonic() - start
 
 
-def start_run(tmp_path: Path, url: str, n_trials: int, workers: int) -> subprocess.Popen[str]:
+def start_run(tmp_path: Path, url: str, n_trials: int, workers: int, **env: str) -> subprocess.Popen[str]:
     study = tmp_path / "locks_study.py"
     study.write_text(textwrap.dedent(STUDY.format(n_trials=n_trials)))
     return subprocess.Popen([sys.executable, "-m", "nasopt.cli", "run", str(study), "--storage", url,
-                             "--workers", str(workers), "-q"], cwd=tmp_path, env=ENV, text=True,
+                             "--workers", str(workers), "-q"], cwd=tmp_path, env={**ENV, **env}, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
@@ -220,7 +231,7 @@ def test_a_lock_file_nasopt_did_not_create_is_broken_after_the_grace_period_only
 def test_plain_optuna_writes_the_same_journal_while_nasopt_workers_run(tmp_path):
     """A plain Optuna process (its default lock) and two nasopt workers append to one journal at once:
     both studies are whole and every line of the file is one whole operation."""
-    path = tmp_path / "study.log"
+    path, gate = tmp_path / "study.log", tmp_path / "plain-started"
     url = f"journal:///{path}"
     plain = tmp_path / "plain.py"
     plain.write_text(textwrap.dedent(f"""
@@ -232,11 +243,16 @@ def test_plain_optuna_writes_the_same_journal_while_nasopt_workers_run(tmp_path)
             time.sleep(0.01)  # the nasopt workers are writing
         storage = JournalStorage(JournalFileBackend({str(path)!r}))
         study = optuna.create_study(study_name="plain", storage=storage, load_if_exists=True)
-        study.optimize(lambda t: t.suggest_float("x", -1, 1) ** 2, n_trials=100)
+
+        def objective(trial):
+            open({str(gate)!r}, "w").close()  # a plain trial has started: the gated nasopt trials go on
+            return trial.suggest_float("x", -1, 1) ** 2
+
+        study.optimize(objective, n_trials=100)
     """))
-    # 600 look-ups keep the workers writing for seconds after the plain process starts (100 once ended
-    # before it had opened the journal on a fast machine)
-    run = start_run(tmp_path, url, n_trials=600, workers=2)
+    # the nasopt trials from number 300 on wait for the plain process's first trial, so the two write at once
+    # however fast either is (a fixed number of look-ups once ended before the plain process got going)
+    run = start_run(tmp_path, url, n_trials=600, workers=2, NASOPT_TEST_GATE=str(gate))
     other = subprocess.run([sys.executable, str(plain)], env=ENV, capture_output=True, text=True, timeout=180)
     assert other.returncode == 0, other.stderr
     out, err = run.communicate(timeout=180)
