@@ -189,3 +189,51 @@ def test_pc_darts_fast_ops_use_the_few_channel_kernels():
     kinds = {type(layer) for op in fast._mixed for f in op._fast if isinstance(f, torch.nn.Sequential) for layer in f}
     kinds |= {type(f) for op in fast._mixed for f in op._fast}
     assert {FastAvgPool, FastPointwise, FewChannelBN} <= kinds
+
+
+def test_channel_slice_gives_the_slice_and_a_channels_last_gradient():
+    from nasopt.oneshot._small import channel_slice
+
+    x = channels_last(3, 16, 8, 8).requires_grad_(True)
+    for start, stop in ((0, 4), (4, 16), (2, 9)):
+        g = channels_last(3, stop - start, 8, 8, seed=start + 1)
+        ours = channel_slice(x, start, stop)
+        close(ours, x[:, start:stop], "slice")
+        (grad,) = torch.autograd.grad(ours, x, g)
+        close(grad, torch.autograd.grad(x[:, start:stop], x, g)[0], "slice gradient")
+        assert grad.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize(("K", "penalty"), [(1, None), (4, None), (4, "memory")])
+def test_first_order_step_equals_the_full_backward_form(K, penalty):
+    """DARTS.step's first-order architecture update takes only the architecture gradients; the same step with
+    `.backward()` over everything (the weights' gradients then set to None) must leave the same parameters,
+    the same .grad of every parameter and the same BN running statistics."""
+    from nasopt.oneshot.mixed import candidate_costs
+
+    fast, _, strategy, task = pair("darts_cell", K)
+    strategy = DARTS(partial_channels=K, penalty=penalty)
+    ref = copy.deepcopy(fast)
+    name, options, _ = CASES["darts_cell"]
+    chooser = MixedChooser(K)
+    build_supernet(make_space(name, **options), task, chooser)  # (its candidates' full-width costs)
+    costs = candidate_costs(chooser, penalty, None) if penalty else None
+    opts = {id(net): strategy.optimizers(net) for net in (fast, ref)}
+    for step in range(2):
+        w_batch, a_batch = batch(task, seed=2 * step), batch(task, seed=2 * step + 1)
+        strategy.step(fast, *opts[id(fast)], w_batch, a_batch, costs)
+        w_opt, a_opt = opts[id(ref)]
+        a_opt.zero_grad(set_to_none=True)
+        strategy._arch_loss(ref, *a_batch, costs, False, F.cross_entropy).backward()
+        a_opt.step()
+        w_opt.zero_grad(set_to_none=True)
+        F.cross_entropy(ref(w_batch[0]), w_batch[1]).backward()
+        torch.nn.utils.clip_grad_norm_(ref.weight_parameters(), strategy.grad_clip)
+        w_opt.step()
+    for (name, a), (_, b) in zip(fast.named_parameters(), ref.named_parameters(), strict=True):
+        close(a, b, name)
+        assert (a.grad is None) == (b.grad is None), name
+        if a.grad is not None:
+            close(a.grad, b.grad, f"{name}.grad")
+    for (name, a), (_, b) in zip(fast.named_buffers(), ref.named_buffers(), strict=True):
+        close(a.float(), b.float(), name)

@@ -13,6 +13,9 @@ values to float rounding:
 - `FewChannelBN`: an affine-free training BN module through those two (the separable convs' middle BN).
 - `FastPointwise`: a 1x1 conv (stride 1, no bias, no groups) as one matrix product.
 - `FastAvgPool`: a 3x3 average pool without the padding in the count, as a depthwise sum / count.
+- `channel_slice`: x[:, start:stop] whose gradient is channels-last like x (autograd's slice backward fills an
+  NCHW tensor, and ATen's BN backward with an NCHW gradient of a channels-last input takes 21 ms against 2 ms
+  for 32x32x32x32; every element-wise op mixing the two layouts is slow too).
 - `merge_shuffled`: PC-DARTS' concatenation of the candidates' and the bypassing channels, edge weight and
   channel shuffle as two matrix products with 0/1 matrices (0.18 ms for 32x16x32x32; the strided copy of
   `channel_shuffle` alone 0.58 ms).
@@ -28,7 +31,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 __all__ = ["FastAvgPool", "FastPointwise", "FewChannelBN", "bn_backward", "bn_forward", "bn_momentum",
-           "few_channel_bn", "merge_shuffled", "normalized", "small", "weighted_bn_backward"]
+           "channel_slice", "few_channel_bn", "merge_shuffled", "normalized", "small", "weighted_bn_backward"]
 
 FEW = 4  # up to this many channels the elementwise BN below beats ATen's channels-last kernels (8: 1.8x slower)
 
@@ -281,3 +284,27 @@ def merge_shuffled(out: torch.Tensor, rest: torch.Tensor, groups: int, scale: to
     if scale is not None:
         p_rest = p_rest * scale
     return _image(torch.addmm(_rows(out).mm(p_out), _rows(rest), p_rest), out)
+
+
+class _ChannelSlice(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:  # type: ignore[override]
+        ctx.span, ctx.like = (start, stop), (x.shape, x.dtype)
+        return x[:, start:stop]
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+        (start, stop), (shape, dtype) = ctx.span, ctx.like
+        grad = torch.empty(shape, dtype=dtype, memory_format=torch.channels_last)
+        grad[:, :start].zero_()
+        grad[:, stop:].zero_()
+        grad[:, start:stop] = g
+        return grad, None, None
+
+
+def channel_slice(x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    """x[:, start:stop]; on a channels-last 4-D CPU tensor that autograd records, with a channels-last gradient."""
+    if not (x.dim() == 4 and x.device.type == "cpu" and x.requires_grad and torch.is_grad_enabled()
+            and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()):
+        return x[:, start:stop]
+    return _ChannelSlice.apply(x, start, stop)  # type: ignore[no-any-return]

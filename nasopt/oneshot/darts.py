@@ -251,8 +251,12 @@ class DARTS:
         a_opt.zero_grad(set_to_none=True)
         if self.unrolled:
             self.unrolled_backward(supernet, w_opt, xw, yw, xa, ya, costs, skip_on, loss_fn=loss_fn)
-        else:
-            self._arch_loss(supernet, xa, ya, costs, skip_on, loss_fn).backward()
+        else:  # only the architecture gradients: the weights' would be set to None before the weight step
+            alphas = supernet.arch_parameters()
+            grads = torch.autograd.grad(self._arch_loss(supernet, xa, ya, costs, skip_on, loss_fn), alphas,
+                                        allow_unused=True)
+            for a, g in zip(alphas, grads, strict=True):
+                a.grad = g
         a_opt.step()
         w_opt.zero_grad(set_to_none=True)
         logits = supernet(xw)

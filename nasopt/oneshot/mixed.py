@@ -27,7 +27,7 @@ from torch import nn
 from nasopt.errors import UserError
 from nasopt.oneshot._fused import fast_layers, split_terminal_bn, weighted_bn_sum
 from nasopt.oneshot._shared import EDGE
-from nasopt.oneshot._small import merge_shuffled
+from nasopt.oneshot._small import channel_slice, merge_shuffled
 from nasopt.ops import OPS, Zero, build_op, layers_nd
 
 __all__ = ["MixedOp", "MixedChooser", "Supernet", "channel_shuffle", "param_key"]
@@ -119,7 +119,10 @@ class MixedOp(nn.Module):
         if self.partial == 1:
             return self._mix(x, w)
         k = x.shape[1] // self.partial
-        head, rest = x[:, :k], x[:, k:]
+        if self.fast:  # (a channels-last gradient)
+            head, rest = channel_slice(x, 0, k), channel_slice(x, k, x.shape[1])
+        else:
+            head, rest = x[:, :k], x[:, k:]
         out = self._mix(head, w)
         if self.stride > 1:
             pool = F.max_pool2d if x.dim() == 4 else F.max_pool1d
