@@ -251,12 +251,8 @@ class DARTS:
         a_opt.zero_grad(set_to_none=True)
         if self.unrolled:
             self.unrolled_backward(supernet, w_opt, xw, yw, xa, ya, costs, skip_on, loss_fn=loss_fn)
-        else:  # only the architecture gradients: the weights' would be set to None before the weight step
-            alphas = supernet.arch_parameters()
-            grads = torch.autograd.grad(self._arch_loss(supernet, xa, ya, costs, skip_on, loss_fn), alphas,
-                                        allow_unused=True)
-            for a, g in zip(alphas, grads, strict=True):
-                a.grad = g
+        else:
+            self.arch_backward(supernet, xa, ya, costs, skip_on, loss_fn)
         a_opt.step()
         w_opt.zero_grad(set_to_none=True)
         logits = supernet(xw)
@@ -273,6 +269,24 @@ class DARTS:
         a_opt = torch.optim.Adam(supernet.arch_parameters(), lr=self.arch_lr, betas=(0.5, 0.999),
                                  weight_decay=self.arch_weight_decay)
         return w_opt, a_opt
+
+    def arch_backward(self, supernet: Supernet, x: torch.Tensor, y: torch.Tensor, costs: Any, skip_on: bool,
+                      loss_fn: LossFn) -> None:
+        """Set the architecture weights' .grad to the first-order gradient of the architecture loss, and only
+        theirs: the weights do not require gradients meanwhile (their .grad would be set to None before the
+        weight step anyway), so no op computes a weight gradient or keeps what only one needs."""
+        alphas, weights = supernet.arch_parameters(), supernet.weight_parameters()
+        needed = [w.requires_grad for w in weights]
+        try:
+            for w in weights:
+                w.requires_grad_(False)
+            loss = self._arch_loss(supernet, x, y, costs, skip_on, loss_fn)
+            grads = torch.autograd.grad(loss, alphas, allow_unused=True)
+        finally:
+            for w, need in zip(weights, needed, strict=True):
+                w.requires_grad_(need)
+        for a, g in zip(alphas, grads, strict=True):
+            a.grad = g
 
     def _arch_loss(self, supernet: Supernet, x: torch.Tensor, y: torch.Tensor,
                    costs: Any, skip_on: bool, loss_fn: LossFn) -> torch.Tensor:
