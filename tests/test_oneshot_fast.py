@@ -124,7 +124,7 @@ def channels_last(*shape: int, seed: int = 0) -> torch.Tensor:
 
 @pytest.mark.parametrize("C", [2, 4, 8])
 def test_few_channel_bn_and_weighted_backward_equal_batchnorm(C):
-    from nasopt.oneshot._small import FewChannelBN, weighted_bn_backward
+    from nasopt.oneshot._small import FewChannelBN, bn_forward, weighted_bn_backward
 
     z = channels_last(6, C, 8, 8).requires_grad_(True)
     g, wi = channels_last(6, C, 8, 8, seed=1), torch.tensor(0.3, requires_grad=True)
@@ -144,6 +144,11 @@ def test_few_channel_bn_and_weighted_backward_equal_batchnorm(C):
     grad_w, grad_z = weighted_bn_backward(g, wi.detach(), z.detach(), mean, (var + 1e-5).rsqrt(), 1e-5, True)
     close(grad_w, wi.grad, "weight gradient")
     close(grad_z, z.grad, "input gradient")
+    grad_w, grad_z = weighted_bn_backward(g, wi.detach(), z.detach(), mean, (var + 1e-5).rsqrt(), 1e-5, False)
+    close(grad_w, wi.grad, "weight gradient without the input's")
+    assert grad_z is None
+    y_scaled, *_ = bn_forward(z.detach(), torch.nn.BatchNorm2d(C, affine=False), torch.tensor(0.3))
+    close(y_scaled, 0.3 * y_ref.detach(), "scaled bn output")
 
 
 @pytest.mark.parametrize("stride", [1, 2])

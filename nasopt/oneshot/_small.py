@@ -146,9 +146,11 @@ def weighted_bn_backward(g: torch.Tensor, wi: torch.Tensor, z: torch.Tensor, mea
                          invstd: torch.Tensor, eps: float, need_z: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     """For out = wi * BN(z) (affine-free, training) and its gradient g: (d/dwi = sum(g * BN(z)), d/dz or None).
     On few channels both come from the same two per-channel sums of g (sum g, sum g * (z - mean))."""
-    if not _few(z):
-        grad_z = bn_backward(g * wi, z, mean, invstd, eps) if need_z else None
-        return (g * normalized(z, mean, invstd)).sum(), grad_z
+    if not _few(z):  # one ATen call: wi as the per-channel weight, whose gradient sums to d/dwi
+        weight = wi.detach().reshape(1).expand(z.shape[1]).contiguous()
+        grad_z, grad_weight, _ = torch.ops.aten.native_batch_norm_backward(
+            g, z, weight, None, None, mean, invstd, True, eps, [need_z, True, False])
+        return grad_weight.sum(), grad_z
     grows, r = _wide(g.contiguous(memory_format=torch.channels_last))
     m = z.numel() // z.shape[1]
     centred = _wide(z)[0] - mean.repeat(r)
