@@ -242,3 +242,28 @@ def test_first_order_step_equals_the_full_backward_form(K, penalty):
             close(a.grad, b.grad, f"{name}.grad")
     for (name, a), (_, b) in zip(fast.named_buffers(), ref.named_buffers(), strict=True):
         close(a.float(), b.float(), name)
+
+
+def test_second_order_gradient_is_the_same_with_the_passes_frozen(monkeypatch):
+    """The unrolled architecture gradient freezes the architecture for the weights' gradient and the weights for
+    the two Hessian-vector passes (nothing computes a gradient it discards); with nothing frozen it must come
+    out the same: every .grad, the weights restored, the BN running statistics."""
+    import contextlib
+
+    import nasopt.oneshot.darts as darts_module
+
+    fast, _, strategy, task = pair("darts_cell", 1, unrolled=True)
+    ref = copy.deepcopy(fast)
+    w_batch, a_batch = batch(task, seed=0), batch(task, seed=1)
+    w_opt, _ = strategy.optimizers(fast)
+    strategy.unrolled_backward(fast, w_opt, *w_batch, *a_batch)
+    with monkeypatch.context() as patch:
+        patch.setattr(darts_module, "frozen", lambda params: contextlib.nullcontext())
+        strategy.unrolled_backward(ref, strategy.optimizers(ref)[0], *w_batch, *a_batch)
+    for (name, a), (_, b) in zip(fast.named_parameters(), ref.named_parameters(), strict=True):
+        close(a, b, name)
+        assert a.requires_grad and b.requires_grad, name
+        if a.grad is not None or b.grad is not None:
+            close(a.grad, b.grad, f"{name}.grad")
+    for (name, a), (_, b) in zip(fast.named_buffers(), ref.named_buffers(), strict=True):
+        close(a.float(), b.float(), name)

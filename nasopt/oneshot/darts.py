@@ -12,8 +12,9 @@ its expected int8 flash ("flash_kb") or SRAM peak ("sram_kb"; `nasopt.oneshot._b
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -276,15 +277,9 @@ class DARTS:
         theirs: the weights do not require gradients meanwhile (their .grad would be set to None before the
         weight step anyway), so no op computes a weight gradient or keeps what only one needs."""
         alphas, weights = supernet.arch_parameters(), supernet.weight_parameters()
-        needed = [w.requires_grad for w in weights]
-        try:
-            for w in weights:
-                w.requires_grad_(False)
+        with frozen(weights):
             loss = self._arch_loss(supernet, x, y, costs, skip_on, loss_fn)
             grads = torch.autograd.grad(loss, alphas, allow_unused=True)
-        finally:
-            for w, need in zip(weights, needed, strict=True):
-                w.requires_grad_(need)
         for a, g in zip(alphas, grads, strict=True):
             a.grad = g
 
@@ -308,7 +303,8 @@ class DARTS:
         """
         weights, alphas = supernet.weight_parameters(), supernet.arch_parameters()
         eta = w_opt.param_groups[0]["lr"]
-        grads = torch.autograd.grad(loss_fn(supernet(xw), yw), weights, allow_unused=True)
+        with frozen(alphas):  # the weights' gradient only
+            grads = torch.autograd.grad(loss_fn(supernet(xw), yw), weights, allow_unused=True)
         backup = [w.detach().clone() for w in weights]
         with torch.no_grad():  # the virtual step w' = w - eta * (momentum * buffer + grad + wd * w)
             for w, g in zip(weights, grads, strict=True):
@@ -328,7 +324,8 @@ class DARTS:
             with torch.no_grad():
                 for w, b, g in zip(weights, backup, v, strict=True):
                     w.copy_(b + sign * eps * g)
-            g_alpha = torch.autograd.grad(loss_fn(supernet(xw), yw), alphas, allow_unused=True)
+            with frozen(weights):  # the architecture's gradient only (see `arch_backward`)
+                g_alpha = torch.autograd.grad(loss_fn(supernet(xw), yw), alphas, allow_unused=True)
             return [g if g is not None else torch.zeros_like(a) for g, a in zip(g_alpha, alphas, strict=True)]
 
         if eps > 0:
@@ -341,6 +338,20 @@ class DARTS:
                 w.copy_(b)
         for a, d, h in zip(alphas, d_alpha, hvp, strict=True):
             a.grad = d - eta * h
+
+
+@contextlib.contextmanager
+def frozen(params: Sequence[torch.Tensor]) -> Iterator[None]:
+    """`params` do not require gradients meanwhile (restored after, also on error): a pass that needs the
+    gradient of other tensors only computes no gradient for these, custom autograd Functions included."""
+    needed = [p.requires_grad for p in params]
+    try:
+        for p in params:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p, need in zip(params, needed, strict=True):
+            p.requires_grad_(need)
 
 
 def penalty_term(supernet: Supernet, costs: Any) -> torch.Tensor:
