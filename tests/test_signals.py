@@ -11,6 +11,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -94,3 +95,31 @@ def test_a_signal_during_a_trial_fails_it_for_a_retry_and_the_process_ends(tmp_p
         states = [s for (s,) in connection.execute("SELECT state FROM trials ORDER BY number")]
     assert states == ["FAIL", "WAITING"], states
     print(f"exit {took:.2f} s after the signal")
+
+
+@pytest.mark.parametrize("sig, word", [("SIGINT", "interrupted"), ("SIGTERM", "terminated")])
+def test_a_signal_that_lands_in_a_finalizer_is_not_lost(sig, word):
+    """CPython ignores an exception raised in a finalizer or weakref callback ("Exception ignored in ..."): a
+    Ctrl-C that landed in a WeakKeyDictionary's callback once let a run finish as if nothing happened. Under
+    `stop_signals` such a signal is delivered again."""
+    code = textwrap.dedent(f"""
+        import signal, time
+        from nasopt.errors import Terminated
+        from nasopt.study._signals import stop_signals
+
+        class Finalized:
+            def __del__(self):
+                signal.raise_signal(signal.{sig})  # its exception is raised, and dropped, in here
+
+        try:
+            with stop_signals():
+                Finalized()
+                time.sleep(5)
+            print("missed")
+        except Terminated:
+            print("terminated")
+        except KeyboardInterrupt:
+            print("interrupted")
+    """)
+    out = subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == word and "Exception ignored" not in out.stderr, (out.stdout, out.stderr)

@@ -30,7 +30,8 @@ class TrialTimeout(_recovery.NotRetried):
 @contextlib.contextmanager
 def stop_signals(*, ignore_sigint: bool = False) -> Iterator[None]:
     """SIGTERM raises `Terminated` (once: the clean-up that follows is not interrupted again); SIGINT
-    stays Ctrl-C, or is ignored in a forked worker, whose supervisor forwards a SIGTERM instead."""
+    stays Ctrl-C, or is ignored in a forked worker, whose supervisor forwards a SIGTERM instead. Either,
+    when it lands in a finalizer or weakref callback (where CPython ignores exceptions), is raised again."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -42,11 +43,27 @@ def stop_signals(*, ignore_sigint: bool = False) -> Iterator[None]:
             stopping = True
             raise Terminated()
 
+    def unraisable(info: Any) -> None:
+        """CPython drops an exception raised inside a finalizer or a weakref callback ("Exception ignored
+        in ..."): a Ctrl-C or SIGTERM that lands there would be lost and the run go on. Deliver it again."""
+        nonlocal stopping
+        if isinstance(info.exc_value, KeyboardInterrupt):
+            terminated = isinstance(info.exc_value, Terminated)
+            stopping = stopping and not terminated
+            # sent again shortly, from another thread: the handler then runs in the code that was stopped
+            again = threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGTERM if terminated else signal.SIGINT))
+            again.daemon = True
+            again.start()
+            return
+        old_hook(info)
+
     old_term = signal.signal(signal.SIGTERM, on_term)
     old_int = signal.signal(signal.SIGINT, signal.SIG_IGN) if ignore_sigint else None
+    old_hook, sys.unraisablehook = sys.unraisablehook, unraisable
     try:
         yield
     finally:
+        sys.unraisablehook = old_hook
         signal.signal(signal.SIGTERM, old_term)
         if old_int is not None:
             signal.signal(signal.SIGINT, old_int)
