@@ -75,40 +75,37 @@ def test_run_help_points_to_the_lists_of_names():
     assert "nasopt list" in out and "samplers" in out and "pruners" in out
 
 
-def test_list_spaces_names_every_registered_space_without_torch():
-    code = ("import sys\nfrom nasopt.cli.main import main\nmain(['list', 'spaces'])\n"
+def listed_without_torch(kind: str) -> list[str]:
+    """The lines of `nasopt list KIND`, run in a fresh interpreter that must not have imported torch (the
+    tables and descriptions are read from the source)."""
+    code = (f"import sys\nfrom nasopt.cli.main import main\nmain(['list', {kind!r}])\n"
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.strip().splitlines()
-    assert lines[-1] == "False"  # the descriptions are read from the source, not imported
-    names = [line.split()[0] for line in lines[:-1]]
+    assert lines[-1] == "False", lines
+    return lines[:-1]
+
+
+def test_list_spaces_names_every_registered_space_without_torch():
+    lines = listed_without_torch("spaces")
+    names = [line.split()[0] for line in lines]
     assert names == list(SPACES) and {"micro", "mobile", "nano"} <= set(names)
-    assert all(len(line.split(None, 1)) == 2 for line in lines[:-1]), lines  # each with a description
+    assert all(len(line.split(None, 1)) == 2 for line in lines), lines  # each with a description
 
 
 def test_list_datasets_reads_the_table_without_torch():
     from nasopt.data import DATASET_NOTES, DATASETS
 
-    code = ("import sys\nfrom nasopt.cli.main import main\nmain(['list', 'datasets'])\n"
-            "print('torch' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    lines = out.stdout.strip().splitlines()
-    assert lines[-1] == "False"  # the table is read from the source, not imported
-    assert [line.split(None, 1) for line in lines[:-1]] == [[n, DATASET_NOTES[n]] for n in DATASETS]
+    lines = listed_without_torch("datasets")
+    assert [line.split(None, 1) for line in lines] == [[n, DATASET_NOTES[n]] for n in DATASETS]
 
 
 def test_list_metrics_reads_the_table_without_torch():
     from nasopt.study import METRICS
 
-    code = ("import sys\nfrom nasopt.cli.main import main\nmain(['list', 'metrics'])\n"
-            "print('torch' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    lines = out.stdout.strip().splitlines()
-    assert lines[-1] == "False"  # the table and the proxies' descriptions are read from the source
-    assert [line.split(None, 1) for line in lines[:-1]] == [[n, what] for n, (what, _) in METRICS.items()]
+    lines = listed_without_torch("metrics")  # the table and the proxies' descriptions, from the source
+    assert [line.split(None, 1) for line in lines] == [[n, what] for n, (what, _) in METRICS.items()]
 
 
 def test_report_imports_no_torch(tmp_path):
