@@ -49,7 +49,8 @@ def stop_signals(*, ignore_sigint: bool = False) -> Iterator[None]:
         nonlocal stopping
         if isinstance(info.exc_value, KeyboardInterrupt):
             terminated = isinstance(info.exc_value, Terminated)
-            stopping = stopping and not terminated
+            if terminated:
+                stopping = False  # the SIGTERM was never raised where it counts: let it raise again
             # sent again shortly, from another thread: the handler then runs in the code that was stopped
             again = threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGTERM if terminated else signal.SIGINT))
             again.daemon = True
