@@ -206,3 +206,46 @@ def test_dil_conv_is_dilated():
     op = build_op("dil_conv_3x3", 8, 8, 1)
     depthwise = [m for m in op.modules() if isinstance(m, nn.Conv2d) and m.groups > 1]
     assert depthwise[0].dilation == (2, 2)
+
+
+FACTORIZED_REDUCE_CHECK = """
+import torch
+from nasopt.ops import FactorizedReduce
+torch.manual_seed(0)
+for c in range(2, 9):
+    for size in (16, 15):
+        op = FactorizedReduce(c, c, affine=False)
+        x = torch.randn(6, c, size, size)
+        grads = []
+        for fmt in (torch.contiguous_format, torch.channels_last):
+            op.zero_grad()
+            xi = x.clone(memory_format=fmt).requires_grad_(True)
+            out = op.to(memory_format=fmt)(xi)
+            (out * torch.arange(out.numel()).view_as(out).sin()).sum().backward()
+            grads.append((out.detach(), xi.grad, op.conv_1.weight.grad.clone(), op.conv_2.weight.grad.clone()))
+        for a, b in zip(*grads):
+            assert torch.allclose(a, b, atol=1e-5, rtol=1e-4), (c, size, float((a - b).abs().max()))
+print("ok")
+"""
+
+
+def test_factorized_reduce_trains_channels_last_on_few_channels_without_corrupting_memory(tmp_path):
+    """ATen's weight gradient of a 1x1 stride-2 conv on a channels-last CPU input of 2-7 channels writes past
+    its buffer (torch 2.14.1, AMD EPYC): PC-DARTS' 4-channel reductions aborted the process. FactorizedReduce
+    computes those convs another way there; values and gradients equal the NCHW ones. Run in a fresh process
+    under glibc's malloc checks where the system has them, so a write past a buffer fails here, not later."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = dict(os.environ)
+    debug = Path("/lib/x86_64-linux-gnu/libc_malloc_debug.so.0")
+    if debug.exists():
+        env.update(LD_PRELOAD=str(debug), MALLOC_CHECK_="3")
+    try:  # (a corrupted heap can also hang the process in its abort)
+        done = subprocess.run([sys.executable, "-c", FACTORIZED_REDUCE_CHECK], env=env, capture_output=True,
+                              text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail("FactorizedReduce's channels-last check hung (a corrupted heap)")
+    assert done.returncode == 0 and done.stdout.strip() == "ok", (done.returncode, done.stderr[-2000:])
