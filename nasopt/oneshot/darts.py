@@ -247,7 +247,8 @@ class DARTS:
              costs: Any = None, skip_on: bool = False, *,
              loss_fn: LossFn = F.cross_entropy) -> tuple[torch.Tensor, torch.Tensor]:
         """One search step: the architecture update on `a_batch`, then the weight update on `w_batch`, both
-        on `loss_fn` (the task's, `search_loss`). Returns the weight step's output and loss."""
+        on `loss_fn` (the task's, `search_loss`). Returns the weight step's output and loss. The architecture
+        weights' .grad stays the gradient of their update (the weight pass computes none for them)."""
         (xw, yw), (xa, ya) = w_batch, a_batch
         a_opt.zero_grad(set_to_none=True)
         if self.unrolled:
@@ -256,9 +257,10 @@ class DARTS:
             self.arch_backward(supernet, xa, ya, costs, skip_on, loss_fn)
         a_opt.step()
         w_opt.zero_grad(set_to_none=True)
-        logits = supernet(xw)
-        loss = loss_fn(logits, yw)
-        loss.backward()
+        with frozen(supernet.arch_parameters()):  # the weights' gradient only: the architecture's is not used
+            logits = supernet(xw)
+            loss = loss_fn(logits, yw)
+            loss.backward()
         nn.utils.clip_grad_norm_(supernet.weight_parameters(), self.grad_clip)
         w_opt.step()
         return logits, loss
