@@ -292,7 +292,7 @@ class _ChannelSlice(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:  # type: ignore[override]
         ctx.span, ctx.like = (start, stop), (x.shape, x.dtype)
-        return x[:, start:stop].contiguous(memory_format=torch.channels_last)
+        return x[:, start:stop]
 
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
@@ -305,12 +305,8 @@ class _ChannelSlice(torch.autograd.Function):
 
 
 def channel_slice(x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-    """x[:, start:stop]; of a channels-last 4-D CPU tensor a contiguous channels-last copy (ATen's CPU max
-    pool backward wrote past its buffer for a channels-last slice view, a heap corruption seen on AMD EPYC),
-    whose gradient, where autograd records it, is channels-last too."""
-    if not (x.dim() == 4 and x.device.type == "cpu"
+    """x[:, start:stop]; on a channels-last 4-D CPU tensor that autograd records, with a channels-last gradient."""
+    if not (x.dim() == 4 and x.device.type == "cpu" and x.requires_grad and torch.is_grad_enabled()
             and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()):
         return x[:, start:stop]
-    if not (x.requires_grad and torch.is_grad_enabled()):
-        return x[:, start:stop].contiguous(memory_format=torch.channels_last)
     return _ChannelSlice.apply(x, start, stop)  # type: ignore[no-any-return]
