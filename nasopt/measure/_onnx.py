@@ -74,13 +74,16 @@ def _reason(e: BaseException) -> str:
     return f"{type(e).__name__}: {text.splitlines()[0][:160]}" if text else type(e).__name__
 
 
-def ort_session(path: Path | str, threads: int | None = None) -> Any:
+def ort_session(path: Path | str, threads: int | None = None, *, fused: bool = True) -> Any:
     """An onnxruntime session of the file on the CPU provider with every graph optimisation (a QDQ graph
-    runs as fused int8 kernels); `threads` intra-op threads (None: onnxruntime's default), one inter-op."""
+    runs as fused int8 kernels); `threads` intra-op threads (None: onnxruntime's default), one inter-op.
+    `fused=False`: no graph optimisation, so a QDQ graph runs as written (dequantize, the fp32 op, quantize
+    again): the int8 model's arithmetic exactly, whatever int8 kernels this CPU has."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if fused
+                                        else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
     options.log_severity_level = 3  # errors only: the optimiser's notes are not the user's business
     if threads is not None:
         options.intra_op_num_threads = threads

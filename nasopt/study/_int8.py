@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from nasopt.errors import UserError
 from nasopt.measure._int8 import AT_LEAST, INT8_METRICS, Calibration, int8_metrics, need_int8
 from nasopt.storage import set_user_attrs
+from nasopt.study._suspect import warn
 
 if TYPE_CHECKING:
     import optuna
@@ -59,6 +60,7 @@ def record(trial: optuna.Trial, spec: StudySpec, model: nn.Module, task: Any) ->
     if rec["accuracy"] is not None:
         metrics["int8_accuracy"] = round(float(rec["accuracy"]), 6)
     set_user_attrs(trial, {**metrics, "int8": rec})
+    warn(trial, rec["check"].get("int8_warning"))
     for metric, limit in spec.constraints.items():
         if metric in INT8_METRICS:  # > 0 is infeasible (Optuna's rule)
             value = metrics[metric]
