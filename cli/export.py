@@ -112,8 +112,9 @@ def _int8_line(where: Path) -> str:
         found = f"max |int8 - fp32| output {check['max_abs_diff']:.4g} on {check['samples']} validation samples"
     score = f", accuracy {val8['acc']:.4f} (fp32 {val32['acc']:.4f})" if "acc" in val8 else \
         f", loss {val8['loss']:.4g} (fp32 {val32['loss']:.4g})"
+    warning = f"\n  warning: {check['int8_warning']}" if check.get("int8_warning") else ""
     return (f"  int8: {section['file']} ({size['tensors_kb']:.1f} KB of tensors, {section['method']} calibration on "
-            f"{section['calibration']['samples']} training samples): {found}{score}")
+            f"{section['calibration']['samples']} training samples): {found}{score}{warning}")
 
 
 def add_parser(sub: Any) -> None:
