@@ -150,12 +150,13 @@ def test_bad_qat_epochs_is_a_user_error(bad, words):
 
 
 def test_fake_quant_is_closer_to_onnxruntimes_int8_model_than_fp32(digits_task, one_thread):
-    """The simulation (ranges calibrated like the deployment quantizer's) against onnxruntime's int8 graph. Both
+    """The simulation (ranges calibrated like the deployment quantizer's) against onnxruntime's int8 graph (run as
+    written: the int8 arithmetic, not a CPU's fused kernels, which saturate on x86 without VNNI). Both
     put the logits on the same 256-level output grid (next test), so fp32 is compared on that grid too: what is
     measured is the rounding inside the network (a logit one level off costs a whole level in either)."""
     pytest.importorskip("onnxruntime")
     from nasopt.measure import _int8 as int8
-    from nasopt.measure._onnx import run_onnx, write_onnx
+    from nasopt.measure._onnx import ort_session, run_onnx, write_onnx
 
     x = torch.cat([b for b, _ in digits_task.val.batches(512)])
     generator = torch.Generator().manual_seed(0)  # the calibration samples of Calibration(seed=0, batch_size=64)
@@ -169,7 +170,7 @@ def test_fake_quant_is_closer_to_onnxruntimes_int8_model_than_fp32(digits_task, 
             write_onnx(model, x[:2], Path(tmp) / "fp32.onnx")
             int8.quantize_onnx(Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx", digits_task,
                                int8.Calibration(samples=256))
-            deployed = run_onnx(Path(tmp) / "int8.onnx", x)
+            deployed = run_onnx(ort_session(Path(tmp) / "int8.onnx", fused=False), x)  # (the exact int8 arithmetic)
         with torch.no_grad(), FakeQuant(model).attach().calibrate(calibration) as fq:
             simulated = model(x)
             with fq.paused():  # the fp32 network's logits, on the output grid of the int8 model
@@ -188,7 +189,7 @@ def test_the_output_is_rounded_on_onnxruntimes_output_grid(digits_task, one_thre
     from onnx import numpy_helper
 
     from nasopt.measure import _int8 as int8
-    from nasopt.measure._onnx import run_onnx, write_onnx
+    from nasopt.measure._onnx import ort_session, run_onnx, write_onnx
 
     model = cnn(1)
     train(model, digits_task, TrainConfig(epochs=1, batch_size=64), seed=1)
@@ -201,7 +202,7 @@ def test_the_output_is_rounded_on_onnxruntimes_output_grid(digits_task, one_thre
         write_onnx(model, x[:2], Path(tmp) / "fp32.onnx")
         int8.quantize_onnx(Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx", digits_task, int8.Calibration(samples=256))
         graph = onnx.load(str(Path(tmp) / "int8.onnx")).graph
-        deployed = run_onnx(Path(tmp) / "int8.onnx", x)
+        deployed = run_onnx(ort_session(Path(tmp) / "int8.onnx", fused=False), x)  # (the exact int8 arithmetic)
     init = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
     last = next(n for n in graph.node if n.op_type == "DequantizeLinear" and n.output[0] == graph.output[0].name)
     scale, zero = float(init[last.input[1]]), int(init[last.input[2]])
