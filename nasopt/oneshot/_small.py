@@ -11,7 +11,9 @@ values to float rounding:
   per-op overhead makes it slower than ATen's from 8 channels on), else ATen's own kernels. Running
   statistics as `nn.BatchNorm2d`.
 - `FewChannelBN`: an affine-free training BN module through those two (the separable convs' middle BN).
-- `FastPointwise`: a 1x1 conv (stride 1, no bias, no groups) as one matrix product.
+- `FastPointwise`: a 1x1 conv (stride 1, no bias, no groups) as one matrix product; on 4 or 8 channels four
+  or two pixels a row against as many copies of the weight on a block diagonal (16 wide: on AMD EPYC the
+  (M, 4) x (4, 4) product took 0.33 ms for M = 32768, the (M/4, 16) x (16, 16) one 0.07 ms).
 - `FastAvgPool`: a 3x3 average pool without the padding in the count, as a depthwise sum / count.
 - `channel_slice`: x[:, start:stop] whose gradient is channels-last like x (autograd's slice backward fills an
   NCHW tensor, and ATen's BN backward with an NCHW gradient of a channels-last input takes 21 ms against 2 ms
@@ -218,7 +220,15 @@ class FastPointwise(nn.Module):
         c = self.conv
         if not small(x) or not x.is_contiguous(memory_format=torch.channels_last):
             return c(x)  # type: ignore[no-any-return]
-        return F.linear(x.permute(0, 2, 3, 1), c.weight.view(c.out_channels, c.in_channels)).permute(0, 3, 1, 2)
+        w = c.weight.view(c.out_channels, c.in_channels).t()
+        pixels = x.permute(0, 2, 3, 1)  # (N, H, W, C_in), contiguous
+        r = 16 // c.in_channels if c.in_channels == c.out_channels and c.in_channels in (4, 8) else 1
+        if r == 1 or x.numel() % (16 * x.shape[0]):
+            return pixels.matmul(w).permute(0, 3, 1, 2)
+        # r pixels a row against r copies of the weight on the diagonal: a (M/r, 16) x (16, 16) product, 4x
+        # (4 channels) and 2x (8) faster than the (M, C) x (C, C) one, forward and backward
+        rows = pixels.reshape(-1, 16).mm(torch.block_diag(*[w] * r))
+        return rows.view(pixels.shape).permute(0, 3, 1, 2)
 
 
 class FastAvgPool(nn.Module):
