@@ -61,14 +61,33 @@ def layers_nd(dim: int) -> NdLayers:
     return _LAYERS[dim]
 
 
+class StridedPointwise(nn.Conv2d):
+    """A 2-D 1x1 conv of stride 2 without padding (nn.Conv2d's parameters and state dict). On the CPU, where
+    autograd wants the weight's gradient of a channels-last input with fewer than 8 channels, it computes the same
+    values as a stride-1 conv of every second pixel: ATen's (oneDNN's) weight gradient of the strided conv
+    there writes past its buffer with 2-7 channels and is wrong with 1 (torch 2.14.1, AMD EPYC: a heap corruption that aborted PC-DARTS' 4-channel
+    reductions; no other kernel size, stride, dilation or depthwise conv did, checked under glibc's malloc
+    checks)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (x.dim() == 4 and x.device.type == "cpu" and x.shape[1] < 8 and x.stride(1) == 1
+                and torch.is_grad_enabled() and self.weight.requires_grad and self.groups == 1
+                and self.kernel_size == (1, 1) and self.padding == (0, 0) and self.dilation == (1, 1)):
+            return super().forward(x)
+        s, t = self.stride
+        sub = x[:, :, ::s, ::t].contiguous(memory_format=torch.channels_last)
+        return F.conv2d(sub, self.weight, self.bias)
+
+
 class ConvBNAct(nn.Sequential):
     """conv -> BN -> activation (the nano/mobile ordering)."""
 
     def __init__(self, C_in: int, C_out: int, kernel: int, stride: int = 1, groups: int = 1,
                  dilation: int = 1, act: str | None = "relu", dim: int = 2) -> None:
         nd = layers_nd(dim)
+        conv = StridedPointwise if dim == 2 and kernel == 1 and stride > 1 and groups == 1 else nd.conv
         layers: list[nn.Module] = [
-            nd.conv(C_in, C_out, kernel, stride, _pad(kernel, dilation), dilation, groups, bias=False),
+            conv(C_in, C_out, kernel, stride, _pad(kernel, dilation), dilation, groups, bias=False),
             nd.bn(C_out),
         ]
         if act is not None:
@@ -140,8 +159,9 @@ class FactorizedReduce(nn.Module):
         super().__init__()
         nd = layers_nd(dim)
         self.relu = nn.ReLU(inplace=False)
-        self.conv_1 = nd.conv(C_in, C_out // 2, 1, stride=2, bias=False)
-        self.conv_2 = nd.conv(C_in, C_out - C_out // 2, 1, stride=2, bias=False)
+        conv = StridedPointwise if dim == 2 else nd.conv
+        self.conv_1 = conv(C_in, C_out // 2, 1, stride=2, bias=False)
+        self.conv_2 = conv(C_in, C_out - C_out // 2, 1, stride=2, bias=False)
         self.bn = nd.bn(C_out, affine=affine)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -152,19 +172,8 @@ class FactorizedReduce(nn.Module):
         for size in reversed(x.shape[2:]):
             pad += [0, size % 2]
         y = (F.pad(x, pad) if any(pad) else x)[(slice(None), slice(None)) + (slice(1, None),) * (x.dim() - 2)]
-        return self.bn(torch.cat([_strided_pointwise(self.conv_1, x), _strided_pointwise(self.conv_2, y)], dim=1))
+        return self.bn(torch.cat([self.conv_1(x), self.conv_2(y)], dim=1))
 
-
-def _strided_pointwise(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """`conv(x)` for a 1x1 conv of stride 2 without padding. On the CPU, where autograd wants the weight's
-    gradient of a channels-last input with 2-7 channels, the same values as a stride-1 conv of every second
-    pixel: ATen's (oneDNN's) weight gradient of the strided conv there writes past its buffer (torch 2.14.1,
-    AMD EPYC; a heap corruption that aborts the process, as PC-DARTS' 4-channel reductions met it)."""
-    if not (isinstance(conv, nn.Conv2d) and x.dim() == 4 and x.device.type == "cpu" and 1 < x.shape[1] < 8
-            and x.stride(1) == 1 and torch.is_grad_enabled() and conv.weight.requires_grad):
-        return conv(x)  # type: ignore[no-any-return]
-    sub = x[:, :, ::2, ::2].contiguous(memory_format=torch.channels_last)
-    return F.conv2d(sub, conv.weight, conv.bias)
 
 
 def _identity(C_in: int, C_out: int, stride: int, dim: int = 2) -> nn.Module:

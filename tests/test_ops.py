@@ -210,29 +210,29 @@ def test_dil_conv_is_dilated():
 
 FACTORIZED_REDUCE_CHECK = """
 import torch
-from nasopt.ops import FactorizedReduce
+from nasopt.ops import FactorizedReduce, build_op
 torch.manual_seed(0)
-for c in range(2, 9):
+for c in range(1, 9):
     for size in (16, 15):
-        op = FactorizedReduce(c, c, affine=False)
-        x = torch.randn(6, c, size, size)
-        grads = []
-        for fmt in (torch.contiguous_format, torch.channels_last):
-            op.zero_grad()
-            xi = x.clone(memory_format=fmt).requires_grad_(True)
-            out = op.to(memory_format=fmt)(xi)
-            (out * torch.arange(out.numel()).view_as(out).sin()).sum().backward()
-            grads.append((out.detach(), xi.grad, op.conv_1.weight.grad.clone(), op.conv_2.weight.grad.clone()))
-        for a, b in zip(*grads):
-            assert torch.allclose(a, b, atol=1e-5, rtol=1e-4), (c, size, float((a - b).abs().max()))
+        for op in (FactorizedReduce(c, 2 * c, affine=False), build_op("conv1x1", c, c, 2)):
+            x = torch.randn(6, c, size, size)
+            grads = []
+            for fmt in (torch.contiguous_format, torch.channels_last):
+                op.zero_grad()
+                xi = x.clone(memory_format=fmt).requires_grad_(True)
+                out = op.to(memory_format=fmt)(xi)
+                (out * torch.arange(out.numel()).view_as(out).sin()).sum().backward()
+                grads.append((out.detach(), xi.grad, *(p.grad.clone() for p in op.parameters())))
+            for a, b in zip(*grads, strict=True):
+                assert torch.allclose(a, b, atol=1e-5, rtol=1e-4), (type(op), c, size, float((a - b).abs().max()))
 print("ok")
 """
 
 
-def test_factorized_reduce_trains_channels_last_on_few_channels_without_corrupting_memory(tmp_path):
+def test_strided_1x1_convs_train_channels_last_on_few_channels_without_corrupting_memory(tmp_path):
     """ATen's weight gradient of a 1x1 stride-2 conv on a channels-last CPU input of 2-7 channels writes past
     its buffer (torch 2.14.1, AMD EPYC): PC-DARTS' 4-channel reductions aborted the process. FactorizedReduce
-    computes those convs another way there; values and gradients equal the NCHW ones. Run in a fresh process
+    and the strided conv1x1 op compute those convs another way there; values and gradients equal the NCHW ones. Run in a fresh process
     under glibc's malloc checks where the system has them, so a write past a buffer fails here, not later."""
     import os
     import subprocess
