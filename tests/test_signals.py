@@ -123,3 +123,75 @@ def test_a_signal_that_lands_in_a_finalizer_is_not_lost(sig, word):
     """)
     out = subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == word and "Exception ignored" not in out.stderr, (out.stdout, out.stderr)
+
+
+SWALLOWING_STUDY = """\
+import time
+from pathlib import Path
+
+import nasopt
+from nasopt.search_spaces.nano import NanoSpace
+
+
+def stubborn_loop(model, task, config, reporter):
+    # the user's loop swallows Ctrl-C (as C code that clears errors can): nasopt must stop anyway
+    for epoch in range(1, config.epochs + 1):
+        try:
+            Path("epoch").write_text(str(epoch))
+            time.sleep(0.2)
+        except KeyboardInterrupt:
+            Path("swallowed").write_text(str(epoch))
+        reporter.report(epoch, {"accuracy": 0.5})
+    return {"accuracy": 0.5}
+
+
+study = nasopt.StudySpec(name="stubborn", space=NanoSpace(C=8), dataset="digits",
+                         objectives={"accuracy": "maximize"}, n_trials=1, train_fn=stubborn_loop,
+                         train=nasopt.TrainConfig(epochs=100))
+"""
+
+
+def test_a_signal_whose_exception_was_swallowed_still_stops_the_trial(tmp_path):
+    """A library or the user's own loop that catches KeyboardInterrupt used to let the run finish with exit
+    0 as if no Ctrl-C had come: nasopt raises it again after the epoch, and the trial is queued again."""
+    (tmp_path / "stubborn.py").write_text(SWALLOWING_STUDY)
+    process = start(["run", "stubborn.py", "-q"], tmp_path)
+    wait_for(lambda: (tmp_path / "epoch").exists())
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert (tmp_path / "swallowed").exists()  # the loop did swallow it
+    assert int((tmp_path / "epoch").read_text()) < 50
+    assert process.returncode == 130, (process.returncode, err)
+    assert "Traceback" not in err + out and "retried" in err, err
+    with sqlite3.connect(tmp_path / "nasopt.db") as connection:
+        states = [s for (s,) in connection.execute("SELECT state FROM trials ORDER BY number")]
+    assert states == ["FAIL", "WAITING"], states
+
+
+def test_a_swallowed_signal_is_raised_when_the_block_ends():
+    """No epoch may follow the swallowed signal (a trial's last moments, the sampler): `stop_signals` raises
+    it as its block ends."""
+    code = textwrap.dedent("""
+        import os, signal, time
+        from nasopt.errors import Terminated
+        from nasopt.study._signals import stop_signals
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                with stop_signals():
+                    try:
+                        os.kill(os.getpid(), sig)
+                        time.sleep(5)
+                    except KeyboardInterrupt:
+                        pass
+                print("missed")
+            except Terminated:
+                print("terminated")
+            except KeyboardInterrupt:
+                print("interrupted")
+        with stop_signals():
+            pass
+        print("clear")
+    """)
+    out = subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True, text=True, timeout=60)
+    assert out.stdout.split() == ["interrupted", "terminated", "clear"], (out.stdout, out.stderr)

@@ -338,6 +338,29 @@ def test_a_finished_run_in_a_live_process_does_not_block_the_next(tmp_path):
     assert result.returncode == 0, result.stderr
 
 
+def test_closing_a_run_storage_that_a_connection_still_writes_to_does_not_wait_out_the_busy_timeout(tmp_path):
+    """A Ctrl-C can leave one of the run's connections mid-transaction (the exception's traceback keeps it):
+    closing then waited the 60 s busy timeout to switch the file back from WAL. It gives up at once, keeps
+    the WAL (SQLite folds it back in later) and loses nothing committed."""
+    from nasopt.storage._open import fast_sqlite
+
+    url = f"sqlite:///{tmp_path / 'nasopt.db'}"
+    storage = open_storage(url)
+    fast_sqlite(storage)  # as during `nasopt run`
+    study = optuna.create_study(storage=storage, study_name="s")
+    study.enqueue_trial({"x": 1})
+    held = storage.engine.connect()
+    held.begin()
+    held.exec_driver_sql("UPDATE studies SET study_name = study_name")  # an interrupted write
+    try:
+        start = time.monotonic()
+        close_storage(storage)
+        assert time.monotonic() - start < 20  # not the 60 s busy timeout
+    finally:
+        held.close()
+    assert len(optuna.load_study(study_name="s", storage=url).trials) == 1
+
+
 # ---------------------------------------------------------------------------------------------- servers
 
 def _tables(url: str, schema: str | None = None) -> list[str]:

@@ -306,6 +306,9 @@ def close_storage(storage: object) -> None:
         engine.dispose()
         try:
             with engine.connect() as connection:
+                # briefly: a connection an interrupted trial still holds (its traceback keeps it) would
+                # otherwise make a Ctrl-C wait out the 60 s busy timeout here
+                connection.exec_driver_sql("PRAGMA busy_timeout = 500")
                 connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
                 connection.exec_driver_sql("PRAGMA journal_mode=DELETE")
         except Exception:  # another process (a second worker, the dashboard) still has it open: keep WAL

@@ -33,6 +33,7 @@ from nasopt.keys import CHECKPOINT_KEY, OPTUNA_ARTIFACT_PREFIX, STRATEGY_KEY, WO
 from nasopt.storage import set_user_attrs
 from nasopt.study import _objective, _recovery
 from nasopt.study import _suspect as suspect
+from nasopt.study._signals import check_stop
 
 if TYPE_CHECKING:
     from nasopt.study._spec import StudySpec
@@ -186,6 +187,7 @@ class GradientObjective:
             bar.set_postfix(valid=f"{valid:.3f}", skips=record["skips"],
                             entropy=f"{record['alpha_entropy']:.2f}", refresh=False)
             bar.update(1)
+            check_stop()  # a Ctrl-C that some library swallowed (the epoch's checkpoint is saved by now)
 
         # the metric the pruners follow (the first per-epoch objective) scores a task that is no classification
         extra = {"signal": self.evaluate.signal} if _accepts(strategy.search, "signal") else {}

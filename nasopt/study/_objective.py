@@ -47,6 +47,7 @@ from nasopt.study._recovery import (
     worker_record,
 )
 from nasopt.study._scoring import final_metrics, signal
+from nasopt.study._signals import check_stop
 from nasopt.train import train, train_with
 
 if TYPE_CHECKING:
@@ -166,7 +167,9 @@ class Objective:
     def _after_epoch(self, trial: optuna.Trial, curve: list[dict[str, float]], value: float) -> None:
         """The pruners after an epoch: nasopt's curve pruner, or Optuna's (single-objective studies only), which
         gets the epoch's value of the signal (`val_acc`, or the first objective measured per epoch) unrounded
-        (the curve keeps 6 digits), as the trial's value will be."""
+        (the curve keeps 6 digits), as the trial's value will be. A Ctrl-C that some library swallowed is
+        raised here (`check_stop`)."""
+        check_stop()
         self._check_pruner(trial, curve)
         if len(self.spec.objectives) == 1 and not isinstance(self.spec.pruner, CurvePruner):
             epoch = int(curve[-1]["epoch"])

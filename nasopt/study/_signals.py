@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 from nasopt.errors import Terminated, UserError
 from nasopt.study import _recovery
 
-__all__ = ["EXIT_HUNG", "HARD_GRACE", "TrialTimeout", "stop_signals", "Watchdog"]
+__all__ = ["EXIT_HUNG", "HARD_GRACE", "TrialTimeout", "check_stop", "stop_signals", "Watchdog"]
 
 EXIT_HUNG = 3  # a worker ended by its watchdog: the supervisor starts a new one
 HARD_GRACE = 5.0  # extra seconds a timed-out trial gets to return before its process is ended
@@ -27,11 +27,30 @@ class TrialTimeout(_recovery.NotRetried):
     """A trial ran longer than `trial_timeout`."""
 
 
+_received: list[int] = []  # the stop signals received under `stop_signals`, until its block ends
+
+
+def _stop_error(signum: int) -> KeyboardInterrupt:
+    return Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
+def check_stop() -> None:
+    """Raise again a Ctrl-C or SIGTERM received under `stop_signals` whose exception never reached nasopt.
+
+    A signal's exception is raised in whatever Python code runs when it lands; code that swallows errors
+    (C code that clears them, e.g. a `hasattr` check from a C extension reaching a Python `__getattr__`)
+    then loses it and the run goes on as if nothing happened. The trial loops call this after every epoch;
+    `stop_signals` checks once more when its block ends."""
+    if _received:
+        raise _stop_error(_received[0])
+
+
 @contextlib.contextmanager
 def stop_signals(*, ignore_sigint: bool = False) -> Iterator[None]:
     """SIGTERM raises `Terminated` (once: the clean-up that follows is not interrupted again); SIGINT
     stays Ctrl-C, or is ignored in a forked worker, whose supervisor forwards a SIGTERM instead. Either,
-    when it lands in a finalizer or weakref callback (where CPython ignores exceptions), is raised again."""
+    when it lands in a finalizer or weakref callback (where CPython ignores exceptions), is raised again;
+    when some other code swallowed it, `check_stop` (after each epoch) or the end of the block raises it."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -41,7 +60,12 @@ def stop_signals(*, ignore_sigint: bool = False) -> Iterator[None]:
         nonlocal stopping
         if not stopping:
             stopping = True
+            _received.append(signum)
             raise Terminated()
+
+    def on_int(signum: int, frame: Any) -> None:
+        _received.append(signum)
+        raise KeyboardInterrupt()
 
     def unraisable(info: Any) -> None:
         """CPython drops an exception raised inside a finalizer or a weakref callback ("Exception ignored
@@ -59,15 +83,16 @@ def stop_signals(*, ignore_sigint: bool = False) -> Iterator[None]:
         old_hook(info)
 
     old_term = signal.signal(signal.SIGTERM, on_term)
-    old_int = signal.signal(signal.SIGINT, signal.SIG_IGN) if ignore_sigint else None
+    old_int = signal.signal(signal.SIGINT, signal.SIG_IGN if ignore_sigint else on_int)
     old_hook, sys.unraisablehook = sys.unraisablehook, unraisable
     try:
         yield
+        check_stop()  # the block ended normally although a signal arrived: its exception was swallowed
     finally:
+        _received.clear()
         sys.unraisablehook = old_hook
         signal.signal(signal.SIGTERM, old_term)
-        if old_int is not None:
-            signal.signal(signal.SIGINT, old_int)
+        signal.signal(signal.SIGINT, old_int)
 
 
 class Watchdog:
