@@ -115,6 +115,33 @@ def test_fast_supernet_keeps_its_parameters_and_runs_channels_last_on_the_cpu():
     assert {id(p) for g in w_opt.param_groups for p in g["params"]} <= set(before)
 
 
+@pytest.mark.parametrize("K", [1, 4])
+def test_the_edges_leaving_one_node_pool_it_once(K):
+    """A node of a DARTS cell feeds several edges, whose max pools (and ReLU, PC-DARTS' channel slice and
+    bypass pool) compute the same values: the fast supernet computes them once per node and forward pass
+    (the values and gradients above are the plain op's)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Pools(TorchDispatchMode):
+        count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.__name__.startswith(("max_pool2d.", "max_pool2d_with_indices.")):
+                self.count += 1
+            return func(*args, **(kwargs or {}))
+
+    fast, plain, _, task = pair("darts_cell", K)  # 3 cells, the 2nd and 3rd reduce; 4 nodes of 2-5 edges
+    x, _ = batch(task)
+    counts = []
+    for net in (fast, plain):
+        with Pools() as pools:
+            net(x)
+        counts.append(pools.count)
+    # per cell one max pool per node that has edges leaving it (5 of 14 edges); PC-DARTS' bypassing
+    # channels of the reducing edges: one pool per input node (2 of 8 edges) in each of 2 reduction cells
+    assert counts == [5 * 3 + (2 * 2 if K > 1 else 0), 14 * 3 + (8 * 2 if K > 1 else 0)]
+
+
 # PC-DARTS' few-channel kernels (nasopt.oneshot._small), each against the op it stands in for: values,
 # gradients and BN running statistics, on channels-last tensors of 4 channels (the elementwise paths) and 8
 # (ATen's kernels)

@@ -60,6 +60,11 @@ def _after_relu(module: nn.Module) -> nn.Module:
     return None  # type: ignore[return-value]
 
 
+def _stateless(module: nn.Module) -> bool:
+    """No parameters or buffers: what it computes depends on its input and configuration (`repr`) alone."""
+    return next(module.parameters(), None) is None and next(module.buffers(), None) is None
+
+
 def _plain_fast(module: nn.Module) -> nn.Module:
     """`module` as `fast_layers` in one Sequential (itself when that changes nothing)."""
     layers = fast_layers(module)
@@ -100,6 +105,12 @@ class MixedOp(nn.Module):
                                                                                            strict=True)]
         self._bn_split = [split_terminal_bn(f) for f in self._fast]
         self._merge: dict[Any, Any] = {}  # merge_shuffled's 0/1 matrices
+        # what this op computes from its input exactly as every other edge from the same node does: the
+        # parameter-free layers before a candidate's affine-free BN (the pools), keyed by their configuration
+        self._same = [repr(split[0]) if split is not None and _stateless(split[0]) else None
+                      for split in self._bn_split]
+        # set by the Supernet during its forward pass: one dict shared by all its mixed ops (see `_once`)
+        self.shared: dict[tuple[int, Any], tuple[torch.Tensor, torch.Tensor]] | None = None
 
     @staticmethod
     def _candidate(op: str, C_in: int, C_out: int, stride: int, **options: Any) -> nn.Module:
@@ -118,29 +129,47 @@ class MixedOp(nn.Module):
         assert w is not None, "MixedOp used outside its Supernet"
         if self.partial == 1:
             return self._mix(x, w)
-        k = x.shape[1] // self.partial
-        if self.fast:  # (a channels-last gradient)
-            head, rest = channel_slice(x, 0, k), channel_slice(x, k, x.shape[1])
-        else:
-            head, rest = x[:, :k], x[:, k:]
+        k, c = x.shape[1] // self.partial, x.shape[1]
+
+        def part(t: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+            return channel_slice(t, start, stop) if self.fast else t[:, start:stop]  # (a channels-last gradient)
+
+        head = self._once(x, ("head", k), lambda t: part(t, 0, k))
         out = self._mix(head, w)
+        rest: torch.Tensor | None = None
         if self.stride > 1:
             pool = F.max_pool2d if x.dim() == 4 else F.max_pool1d
-            rest = pool(rest, 2, 2, ceil_mode=True)
+            rest = self._once(x, ("rest", k), lambda t: pool(part(t, k, c), 2, 2, ceil_mode=True))
         if self.fast:  # as below, in two matrix products (stride 1: on the whole input, no slice of it)
-            merged = merge_shuffled(out, rest if self.stride > 1 else x, self.partial, self.edge_weight,
+            merged = merge_shuffled(out, rest if rest is not None else x, self.partial, self.edge_weight,
                                     0 if self.stride > 1 else k, self._merge)
             if merged is not None:
                 return merged
+        if rest is None:
+            rest = part(x, k, c)
         if self.edge_weight is not None:
             rest = self.edge_weight * rest
         return channel_shuffle(torch.cat([out, rest], dim=1), self.partial)
 
+    def _once(self, x: torch.Tensor, key: Any, compute: Any) -> torch.Tensor:
+        """compute(x), computed once per forward pass of the supernet for all its mixed ops that get this same
+        tensor `x` (the edges leaving one node of a cell: the node's ReLU, PC-DARTS' slice of its channels, the
+        pools): the same values, and autograd adds the edges' gradients before the one backward pass through it."""
+        shared = self.shared
+        if shared is None:
+            return compute(x)  # type: ignore[no-any-return]
+        hit = shared.get((id(x), key))
+        if hit is not None and hit[0] is x:  # (x itself is held: its id is not reused meanwhile)
+            return hit[1]
+        y = compute(x)
+        shared[(id(x), key)] = (x, y)
+        return y  # type: ignore[no-any-return]
+
     def _mix(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """sum_i w_i op_i(x). The fast form computes the same sum with less work: a zero op adds nothing
         (its weight still enters every other weight through the softmax), ops that begin with ReLU share
-        one ReLU of the input instead of one each (DARTS' four separable/dilated convs), and the terms
-        accumulate in place into the first one."""
+        one ReLU of the input instead of one each (DARTS' four separable/dilated convs) — and with every edge
+        from the same node (`_once`), as the pools do — and the terms accumulate in place into the first one."""
         if not self.fast or all(self._zero):
             return sum(wi * op(x) for wi, op in zip(w, self.ops, strict=True))  # type: ignore[return-value]
         relu: torch.Tensor | None = None
@@ -152,10 +181,12 @@ class MixedOp(nn.Module):
             if zero:
                 continue
             if tail is not None:
-                relu = F.relu(x) if relu is None else relu
+                relu = self._once(x, "relu", F.relu) if relu is None else relu
             source = relu if tail is not None else x
             if fuse and split is not None and split[1].training:
-                fused.append((i, split[1], split[0](source)))
+                same = self._same[i]
+                z = split[0](source) if same is None else self._once(source, same, split[0])
+                fused.append((i, split[1], z))
                 continue
             y = fast(source)
             out = wi * y if out is None else out.addcmul_(y, wi)
@@ -258,14 +289,16 @@ class Supernet(nn.Module):
             x = x.contiguous(memory_format=torch.channels_last)
         weights = self.op_weights()
         edge = {name: F.softmax(self.betas[param_key(node)], dim=-1)[i] for name, (node, i) in self.edges.items()}
+        shared: dict[tuple[int, Any], tuple[torch.Tensor, torch.Tensor]] = {}
         for op in self._mixed:
             op.weights = weights[op.name]
             op.edge_weight = edge.get(op.name) if op.partial > 1 else None
+            op.shared = shared if self.fast else None
         try:
             return self.net(x)
         finally:
             for op in self._mixed:
-                op.weights = op.edge_weight = None
+                op.weights = op.edge_weight = op.shared = None
 
     @torch.no_grad()
     def probabilities(self) -> dict[str, list[float]]:
