@@ -28,6 +28,7 @@ class TrialTimeout(_recovery.NotRetried):
 
 
 _received: list[int] = []  # the stop signals received under `stop_signals`, until its block ends
+_raised_again: list[bool] = []  # `check_stop` raised one of them again (a signal sent again is then not needed)
 
 
 def _stop_error(signum: int) -> KeyboardInterrupt:
@@ -42,7 +43,13 @@ def check_stop() -> None:
     then loses it and the run goes on as if nothing happened. The trial loops call this after every epoch;
     `stop_signals` checks once more when its block ends."""
     if _received:
+        _raised_again.append(True)
         raise _stop_error(_received[0])
+
+
+def _send_again(signum: int) -> None:
+    if not _raised_again:  # (not when check_stop raised it meanwhile: the clean-up runs now)
+        os.kill(os.getpid(), signum)
 
 
 @contextlib.contextmanager
@@ -76,7 +83,7 @@ def stop_signals(*, ignore_sigint: bool = False) -> Iterator[None]:
             if terminated:
                 stopping = False  # the SIGTERM was never raised where it counts: let it raise again
             # sent again shortly, from another thread: the handler then runs in the code that was stopped
-            again = threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGTERM if terminated else signal.SIGINT))
+            again = threading.Timer(0.05, _send_again, (signal.SIGTERM if terminated else signal.SIGINT,))
             again.daemon = True
             again.start()
             return
@@ -90,6 +97,7 @@ def stop_signals(*, ignore_sigint: bool = False) -> Iterator[None]:
         check_stop()  # the block ended normally although a signal arrived: its exception was swallowed
     finally:
         _received.clear()
+        _raised_again.clear()
         sys.unraisablehook = old_hook
         signal.signal(signal.SIGTERM, old_term)
         signal.signal(signal.SIGINT, old_int)
