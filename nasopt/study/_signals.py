@@ -29,6 +29,7 @@ class TrialTimeout(_recovery.NotRetried):
 
 _received: list[int] = []  # the stop signals received under `stop_signals`, until its block ends
 _raised_again: list[bool] = []  # `check_stop` raised one of them again (a signal sent again is then not needed)
+_active: list[bool] = []  # a `stop_signals` block is running (one entry per nested block)
 
 
 def _stop_error(signum: int) -> KeyboardInterrupt:
@@ -48,7 +49,7 @@ def check_stop() -> None:
 
 
 def _send_again(signum: int) -> None:
-    if not _raised_again:  # (not when check_stop raised it meanwhile: the clean-up runs now)
+    if _active and not _raised_again:  # (not once check_stop raised it, nor after the block: clean-up runs)
         os.kill(os.getpid(), signum)
 
 
@@ -92,10 +93,12 @@ def stop_signals(*, ignore_sigint: bool = False) -> Iterator[None]:
     old_term = signal.signal(signal.SIGTERM, on_term)
     old_int = signal.signal(signal.SIGINT, signal.SIG_IGN if ignore_sigint else on_int)
     old_hook, sys.unraisablehook = sys.unraisablehook, unraisable
+    _active.append(True)
     try:
         yield
         check_stop()  # the block ended normally although a signal arrived: its exception was swallowed
     finally:
+        _active.pop()
         _received.clear()
         _raised_again.clear()
         sys.unraisablehook = old_hook
