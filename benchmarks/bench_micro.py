@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import tempfile
 import time
@@ -78,12 +79,15 @@ def reference_only(args: argparse.Namespace) -> None:
     config = TrainConfig(**{"epochs": args.final_epochs, "batch_size": 64, "lr": 0.05, "weight_decay": 1e-4,
                             **changes})
     task, space = load_task("mnist1d", seed=0), MicroSpace()
+    arch = HAND if args.arch is None else json.loads(args.arch)
     accs = []
     for seed in (int(s) for s in args.seeds.split(",")):
-        result = retrain(space, HAND, task, config, seed)
+        result = retrain(space, arch, task, config, seed)
         accs.append(result["test_acc"])
         print(f"seed {seed}: TEST accuracy {result['test_acc']:.4f} ({result['seconds']:.0f} s)", flush=True)
-    print(f"hand-designed CNN, {args.final_epochs} epochs, {changes or 'as shipped'}: mean {sum(accs) / len(accs):.4f}")
+    name = "hand-designed CNN" if args.arch is None else space.describe(arch)
+    print(f"{name} ({result['params']:,} params), {args.final_epochs} epochs, {changes or 'as shipped'}: "
+          f"mean {sum(accs) / len(accs):.4f}")
 
 
 def main() -> None:
@@ -100,6 +104,8 @@ def main() -> None:
     p.add_argument("--no-baseline", action="store_true", help="skip retraining the hand-designed CNN")
     p.add_argument("--reference-only", action="store_true", help="only retrain the hand-designed CNN, per seed")
     p.add_argument("--seeds", default="0", help="retraining seeds of --reference-only, comma-separated")
+    p.add_argument("--arch", default=None, metavar="JSON",
+                   help="--reference-only retrains this micro architecture (its decisions as a JSON object) instead")
     p.add_argument("--train", action="append", default=[], metavar="KEY=VALUE",
                    help="a TrainConfig field of the retraining (--reference-only), e.g. label_smoothing=0.1")
     args = p.parse_args()
