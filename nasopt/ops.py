@@ -175,7 +175,6 @@ class FactorizedReduce(nn.Module):
         return self.bn(torch.cat([self.conv_1(x), self.conv_2(y)], dim=1))
 
 
-
 def _identity(C_in: int, C_out: int, stride: int, dim: int = 2) -> nn.Module:
     if stride == 1 and C_in == C_out:
         return nn.Identity()
