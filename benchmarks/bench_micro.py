@@ -27,6 +27,7 @@ import argparse
 import dataclasses
 import json
 import os
+import sys
 import tempfile
 import time
 from typing import Any
@@ -79,7 +80,13 @@ def reference_only(args: argparse.Namespace) -> None:
     config = TrainConfig(**{"epochs": args.final_epochs, "batch_size": 64, "lr": 0.05, "weight_decay": 1e-4,
                             **changes})
     task, space = load_task("mnist1d", seed=0), MicroSpace()
-    arch = HAND if args.arch is None else json.loads(args.arch)
+    try:
+        arch = HAND if args.arch is None else json.loads(args.arch)
+        space.build(arch, task)
+    except (ValueError, KeyError) as e:  # bad JSON, or decisions the space refuses (a UserError is a ValueError)
+        print(f"bench_micro: error: --arch: {e}; give a micro architecture's decisions as JSON, e.g. "
+              f"{json.dumps(HAND)}", file=sys.stderr)
+        raise SystemExit(2) from None
     accs = []
     for seed in (int(s) for s in args.seeds.split(",")):
         result = retrain(space, arch, task, config, seed)
